@@ -1,0 +1,280 @@
+//! Hyper-parameters: what the step computes, and their validation.
+
+use crate::Error;
+
+/// Where epsilon enters the denominator.
+///
+/// ```
+/// use fused_rmsprop::{EpsPlacement, Hyper};
+/// let optax_like = Hyper::default().with_eps_placement(EpsPlacement::InsideSqrt);
+/// assert_eq!(Hyper::default().eps_placement, EpsPlacement::OutsideSqrt);
+/// # let _ = optax_like;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EpsPlacement {
+    /// `sqrt(v) + eps`: PyTorch, Burn, candle-optimisers (the default).
+    #[default]
+    OutsideSqrt,
+    /// `sqrt(v + eps)`: Optax (`eps_in_sqrt=True`) and Keras.
+    InsideSqrt,
+}
+
+/// How weight decay is applied.
+///
+/// ```
+/// use fused_rmsprop::{Hyper, WeightDecay};
+/// let h = Hyper::default().with_weight_decay(Some(WeightDecay::Decoupled(1e-2)));
+/// assert!(h.validate().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WeightDecay {
+    /// PyTorch's and Burn's `weight_decay`: `g += wd * p` before the
+    /// square average, so the decay is scaled by the adaptive denominator.
+    Coupled(f64),
+    /// AdamW-style: `p *= 1 - lr * wd` before the update, independent of the
+    /// gradient statistics.
+    Decoupled(f64),
+}
+
+impl WeightDecay {
+    /// The decay coefficient, whichever way it is applied.
+    ///
+    /// ```
+    /// # use fused_rmsprop::WeightDecay;
+    /// assert_eq!(WeightDecay::Coupled(0.1).coefficient(), 0.1);
+    /// ```
+    pub fn coefficient(self) -> f64 {
+        match self {
+            WeightDecay::Coupled(wd) | WeightDecay::Decoupled(wd) => wd,
+        }
+    }
+}
+
+/// RMSprop hyper-parameters. `Default` is PyTorch's `torch.optim.RMSprop`:
+/// lr 0.01, alpha 0.99, eps 1e-8, everything else off.
+///
+/// The update of one element, with `g` its gradient and `p` its parameter
+/// (the [scalar path](crate::scalar) is this, written as code):
+///
+/// ```text
+/// if maximize:            g = -g
+/// if Coupled(wd):         g = g + wd * p
+/// if Decoupled(wd):       p = p * (1 - lr * wd)
+/// square_avg = alpha * square_avg + (1 - alpha) * (g * g)
+/// if centered:
+///     grad_avg = alpha * grad_avg + (1 - alpha) * g
+///     var      = square_avg - grad_avg * grad_avg
+///     if clamp_centered_variance and var < 0: var = 0
+/// else: var = square_avg
+/// denom = sqrt(var) + eps          (InsideSqrt: sqrt(var + eps))
+/// step  = g / denom
+/// if momentum > 0:
+///     momentum_buf = momentum * momentum_buf + step
+///     step = nesterov ? step + momentum * momentum_buf : momentum_buf
+/// p = p - lr * step
+/// ```
+///
+/// Fields are public for struct-update syntax; the `with_*` builders read
+/// better in a chain. Call [`Hyper::validate`] (every step function does) to
+/// check them.
+///
+/// ```
+/// use fused_rmsprop::Hyper;
+/// let h = Hyper::default().with_lr(1e-3).with_momentum(0.9).with_centered(true);
+/// assert_eq!(h.alpha, 0.99);
+/// assert!(h.validate().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// Learning rate, `>= 0` and finite. A step may override it (schedulers).
+    pub lr: f64,
+    /// Smoothing constant of the square average, in `[0, 1]`.
+    pub alpha: f64,
+    /// Added to the denominator, `>= 0` and finite.
+    pub eps: f64,
+    /// Outside the square root (PyTorch) or inside (Optax, Keras).
+    pub eps_placement: EpsPlacement,
+    /// The value the square average starts from (Optax `initial_scale`;
+    /// PyTorch and Burn use 0), `>= 0` and finite.
+    pub initial_square_avg: f64,
+    /// Normalise by the estimated variance instead of the second moment.
+    pub centered: bool,
+    /// With `centered`: clamp a negative variance estimate to 0. Without it
+    /// (PyTorch's behaviour) a variance that rounds below zero gives NaN.
+    pub clamp_centered_variance: bool,
+    /// Momentum factor in `[0, 1)`; 0 turns momentum off.
+    pub momentum: f64,
+    /// Nesterov momentum (as Optax's `nesterov=True`); no effect when
+    /// `momentum` is 0.
+    pub nesterov: bool,
+    /// Weight decay, coupled (PyTorch) or decoupled; `None` is off.
+    pub weight_decay: Option<WeightDecay>,
+    /// Ascend the objective instead of descending it.
+    pub maximize: bool,
+}
+
+impl Default for Hyper {
+    fn default() -> Self {
+        Self {
+            lr: 0.01,
+            alpha: 0.99,
+            eps: 1e-8,
+            eps_placement: EpsPlacement::OutsideSqrt,
+            initial_square_avg: 0.0,
+            centered: false,
+            clamp_centered_variance: false,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: None,
+            maximize: false,
+        }
+    }
+}
+
+macro_rules! builder {
+    ($(#[$doc:meta] $name:ident: $field:ident: $ty:ty),* $(,)?) => {
+        impl Hyper {
+            $(
+                #[$doc]
+                ///
+                /// ```
+                /// # use fused_rmsprop::Hyper;
+                /// let h = Hyper::default();
+                #[doc = concat!("let h = h.", stringify!($name), "(h.", stringify!($field), ");")]
+                /// assert_eq!(h, Hyper::default());
+                /// ```
+                #[must_use]
+                pub fn $name(mut self, $field: $ty) -> Self {
+                    self.$field = $field;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+builder! {
+    /// Sets [`Hyper::lr`].
+    with_lr: lr: f64,
+    /// Sets [`Hyper::alpha`].
+    with_alpha: alpha: f64,
+    /// Sets [`Hyper::eps`].
+    with_eps: eps: f64,
+    /// Sets [`Hyper::eps_placement`].
+    with_eps_placement: eps_placement: EpsPlacement,
+    /// Sets [`Hyper::initial_square_avg`].
+    with_initial_square_avg: initial_square_avg: f64,
+    /// Sets [`Hyper::centered`].
+    with_centered: centered: bool,
+    /// Sets [`Hyper::clamp_centered_variance`].
+    with_clamp_centered_variance: clamp_centered_variance: bool,
+    /// Sets [`Hyper::momentum`].
+    with_momentum: momentum: f64,
+    /// Sets [`Hyper::nesterov`].
+    with_nesterov: nesterov: bool,
+    /// Sets [`Hyper::weight_decay`].
+    with_weight_decay: weight_decay: Option<WeightDecay>,
+    /// Sets [`Hyper::maximize`].
+    with_maximize: maximize: bool,
+}
+
+impl Hyper {
+    /// Checks every numeric field; the first invalid one is returned as
+    /// [`Error::InvalidHyper`] naming the field, its value and the valid range.
+    ///
+    /// ```
+    /// use fused_rmsprop::{Error, Hyper};
+    /// let err = Hyper::default().with_alpha(1.5).validate().unwrap_err();
+    /// assert!(matches!(err, Error::InvalidHyper { name: "alpha", .. }));
+    /// assert_eq!(err.to_string(), "invalid hyper-parameter alpha = 1.5: expected a value in [0, 1]");
+    /// ```
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_lr(self.lr)?;
+        check("alpha", self.alpha, "a value in [0, 1]", |a| {
+            (0.0..=1.0).contains(&a)
+        })?;
+        check("eps", self.eps, "a finite value >= 0", non_negative)?;
+        check(
+            "initial_square_avg",
+            self.initial_square_avg,
+            "a finite value >= 0",
+            non_negative,
+        )?;
+        check("momentum", self.momentum, "a value in [0, 1)", |m| {
+            (0.0..1.0).contains(&m)
+        })?;
+        if let Some(wd) = self.weight_decay {
+            check(
+                "weight_decay",
+                wd.coefficient(),
+                "a finite value >= 0",
+                non_negative,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether the step keeps a `grad_avg` buffer.
+    ///
+    /// ```
+    /// # use fused_rmsprop::Hyper;
+    /// assert!(Hyper::default().with_centered(true).needs_grad_avg());
+    /// ```
+    pub fn needs_grad_avg(&self) -> bool {
+        self.centered
+    }
+
+    /// Whether the step keeps a `momentum_buf` buffer (momentum > 0).
+    ///
+    /// ```
+    /// # use fused_rmsprop::Hyper;
+    /// assert!(!Hyper::default().needs_momentum_buf());
+    /// assert!(Hyper::default().with_momentum(0.9).needs_momentum_buf());
+    /// ```
+    pub fn needs_momentum_buf(&self) -> bool {
+        self.momentum > 0.0
+    }
+
+    /// Bytes one step reads and writes per element of element size
+    /// `elem_bytes`: params, grads and square_avg read, params and square_avg
+    /// written, plus a read and a write per optional buffer. This is the
+    /// traffic the benchmarks divide by.
+    ///
+    /// ```
+    /// # use fused_rmsprop::Hyper;
+    /// assert_eq!(Hyper::default().bytes_per_element(4), 20);
+    /// assert_eq!(Hyper::default().with_momentum(0.9).bytes_per_element(4), 28);
+    /// assert_eq!(Hyper::default().with_momentum(0.9).with_centered(true).bytes_per_element(4), 36);
+    /// ```
+    pub fn bytes_per_element(&self, elem_bytes: usize) -> usize {
+        let buffers =
+            5 + 2 * usize::from(self.needs_grad_avg()) + 2 * usize::from(self.needs_momentum_buf());
+        buffers * elem_bytes
+    }
+}
+
+/// Validates a learning rate: finite and `>= 0`.
+pub(crate) fn validate_lr(lr: f64) -> Result<(), Error> {
+    check("lr", lr, "a finite value >= 0", non_negative)
+}
+
+fn non_negative(value: f64) -> bool {
+    value.is_finite() && value >= 0.0
+}
+
+fn check(
+    name: &'static str,
+    value: f64,
+    expected: &'static str,
+    valid: impl Fn(f64) -> bool,
+) -> Result<(), Error> {
+    if valid(value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidHyper {
+            name,
+            value,
+            expected,
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! The element types the kernel computes in (`f32`, `f64`), and their SIMD
+//! vocabulary.
+//!
+//! pulp names every vector operation by type (`add_f32s`, `add_f64s`); this
+//! trait gives the kernel one name per operation so the SIMD kernel is written
+//! once, generic over both the instruction set and the element type. Each
+//! method is a single IEEE operation: nothing here fuses, approximates or
+//! reorders, which is what lets the SIMD path match the scalar path bit for
+//! bit.
+
+use core::fmt::Debug;
+use core::ops::{Add, Div, Mul, Neg, Sub};
+
+use pulp::Simd;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point type the RMSprop kernel runs on: `f32` or `f64`.
+///
+/// The trait is sealed; it exists so that every public step function is
+/// written once for both widths.
+///
+/// ```
+/// use fused_rmsprop::Float;
+/// assert_eq!(<f32 as Float>::from_f64(0.5), 0.5f32);
+/// assert!(<f64 as Float>::CANONICAL_NAN.is_nan());
+/// ```
+pub trait Float:
+    sealed::Sealed
+    + Copy
+    + Debug
+    + Default
+    + PartialEq
+    + PartialOrd
+    + Send
+    + Sync
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + 'static
+{
+    /// `0.0`.
+    const ZERO: Self;
+    /// The one NaN every path writes (`0x7FC0_0000` for `f32`): see
+    /// [the numerics contract](crate#the-numerics-contract).
+    const CANONICAL_NAN: Self;
+    /// The type's name, for error messages (`"f32"`).
+    const NAME: &'static str;
+
+    /// Rounds an `f64` hyper-parameter to this type (round to nearest even).
+    fn from_f64(value: f64) -> Self;
+    /// Widens to `f64` (exact).
+    fn to_f64(self) -> f64;
+    /// The IEEE square root (correctly rounded).
+    fn sqrt(self) -> Self;
+    /// The raw bits, widened to `u64`, for bitwise comparisons in tests.
+    fn to_bits_u64(self) -> u64;
+
+    /// A SIMD register of this type for instruction set `S`.
+    type Lanes<S: Simd>: Copy;
+    /// Splits a slice into whole registers and a scalar tail.
+    fn as_lanes<S: Simd>(slice: &[Self]) -> (&[Self::Lanes<S>], &[Self]);
+    /// Splits a mutable slice into whole registers and a scalar tail.
+    fn as_lanes_mut<S: Simd>(slice: &mut [Self]) -> (&mut [Self::Lanes<S>], &mut [Self]);
+    /// Every lane set to `value`.
+    fn lanes_splat<S: Simd>(simd: S, value: Self) -> Self::Lanes<S>;
+    /// Lane-wise `a + b`.
+    fn lanes_add<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// Lane-wise `a - b`.
+    fn lanes_sub<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// Lane-wise `a * b` (never fused with a following add).
+    fn lanes_mul<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// Lane-wise `a / b` (IEEE division, no reciprocal estimate).
+    fn lanes_div<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// Lane-wise square root (IEEE, no reciprocal-square-root estimate).
+    fn lanes_sqrt<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// Lane-wise `-a` (flips the sign bit, as scalar `-a` does).
+    fn lanes_neg<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// Lane-wise `if a < 0 { 0 } else { a }`: NaN and `-0.0` pass through.
+    fn lanes_clamp_negative_to_zero<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// Lane-wise `if a == a { a } else { CANONICAL_NAN }`.
+    fn lanes_canonicalize_nan<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S>;
+}
+
+macro_rules! impl_float {
+    ($ty:ident, $bits:ident, $lanes:ident, $name:literal,
+     $as_simd:ident, $as_mut_simd:ident, $splat:ident, $add:ident, $sub:ident, $mul:ident,
+     $div:ident, $sqrt:ident, $neg:ident, $less:ident, $equal:ident, $select:ident) => {
+        impl Float for $ty {
+            const ZERO: Self = 0.0;
+            const CANONICAL_NAN: Self = $ty::NAN;
+            const NAME: &'static str = $name;
+
+            #[inline(always)]
+            fn from_f64(value: f64) -> Self {
+                value as $ty
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                $ty::sqrt(self)
+            }
+            #[inline(always)]
+            fn to_bits_u64(self) -> u64 {
+                self.to_bits() as u64
+            }
+
+            type Lanes<S: Simd> = S::$lanes;
+            #[inline(always)]
+            fn as_lanes<S: Simd>(slice: &[Self]) -> (&[Self::Lanes<S>], &[Self]) {
+                S::$as_simd(slice)
+            }
+            #[inline(always)]
+            fn as_lanes_mut<S: Simd>(slice: &mut [Self]) -> (&mut [Self::Lanes<S>], &mut [Self]) {
+                S::$as_mut_simd(slice)
+            }
+            #[inline(always)]
+            fn lanes_splat<S: Simd>(simd: S, value: Self) -> Self::Lanes<S> {
+                simd.$splat(value)
+            }
+            #[inline(always)]
+            fn lanes_add<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S> {
+                simd.$add(a, b)
+            }
+            #[inline(always)]
+            fn lanes_sub<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S> {
+                simd.$sub(a, b)
+            }
+            #[inline(always)]
+            fn lanes_mul<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S> {
+                simd.$mul(a, b)
+            }
+            #[inline(always)]
+            fn lanes_div<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S> {
+                simd.$div(a, b)
+            }
+            #[inline(always)]
+            fn lanes_sqrt<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S> {
+                simd.$sqrt(a)
+            }
+            #[inline(always)]
+            fn lanes_neg<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S> {
+                simd.$neg(a)
+            }
+            #[inline(always)]
+            fn lanes_clamp_negative_to_zero<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S> {
+                let zero = simd.$splat(0.0);
+                simd.$select(simd.$less(a, zero), zero, a)
+            }
+            #[inline(always)]
+            fn lanes_canonicalize_nan<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S> {
+                simd.$select(simd.$equal(a, a), a, simd.$splat($ty::NAN))
+            }
+        }
+    };
+}
+
+impl_float!(
+    f32,
+    u32,
+    f32s,
+    "f32",
+    as_simd_f32s,
+    as_mut_simd_f32s,
+    splat_f32s,
+    add_f32s,
+    sub_f32s,
+    mul_f32s,
+    div_f32s,
+    sqrt_f32s,
+    neg_f32s,
+    less_than_f32s,
+    equal_f32s,
+    select_f32s
+);
+impl_float!(
+    f64,
+    u64,
+    f64s,
+    "f64",
+    as_simd_f64s,
+    as_mut_simd_f64s,
+    splat_f64s,
+    add_f64s,
+    sub_f64s,
+    mul_f64s,
+    div_f64s,
+    sqrt_f64s,
+    neg_f64s,
+    less_than_f64s,
+    equal_f64s,
+    select_f64s
+);

@@ -1,0 +1,139 @@
+//! Spreading one step over threads: every tensor of the call is cut into
+//! pieces and the pieces are packed into tasks of equal size in bytes, so a
+//! model of 150 tensors pays one dispatch to the pool, small tensors share a
+//! task, and a large tensor is shared by every thread.
+//!
+//! Each element is still updated by the same kernel with the same constants,
+//! so the threaded path is bit-identical to a single-threaded one: threads
+//! change who computes an element, never how.
+
+use rayon::prelude::*;
+
+use crate::execution::ResolvedKernel;
+use crate::step::{Chunk, Coefficients};
+use crate::{Float, Threads};
+
+/// Below this many elements in one call, [`Threads::Auto`] stays on the
+/// calling thread: handing work to rayon's pool from outside it costs
+/// 10-20 µs, which a 2-thread split of fewer elements does not win back
+/// (measured with `cargo bench -p fused-rmsprop-benches --bench kernel`; see
+/// the README for the figures).
+pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 18;
+
+/// Task sizes are rounded to this many elements, so a piece boundary inside
+/// a tensor never splits a cache line or a SIMD register of the one before.
+const TASK_ALIGN_ELEMENTS: usize = 64;
+
+/// Tasks per pool thread under [`Threads::Auto`]: more than one lets a
+/// thread that finishes early (the other core busy on a shared machine)
+/// steal the rest.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Runs `chunks` with `kernel` on the threads `threads` asks for.
+pub(crate) fn run<T: Float>(
+    kernel: ResolvedKernel,
+    threads: Threads,
+    c: &Coefficients<T>,
+    chunks: Vec<Chunk<'_, T>>,
+) {
+    let total: usize = chunks.iter().map(Chunk::len).sum();
+    let (tasks, align) = match threads {
+        Threads::Single => (1, 1),
+        // Forced counts cut anywhere, so tests reach every split point.
+        Threads::Exactly(n) => (n.get(), 1),
+        Threads::Auto => {
+            let pool = rayon::current_num_threads();
+            if total < PARALLEL_MIN_ELEMENTS || pool == 1 {
+                (1, 1)
+            } else {
+                (pool * TASKS_PER_THREAD, TASK_ALIGN_ELEMENTS)
+            }
+        }
+    };
+    if tasks == 1 {
+        for chunk in chunks {
+            kernel.run(c, chunk);
+        }
+        return;
+    }
+    pack(chunks, total, tasks, align)
+        .into_par_iter()
+        .for_each(|task| {
+            for chunk in task {
+                kernel.run(c, chunk);
+            }
+        });
+}
+
+/// Packs `chunks` (`total` elements) into at most `tasks` tasks of about
+/// equal element count (a multiple of `align`), cutting chunks where a task
+/// fills up.
+fn pack<'a, T>(
+    chunks: Vec<Chunk<'a, T>>,
+    total: usize,
+    tasks: usize,
+    align: usize,
+) -> Vec<Vec<Chunk<'a, T>>> {
+    let per_task = total.div_ceil(tasks).next_multiple_of(align).max(1);
+    let mut packed = Vec::with_capacity(tasks + 1);
+    let mut current = Vec::new();
+    let mut room = per_task;
+    for mut chunk in chunks {
+        while chunk.len() > room {
+            let (head, rest) = chunk.split_at(room);
+            current.push(head);
+            packed.push(std::mem::take(&mut current));
+            chunk = rest;
+            room = per_task;
+        }
+        room -= chunk.len();
+        current.push(chunk);
+        if room == 0 {
+            packed.push(std::mem::take(&mut current));
+            room = per_task;
+        }
+    }
+    if !current.is_empty() {
+        packed.push(current);
+    }
+    packed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Hyper, StateSlices};
+
+    fn lengths(tasks: &[Vec<Chunk<'_, f32>>]) -> Vec<Vec<usize>> {
+        tasks
+            .iter()
+            .map(|t| t.iter().map(Chunk::len).collect())
+            .collect()
+    }
+
+    #[test]
+    fn pack_cuts_large_tensors_and_groups_small_ones_by_elements() {
+        let c = Coefficients::<f32>::new(&Hyper::default(), 0.01).unwrap();
+        let sizes = [300, 10, 10, 20];
+        let mut buffers: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = sizes
+            .iter()
+            .map(|&n| (vec![0.0; n], vec![0.0; n], vec![0.0; n]))
+            .collect();
+        let chunks: Vec<_> = buffers
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (p, g, v))| Chunk::new(i, &c, p, g, StateSlices::new(v)).unwrap())
+            .collect();
+        let tasks = pack(chunks, 340, 3, 64);
+        // 340 / 3 rounds up to 114, then to a multiple of 64: 128 per task.
+        assert_eq!(
+            lengths(&tasks),
+            vec![vec![128], vec![128], vec![44, 10, 10, 20]]
+        );
+    }
+
+    #[test]
+    fn pack_of_nothing_is_no_task() {
+        assert!(pack::<f32>(Vec::new(), 0, 4, 1).is_empty());
+    }
+}

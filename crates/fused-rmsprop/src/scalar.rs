@@ -1,0 +1,102 @@
+//! The specification: one element at a time, in plain Rust.
+//!
+//! Every other path ([`simd`](crate::simd), [`parallel`](crate::parallel))
+//! must produce exactly the bits this function produces. Read it next to
+//! `simd.rs`: the two are the same sequence of IEEE operations, line for line.
+//!
+//! No operation here is fused: Rust never contracts `a * b + c` into an FMA,
+//! and the SIMD kernel uses separate multiply and add instructions to match.
+
+use crate::Float;
+use crate::step::{Chunk, Coefficients};
+
+/// Steps every element of `chunk`, in order.
+pub(crate) fn step<T: Float>(c: &Coefficients<T>, chunk: Chunk<'_, T>) {
+    let Chunk {
+        params,
+        grads,
+        square_avg,
+        grad_avg,
+        momentum_buf,
+    } = chunk;
+    for i in 0..params.len() {
+        let grad_avg = if c.centered {
+            Some(&mut grad_avg[i])
+        } else {
+            None
+        };
+        let momentum_buf = if c.momentum.is_some() {
+            Some(&mut momentum_buf[i])
+        } else {
+            None
+        };
+        update_element(
+            c,
+            &mut params[i],
+            grads[i],
+            &mut square_avg[i],
+            grad_avg,
+            momentum_buf,
+        );
+    }
+}
+
+/// The RMSprop update of one element: the formula of [`Hyper`](crate::Hyper).
+#[inline(always)]
+fn update_element<T: Float>(
+    c: &Coefficients<T>,
+    param: &mut T,
+    grad: T,
+    square_avg: &mut T,
+    grad_avg: Option<&mut T>,
+    momentum_buf: Option<&mut T>,
+) {
+    let mut g = grad;
+    if c.maximize {
+        g = -g;
+    }
+    let mut p = *param;
+    if let Some(wd) = c.coupled_weight_decay {
+        g = g + wd * p;
+    }
+    if let Some(factor) = c.decoupled_decay_factor {
+        p = p * factor;
+    }
+
+    let v = c.alpha * *square_avg + c.one_minus_alpha * (g * g);
+    *square_avg = canonical(v);
+
+    let mut variance = v;
+    if let Some(grad_avg) = grad_avg {
+        let m = c.alpha * *grad_avg + c.one_minus_alpha * g;
+        *grad_avg = canonical(m);
+        variance = v - m * m;
+        if c.clamp_centered_variance && variance < T::ZERO {
+            variance = T::ZERO;
+        }
+    }
+
+    let denom = if c.eps_inside_sqrt {
+        (variance + c.eps).sqrt()
+    } else {
+        variance.sqrt() + c.eps
+    };
+    let mut step = g / denom;
+
+    if let (Some(momentum), Some(buf)) = (c.momentum, momentum_buf) {
+        let b = momentum * *buf + step;
+        *buf = canonical(b);
+        step = if c.nesterov { step + momentum * b } else { b };
+    }
+
+    *param = canonical(p - c.lr * step);
+}
+
+/// Every NaN becomes [`Float::CANONICAL_NAN`], so that which NaN an operation
+/// propagates (which the compiler may change by commuting operands) never
+/// shows in the output.
+#[inline(always)]
+fn canonical<T: Float>(x: T) -> T {
+    #[allow(clippy::eq_op)] // x != x is the NaN test, written as the SIMD path writes it
+    if x == x { x } else { T::CANONICAL_NAN }
+}

@@ -1,0 +1,174 @@
+//! The vectorized kernel: the [scalar specification](crate::scalar), one
+//! register of lanes at a time, written once for every instruction set.
+//!
+//! [`step`] hands the kernel to pulp, which runs it with the instruction set
+//! it is given (AVX-512, AVX2+FMA, NEON, or pulp's one-lane fallback); the
+//! `#[inline(always)]` body is monomorphized for each. The whole registers
+//! are stepped here; the tail (fewer elements than one register) is stepped
+//! by the scalar specification itself, so the two cannot drift apart.
+
+use pulp::{Simd, WithSimd};
+
+use crate::Float;
+use crate::scalar;
+use crate::step::{Chunk, Coefficients};
+
+/// Steps `chunk` with instruction set `simd`.
+#[inline(always)]
+pub(crate) fn step<T: Float, S: Simd>(simd: S, c: &Coefficients<T>, chunk: Chunk<'_, T>) {
+    simd.vectorize(Kernel {
+        coefficients: c,
+        chunk,
+    });
+}
+
+struct Kernel<'a, 'c, T> {
+    coefficients: &'c Coefficients<T>,
+    chunk: Chunk<'a, T>,
+}
+
+impl<T: Float> WithSimd for Kernel<'_, '_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let c = self.coefficients;
+        let Chunk {
+            params,
+            grads,
+            square_avg,
+            grad_avg,
+            momentum_buf,
+        } = self.chunk;
+        let (params_head, params_tail) = T::as_lanes_mut::<S>(params);
+        let (grads_head, grads_tail) = T::as_lanes::<S>(grads);
+        let (square_head, square_tail) = T::as_lanes_mut::<S>(square_avg);
+        let (grad_avg_head, grad_avg_tail) = T::as_lanes_mut::<S>(grad_avg);
+        let (momentum_head, momentum_tail) = T::as_lanes_mut::<S>(momentum_buf);
+
+        let lanes = LaneCoefficients::splat(simd, c);
+        for i in 0..params_head.len() {
+            let grad_avg = if c.centered {
+                Some(&mut grad_avg_head[i])
+            } else {
+                None
+            };
+            let momentum_buf = if c.momentum.is_some() {
+                Some(&mut momentum_head[i])
+            } else {
+                None
+            };
+            update_lanes(
+                simd,
+                c,
+                &lanes,
+                &mut params_head[i],
+                grads_head[i],
+                &mut square_head[i],
+                grad_avg,
+                momentum_buf,
+            );
+        }
+
+        scalar::step(
+            c,
+            Chunk {
+                params: params_tail,
+                grads: grads_tail,
+                square_avg: square_tail,
+                grad_avg: grad_avg_tail,
+                momentum_buf: momentum_tail,
+            },
+        );
+    }
+}
+
+/// The coefficients broadcast to every lane, once per chunk.
+struct LaneCoefficients<L> {
+    lr: L,
+    alpha: L,
+    one_minus_alpha: L,
+    eps: L,
+    coupled_weight_decay: L,
+    decoupled_decay_factor: L,
+    momentum: L,
+}
+
+impl<L: Copy> LaneCoefficients<L> {
+    #[inline(always)]
+    fn splat<T: Float<Lanes<S> = L>, S: Simd>(simd: S, c: &Coefficients<T>) -> Self {
+        let splat = |x: T| T::lanes_splat(simd, x);
+        Self {
+            lr: splat(c.lr),
+            alpha: splat(c.alpha),
+            one_minus_alpha: splat(c.one_minus_alpha),
+            eps: splat(c.eps),
+            coupled_weight_decay: splat(c.coupled_weight_decay.unwrap_or(T::ZERO)),
+            decoupled_decay_factor: splat(c.decoupled_decay_factor.unwrap_or(T::ZERO)),
+            momentum: splat(c.momentum.unwrap_or(T::ZERO)),
+        }
+    }
+}
+
+/// [`scalar::update_element`](crate::scalar), on a register of lanes.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn update_lanes<T: Float, S: Simd>(
+    simd: S,
+    c: &Coefficients<T>,
+    k: &LaneCoefficients<T::Lanes<S>>,
+    param: &mut T::Lanes<S>,
+    grad: T::Lanes<S>,
+    square_avg: &mut T::Lanes<S>,
+    grad_avg: Option<&mut T::Lanes<S>>,
+    momentum_buf: Option<&mut T::Lanes<S>>,
+) {
+    let add = |a, b| T::lanes_add(simd, a, b);
+    let sub = |a, b| T::lanes_sub(simd, a, b);
+    let mul = |a, b| T::lanes_mul(simd, a, b);
+    let canonical = |x| T::lanes_canonicalize_nan(simd, x);
+
+    let mut g = grad;
+    if c.maximize {
+        g = T::lanes_neg(simd, g);
+    }
+    let mut p = *param;
+    if c.coupled_weight_decay.is_some() {
+        g = add(g, mul(k.coupled_weight_decay, p));
+    }
+    if c.decoupled_decay_factor.is_some() {
+        p = mul(p, k.decoupled_decay_factor);
+    }
+
+    let v = add(mul(k.alpha, *square_avg), mul(k.one_minus_alpha, mul(g, g)));
+    *square_avg = canonical(v);
+
+    let mut variance = v;
+    if let Some(grad_avg) = grad_avg {
+        let m = add(mul(k.alpha, *grad_avg), mul(k.one_minus_alpha, g));
+        *grad_avg = canonical(m);
+        variance = sub(v, mul(m, m));
+        if c.clamp_centered_variance {
+            variance = T::lanes_clamp_negative_to_zero(simd, variance);
+        }
+    }
+
+    let denom = if c.eps_inside_sqrt {
+        T::lanes_sqrt(simd, add(variance, k.eps))
+    } else {
+        add(T::lanes_sqrt(simd, variance), k.eps)
+    };
+    let mut step = T::lanes_div(simd, g, denom);
+
+    if let Some(buf) = momentum_buf {
+        let b = add(mul(k.momentum, *buf), step);
+        *buf = canonical(b);
+        step = if c.nesterov {
+            add(step, mul(k.momentum, b))
+        } else {
+            b
+        };
+    }
+
+    *param = canonical(sub(p, mul(k.lr, step)));
+}

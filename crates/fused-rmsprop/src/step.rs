@@ -1,0 +1,158 @@
+//! What every path receives: the step's constants, computed once, and a
+//! validated bundle of equal-length slices.
+//!
+//! Each derived constant (`1 - alpha`, `1 - lr * wd`) is computed here once,
+//! in `f64`, and rounded to the element type once; the scalar, SIMD and
+//! threaded paths all read the same values, so none of them can round a
+//! constant differently from another.
+
+use crate::config::validate_lr;
+use crate::{EpsPlacement, Error, Float, Hyper, StateSlices, WeightDecay};
+
+/// The per-step constants of the update, in the element type.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Coefficients<T> {
+    pub lr: T,
+    pub alpha: T,
+    pub one_minus_alpha: T,
+    pub eps: T,
+    pub eps_inside_sqrt: bool,
+    pub maximize: bool,
+    /// `Some(wd)` for coupled weight decay: `g += wd * p`.
+    pub coupled_weight_decay: Option<T>,
+    /// `Some(1 - lr * wd)` for decoupled weight decay: `p *= factor`.
+    pub decoupled_decay_factor: Option<T>,
+    pub centered: bool,
+    pub clamp_centered_variance: bool,
+    /// `Some(momentum)` when momentum > 0.
+    pub momentum: Option<T>,
+    pub nesterov: bool,
+}
+
+impl<T: Float> Coefficients<T> {
+    /// The constants for one step of `hyper` (already validated) at
+    /// learning rate `lr`.
+    pub fn new(hyper: &Hyper, lr: f64) -> Result<Self, Error> {
+        validate_lr(lr)?;
+        Ok(Self {
+            lr: T::from_f64(lr),
+            alpha: T::from_f64(hyper.alpha),
+            one_minus_alpha: T::from_f64(1.0 - hyper.alpha),
+            eps: T::from_f64(hyper.eps),
+            eps_inside_sqrt: hyper.eps_placement == EpsPlacement::InsideSqrt,
+            maximize: hyper.maximize,
+            coupled_weight_decay: match hyper.weight_decay {
+                Some(WeightDecay::Coupled(wd)) if wd != 0.0 => Some(T::from_f64(wd)),
+                _ => None,
+            },
+            decoupled_decay_factor: match hyper.weight_decay {
+                Some(WeightDecay::Decoupled(wd)) if wd != 0.0 => Some(T::from_f64(1.0 - lr * wd)),
+                _ => None,
+            },
+            centered: hyper.centered,
+            clamp_centered_variance: hyper.clamp_centered_variance,
+            momentum: hyper
+                .needs_momentum_buf()
+                .then(|| T::from_f64(hyper.momentum)),
+            nesterov: hyper.nesterov,
+        })
+    }
+}
+
+/// Equal-length slices of one parameter (or a piece of one): the unit every
+/// path works on. `grad_avg` is empty unless centered, `momentum_buf` empty
+/// unless momentum is on; [`Chunk::new`] guarantees both.
+#[derive(Debug)]
+pub(crate) struct Chunk<'a, T> {
+    pub params: &'a mut [T],
+    pub grads: &'a [T],
+    pub square_avg: &'a mut [T],
+    pub grad_avg: &'a mut [T],
+    pub momentum_buf: &'a mut [T],
+}
+
+impl<'a, T> Chunk<'a, T> {
+    /// Checks every length against the parameter's, and that the buffers the
+    /// coefficients need are present. Writes nothing.
+    pub fn new<C>(
+        group: usize,
+        coefficients: &Coefficients<C>,
+        params: &'a mut [T],
+        grads: &'a [T],
+        state: StateSlices<'a, T>,
+    ) -> Result<Self, Error> {
+        let expected = params.len();
+        let check_len = |buffer: &'static str, actual: usize| {
+            if actual == expected {
+                Ok(())
+            } else {
+                Err(Error::LengthMismatch {
+                    group,
+                    buffer,
+                    expected,
+                    actual,
+                })
+            }
+        };
+        let required = |buffer: &'static str, needed: bool, slice: Option<&'a mut [T]>| match (
+            needed, slice,
+        ) {
+            (false, _) => Ok(Default::default()),
+            (true, None) => Err(Error::MissingState { group, buffer }),
+            (true, Some(slice)) => check_len(buffer, slice.len()).map(|()| slice),
+        };
+        check_len("grads", grads.len())?;
+        check_len("square_avg", state.square_avg.len())?;
+        let grad_avg = required("grad_avg", coefficients.centered, state.grad_avg)?;
+        let momentum_buf = required(
+            "momentum_buf",
+            coefficients.momentum.is_some(),
+            state.momentum_buf,
+        )?;
+        Ok(Self {
+            params,
+            grads,
+            square_avg: state.square_avg,
+            grad_avg,
+            momentum_buf,
+        })
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    /// Splits at element `mid` into two chunks that are valid on their own.
+    pub fn split_at(self, mid: usize) -> (Self, Self) {
+        fn split<T>(slice: &mut [T], mid: usize) -> (&mut [T], &mut [T]) {
+            // An absent optional buffer is empty and stays empty on both sides.
+            if slice.is_empty() {
+                (&mut [], &mut [])
+            } else {
+                slice.split_at_mut(mid)
+            }
+        }
+        let (params_a, params_b) = self.params.split_at_mut(mid);
+        let (grads_a, grads_b) = self.grads.split_at(mid);
+        let (square_a, square_b) = self.square_avg.split_at_mut(mid);
+        let (grad_avg_a, grad_avg_b) = split(self.grad_avg, mid);
+        let (momentum_a, momentum_b) = split(self.momentum_buf, mid);
+        (
+            Chunk {
+                params: params_a,
+                grads: grads_a,
+                square_avg: square_a,
+                grad_avg: grad_avg_a,
+                momentum_buf: momentum_a,
+            },
+            Chunk {
+                params: params_b,
+                grads: grads_b,
+                square_avg: square_b,
+                grad_avg: grad_avg_b,
+                momentum_buf: momentum_b,
+            },
+        )
+    }
+}

@@ -1,0 +1,135 @@
+//! proptest strategies for the kernel's inputs, shared by this crate's tests
+//! and the adapters' (feature `proptest`).
+//!
+//! ```
+//! use fused_rmsprop::testing;
+//! use proptest::strategy::{Strategy, ValueTree};
+//! use proptest::test_runner::TestRunner;
+//! let mut runner = TestRunner::deterministic();
+//! let hyper = testing::hyper().new_tree(&mut runner).unwrap().current();
+//! assert!(hyper.validate().is_ok());
+//! ```
+
+use proptest::prelude::*;
+
+use crate::{EpsPlacement, Float, Hyper, WeightDecay};
+
+/// Values that break naive kernels: signed zeros, infinities, NaNs of both
+/// signs and with payloads, the smallest subnormal, the largest finite
+/// values, and values near 1.
+pub fn special_f64() -> Vec<f64> {
+    vec![
+        0.0,
+        -0.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        -f64::NAN,
+        f64::from_bits(0x7FF0_0000_0000_0001), // signalling NaN
+        f64::from_bits(0xFFF8_0000_DEAD_BEEF), // negative NaN with a payload
+        f64::from_bits(1),                     // smallest f64 subnormal
+        f32::from_bits(1) as f64,              // smallest f32 subnormal
+        1e-40,
+        f64::MIN_POSITIVE,
+        f32::MIN_POSITIVE as f64,
+        f32::MAX as f64,
+        -(f32::MAX as f64),
+        f64::MAX,
+        1e30,
+        -1e30,
+        1.0,
+        -1.0,
+        0.5,
+        1e-8,
+    ]
+}
+
+/// An element type proptest can draw from every bit pattern.
+pub trait Arbitrary: Float {
+    /// Any bit pattern of the type.
+    fn any_bits() -> BoxedStrategy<Self>;
+}
+
+impl Arbitrary for f32 {
+    fn any_bits() -> BoxedStrategy<Self> {
+        any::<u32>().prop_map(f32::from_bits).boxed()
+    }
+}
+
+impl Arbitrary for f64 {
+    fn any_bits() -> BoxedStrategy<Self> {
+        any::<u64>().prop_map(f64::from_bits).boxed()
+    }
+}
+
+/// One element: mostly realistic values (|x| up to 10, with small ones
+/// common), with special values and arbitrary bit patterns mixed in.
+pub fn element<T: Arbitrary>() -> BoxedStrategy<T> {
+    let specials: Vec<T> = special_f64().into_iter().map(T::from_f64).collect();
+    prop_oneof![
+        6 => (-10.0f64..10.0).prop_map(T::from_f64),
+        2 => (-1e-3f64..1e-3).prop_map(T::from_f64),
+        1 => proptest::sample::select(specials),
+        1 => T::any_bits(),
+    ]
+    .boxed()
+}
+
+/// One element from realistic ranges only (no NaN, no Inf).
+pub fn realistic_element<T: Arbitrary>() -> BoxedStrategy<T> {
+    prop_oneof![
+        3 => (-10.0f64..10.0).prop_map(T::from_f64),
+        1 => (-1e-3f64..1e-3).prop_map(T::from_f64),
+    ]
+    .boxed()
+}
+
+/// Valid hyper-parameters covering every variant combination: plain,
+/// momentum, Nesterov, centered (with and without the clamp), both weight
+/// decays, maximize, both eps placements, initial square average; edge
+/// values (alpha 0 and 1, eps 0, lr 0) included.
+pub fn hyper() -> impl Strategy<Value = Hyper> {
+    let lr = prop_oneof![Just(0.0), Just(0.01), 0.0f64..1.0];
+    let alpha = prop_oneof![Just(0.0), Just(0.99), Just(1.0), 0.0f64..=1.0];
+    let eps = prop_oneof![Just(0.0), Just(1e-8), 0.0f64..1e-2];
+    let placement = prop_oneof![
+        Just(EpsPlacement::OutsideSqrt),
+        Just(EpsPlacement::InsideSqrt)
+    ];
+    let initial = prop_oneof![3 => Just(0.0), 1 => 0.0f64..2.0];
+    let momentum = prop_oneof![Just(0.0), Just(0.9), 0.0f64..1.0];
+    let weight_decay = prop_oneof![
+        Just(None),
+        (0.0f64..0.5).prop_map(|wd| Some(WeightDecay::Coupled(wd))),
+        (0.0f64..0.5).prop_map(|wd| Some(WeightDecay::Decoupled(wd))),
+    ];
+    (
+        (lr, alpha, eps, placement, initial),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            momentum,
+            any::<bool>(),
+            weight_decay,
+            any::<bool>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (lr, alpha, eps, eps_placement, initial_square_avg),
+                (centered, clamp_centered_variance, momentum, nesterov, weight_decay, maximize),
+            )| Hyper {
+                lr,
+                alpha,
+                eps,
+                eps_placement,
+                initial_square_avg,
+                centered,
+                clamp_centered_variance,
+                momentum,
+                nesterov,
+                weight_decay,
+                maximize,
+            },
+        )
+}
