@@ -81,13 +81,15 @@
 //! and returns an [`Error`] before writing anything. Nothing in the crate
 //! panics on bad input.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod config;
 mod element;
 mod error;
 mod execution;
 mod parallel;
+#[allow(unsafe_code)]
+mod prefetch;
 mod scalar;
 mod simd;
 mod state;

@@ -10,8 +10,8 @@
 use pulp::{Simd, WithSimd};
 
 use crate::Float;
-use crate::scalar;
 use crate::step::{Chunk, Coefficients};
+use crate::{prefetch, scalar};
 
 /// Steps `chunk` with instruction set `simd`.
 #[inline(always)]
@@ -47,7 +47,13 @@ impl<T: Float> WithSimd for Kernel<'_, '_, T> {
         let (momentum_head, momentum_tail) = T::as_lanes_mut::<S>(momentum_buf);
 
         let lanes = LaneCoefficients::splat(simd, c);
+        let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<T::Lanes<S>>().max(1);
         for i in 0..params_head.len() {
+            prefetch::prefetch(params_head, i + ahead);
+            prefetch::prefetch(grads_head, i + ahead);
+            prefetch::prefetch(square_head, i + ahead);
+            prefetch::prefetch(grad_avg_head, i + ahead);
+            prefetch::prefetch(momentum_head, i + ahead);
             let grad_avg = if c.centered {
                 Some(&mut grad_avg_head[i])
             } else {

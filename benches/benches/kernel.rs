@@ -1,0 +1,152 @@
+//! The bare kernel against the bandwidth limits of the same run.
+//!
+//! For each size (4K, 64K, 1M, 16M, 64M `f32` elements) and variant (plain;
+//! momentum; centered + momentum + weight decay), criterion reports GB/s for:
+//! the scalar specification, the SIMD kernel with each instruction set on
+//! one thread, the default path (`auto`: widest SIMD, threads above the
+//! threshold), a plain Rust loop, and the skeleton loop (the same loads and
+//! stores, trivial arithmetic) on one and on all threads. A STREAM triad per
+//! size gives the customary bandwidth figure. The `threshold` group times one
+//! thread against two around `PARALLEL_MIN_ELEMENTS`.
+//!
+//! `FUSED_RMSPROP_BENCH_SIZES=1048576,16777216` limits the sizes.
+
+use std::hint::black_box;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
+use fused_rmsprop_benches::workload::{Buffers, Variant};
+use fused_rmsprop_benches::{naive, roofline};
+
+const DEFAULT_SIZES: [usize; 5] = [1 << 12, 1 << 16, 1 << 20, 1 << 24, 1 << 26];
+
+fn sizes() -> Vec<usize> {
+    match std::env::var("FUSED_RMSPROP_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect(),
+        Err(_) => DEFAULT_SIZES.to_vec(),
+    }
+}
+
+fn label(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+fn kernel(c: &mut Criterion) {
+    let pool = rayon::current_num_threads();
+    for n in sizes() {
+        for variant in Variant::ALL {
+            let mut group = c.benchmark_group(format!("kernel/{}/{}", label(n), variant.name()));
+            group.throughput(Throughput::Bytes((n * variant.bytes_per_element()) as u64));
+            let mut buffers = Buffers::new(n, variant);
+            let opt = RmsProp::new(variant.hyper()).unwrap();
+
+            let mut paths = vec![(
+                "scalar".to_string(),
+                Execution {
+                    kernel: Kernel::Scalar,
+                    threads: Threads::Single,
+                },
+            )];
+            for isa in Isa::available() {
+                paths.push((
+                    format!("simd-{}", isa.name()),
+                    Execution {
+                        kernel: Kernel::Simd(isa),
+                        threads: Threads::Single,
+                    },
+                ));
+            }
+            paths.push(("auto".to_string(), Execution::default()));
+            for (name, execution) in paths {
+                let opt = opt.with_execution(execution).unwrap();
+                group.bench_function(name, |b| {
+                    b.iter(|| {
+                        let Buffers {
+                            params,
+                            grads,
+                            state,
+                        } = &mut buffers;
+                        opt.step(params, grads, state).unwrap();
+                        black_box(&buffers.params);
+                    })
+                });
+            }
+            let hyper = variant.hyper();
+            group.bench_function("plain-loop", |b| {
+                b.iter(|| naive::step(&hyper, black_box(&mut buffers)))
+            });
+            group.bench_function("skeleton-1t", |b| {
+                b.iter(|| roofline::skeleton(black_box(&mut buffers), 1))
+            });
+            group.bench_function(format!("skeleton-{pool}t"), |b| {
+                b.iter(|| roofline::skeleton(black_box(&mut buffers), pool))
+            });
+            group.finish();
+        }
+
+        let mut group = c.benchmark_group(format!("triad/{}", label(n)));
+        group.throughput(Throughput::Bytes((n * 12) as u64));
+        let (mut a, b_, c_) = (vec![0.0f32; n], vec![1.0f32; n], vec![2.0f32; n]);
+        for threads in [1, pool] {
+            group.bench_function(BenchmarkId::new("threads", threads), |b| {
+                b.iter(|| roofline::triad(black_box(&mut a), &b_, &c_, threads))
+            });
+        }
+        group.finish();
+    }
+}
+
+/// One thread against two tasks on the pool, around the size where the
+/// default path starts to use threads.
+fn threshold(c: &mut Criterion) {
+    let variant = Variant::Plain;
+    for n in [1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20] {
+        let mut group = c.benchmark_group(format!("threshold/{}", label(n)));
+        group.throughput(Throughput::Bytes((n * variant.bytes_per_element()) as u64));
+        let mut buffers = Buffers::new(n, variant);
+        let opt = RmsProp::new(variant.hyper()).unwrap();
+        let two = Threads::Exactly(NonZeroUsize::new(2).unwrap());
+        for (name, threads) in [("single", Threads::Single), ("two", two)] {
+            let opt = opt
+                .with_execution(Execution {
+                    kernel: Kernel::Auto,
+                    threads,
+                })
+                .unwrap();
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    let Buffers {
+                        params,
+                        grads,
+                        state,
+                    } = &mut buffers;
+                    opt.step(params, grads, state).unwrap();
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = kernel, threshold
+}
+criterion_main!(benches);

@@ -1,0 +1,279 @@
+//! `compare`: the fused step against its limits and against plain code, in
+//! one table from one run.
+//!
+//! ```text
+//! cargo run --release -p fused-rmsprop-benches --bin compare [-- OPTIONS]
+//!   --quick            1M only, plain variant (well under 30 s)
+//!   --sizes 1M,16M     tensor sizes (K and M suffixes: 2^10, 2^20)
+//!   --threads N        threads for the threaded rows (default: the pool's)
+//!   --variant NAME     plain | momentum | centered+momentum+wd (default: all)
+//!   --json             one JSON object per row on stdout instead of the table
+//! ```
+//!
+//! Each row: a path of the kernel (`baseline` is what it is compared with),
+//! median ms per step (baseline and fused interleaved, after warm-up), the
+//! speedup, the fused GB/s (bytes the variant must stream), and
+//! `roofline_fraction`: the fused GB/s over the GB/s of the skeleton loop
+//! (the kernel's loads and stores, trivial arithmetic) on the same threads,
+//! measured in the same run.
+
+use std::time::Duration;
+
+use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
+use fused_rmsprop_benches::timing::{interleaved_medians, reps_for};
+use fused_rmsprop_benches::workload::{Buffers, Variant};
+use fused_rmsprop_benches::{naive, roofline};
+
+struct Options {
+    sizes: Vec<usize>,
+    variants: Vec<Variant>,
+    threads: usize,
+    json: bool,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        _ => (s, 0),
+    };
+    digits
+        .parse::<usize>()
+        .map(|n| n << shift)
+        .map_err(|_| format!("--sizes: cannot read {s:?} as a size (examples: 4096, 64K, 16M)"))
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        sizes: vec![1 << 20, 1 << 24],
+        variants: Variant::ALL.to_vec(),
+        threads: rayon::current_num_threads(),
+        json: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--quick" => {
+                options.sizes = vec![1 << 20];
+                options.variants = vec![Variant::Plain];
+            }
+            "--sizes" => {
+                options.sizes = value("--sizes")?
+                    .split(',')
+                    .map(parse_size)
+                    .collect::<Result<_, _>>()?
+            }
+            "--threads" => {
+                options.threads = value("--threads")?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("--threads needs a whole number >= 1")?
+            }
+            "--variant" => {
+                let name = value("--variant")?;
+                options.variants = vec![Variant::parse(&name).ok_or(format!(
+                    "--variant: unknown {name:?}; one of plain, momentum, centered+momentum+wd"
+                ))?];
+            }
+            "--json" => options.json = true,
+            "--help" | "-h" => {
+                println!(
+                    "{}",
+                    include_str!("compare.rs")
+                        .lines()
+                        .take_while(|l| l.starts_with("//!"))
+                        .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown option {other:?} (see --help)")),
+        }
+    }
+    Ok(options)
+}
+
+/// The CPU's model name, from /proc/cpuinfo where there is one.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+struct Row {
+    framework: &'static str,
+    baseline: String,
+    case: String,
+    variant: Variant,
+    elements: usize,
+    threads: usize,
+    baseline_ns: f64,
+    fused: String,
+    fused_ns: f64,
+    gbps: f64,
+    roofline_fraction: f64,
+}
+
+fn label(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+/// Times a kernel path against a baseline, interleaved, on one set of buffers
+/// each; also times the skeleton on `threads` threads for the roofline.
+fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) {
+    let hyper = variant.hyper();
+    let opt = RmsProp::new(hyper).unwrap();
+    let forced = |kernel, threads| opt.with_execution(Execution { kernel, threads }).unwrap();
+    let pool_threads = Threads::Exactly(std::num::NonZeroUsize::new(threads).unwrap());
+    let best = Isa::detect();
+    let paths = [
+        (
+            format!("simd-{}", best.name()),
+            1,
+            forced(Kernel::Simd(best), Threads::Single),
+        ),
+        (
+            "scalar-spec".to_string(),
+            1,
+            forced(Kernel::Scalar, Threads::Single),
+        ),
+        (
+            format!("simd-{} x{threads}", best.name()),
+            threads,
+            forced(Kernel::Simd(best), pool_threads),
+        ),
+    ];
+    let bytes = (n * variant.bytes_per_element()) as f64;
+    let budget = Duration::from_millis(if n >= 1 << 24 { 2500 } else { 600 });
+    for (name, t, fused) in paths {
+        let mut fused_buffers = Buffers::new(n, variant);
+        let mut plain_buffers = Buffers::new(n, variant);
+        let mut skeleton_buffers = Buffers::new(n, variant);
+        let mut run_fused = || {
+            let Buffers {
+                params,
+                grads,
+                state,
+            } = &mut fused_buffers;
+            fused.step(params, grads, state).unwrap();
+        };
+        let mut run_plain = || naive::step(&hyper, &mut plain_buffers);
+        let mut run_skeleton = || roofline::skeleton(&mut skeleton_buffers, t);
+        let first = interleaved_medians(1, 3, &mut [&mut run_fused]);
+        let reps = reps_for(budget, first[0] * 3, 5, 200);
+        let times = interleaved_medians(
+            1,
+            reps,
+            &mut [&mut run_plain, &mut run_fused, &mut run_skeleton],
+        );
+        let [plain_t, fused_t, skeleton_t] =
+            [times[0], times[1], times[2]].map(|d| d.as_secs_f64());
+        rows.push(Row {
+            framework: "kernel",
+            baseline: if t == 1 {
+                "plain-loop".into()
+            } else {
+                "plain-loop (1 thread)".into()
+            },
+            case: label(n),
+            variant,
+            elements: n,
+            threads: t,
+            baseline_ns: plain_t * 1e9,
+            fused: name,
+            fused_ns: fused_t * 1e9,
+            gbps: bytes / fused_t / 1e9,
+            roofline_fraction: skeleton_t / fused_t,
+        });
+    }
+}
+
+fn main() {
+    let options = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cpu = cpu_name();
+    let mut rows = Vec::new();
+    for &n in &options.sizes {
+        for &variant in &options.variants {
+            eprintln!("measuring {} {} ...", label(n), variant.name());
+            kernel_rows(n, variant, options.threads, &mut rows);
+        }
+    }
+    if options.json {
+        for r in &rows {
+            println!(
+                "{{\"framework\":\"{}\",\"baseline\":\"{}\",\"fused\":\"{}\",\"case\":\"{}\",\"variant\":\"{}\",\"elements\":{},\"threads\":{},\"baseline_ns\":{:.0},\"fused_ns\":{:.0},\"speedup\":{:.3},\"gbps\":{:.3},\"roofline_fraction\":{:.3},\"max_abs_diff\":null,\"cpu\":\"{}\"}}",
+                r.framework,
+                r.baseline,
+                r.fused,
+                r.case,
+                r.variant.name(),
+                r.elements,
+                r.threads,
+                r.baseline_ns,
+                r.fused_ns,
+                r.baseline_ns / r.fused_ns,
+                r.gbps,
+                r.roofline_fraction,
+                cpu.replace('"', "'")
+            );
+        }
+        return;
+    }
+    println!(
+        "CPU: {cpu}; rayon pool: {} threads",
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<9} {:<22} {:<5} {:<21} {:<16} {:>3} {:>11} {:>9} {:>8} {:>7} {:>9}",
+        "framework",
+        "baseline",
+        "case",
+        "variant",
+        "fused",
+        "thr",
+        "baseline ms",
+        "fused ms",
+        "speedup",
+        "GB/s",
+        "roofline"
+    );
+    for r in &rows {
+        println!(
+            "{:<9} {:<22} {:<5} {:<21} {:<16} {:>3} {:>11.3} {:>9.3} {:>7.2}x {:>7.2} {:>9.2}",
+            r.framework,
+            r.baseline,
+            r.case,
+            r.variant.name(),
+            r.fused,
+            r.threads,
+            r.baseline_ns / 1e6,
+            r.fused_ns / 1e6,
+            r.baseline_ns / r.fused_ns,
+            r.gbps,
+            r.roofline_fraction
+        );
+    }
+    println!(
+        "roofline = fused GB/s / skeleton GB/s (same loads and stores, trivial arithmetic, same threads, same run)"
+    );
+}

@@ -1,0 +1,98 @@
+//! The benchmark variants and their buffers.
+
+use fused_rmsprop::{Hyper, State, WeightDecay};
+
+/// The three variants every benchmark reports: they differ in how many
+/// buffers a step streams (20, 28 and 36 bytes per `f32` element).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// RMSprop without momentum or centering.
+    Plain,
+    /// Momentum 0.9.
+    Momentum,
+    /// Centered, momentum 0.9, coupled weight decay 0.01.
+    CenteredMomentumWd,
+}
+
+impl Variant {
+    /// All variants, cheapest first.
+    pub const ALL: [Variant; 3] = [
+        Variant::Plain,
+        Variant::Momentum,
+        Variant::CenteredMomentumWd,
+    ];
+
+    /// The name used in tables, JSON and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Plain => "plain",
+            Variant::Momentum => "momentum",
+            Variant::CenteredMomentumWd => "centered+momentum+wd",
+        }
+    }
+
+    /// Parses [`Variant::name`].
+    pub fn parse(name: &str) -> Option<Variant> {
+        Variant::ALL.into_iter().find(|v| v.name() == name)
+    }
+
+    /// The hyper-parameters (PyTorch defaults otherwise).
+    pub fn hyper(self) -> Hyper {
+        let h = Hyper::default();
+        match self {
+            Variant::Plain => h,
+            Variant::Momentum => h.with_momentum(0.9),
+            Variant::CenteredMomentumWd => h
+                .with_momentum(0.9)
+                .with_centered(true)
+                .with_weight_decay(Some(WeightDecay::Coupled(0.01))),
+        }
+    }
+
+    /// Bytes one `f32` step streams per element.
+    pub fn bytes_per_element(self) -> usize {
+        self.hyper().bytes_per_element(4)
+    }
+}
+
+/// Parameters, gradients and state of one tensor, filled with deterministic
+/// values of realistic magnitude.
+#[derive(Clone, Debug)]
+pub struct Buffers {
+    /// The parameters.
+    pub params: Vec<f32>,
+    /// The gradients.
+    pub grads: Vec<f32>,
+    /// The optimizer state.
+    pub state: State<f32>,
+}
+
+impl Buffers {
+    /// `len` elements for `variant`; every page is written, so the timing
+    /// never includes first-touch page faults.
+    pub fn new(len: usize, variant: Variant) -> Self {
+        let value = |i: usize, salt: u32| {
+            let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(salt);
+            (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let mut state = State::new(len, &variant.hyper());
+        for (i, v) in state.square_avg.iter_mut().enumerate() {
+            *v = value(i, 3).abs() * 0.01;
+        }
+        Self {
+            params: (0..len).map(|i| value(i, 1)).collect(),
+            grads: (0..len).map(|i| value(i, 2) * 0.1).collect(),
+            state,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+}
