@@ -1,0 +1,463 @@
+//! The candle optimizer trains a real candle-nn MLP to the same parameters as
+//! an RMSprop written with candle tensor ops (state kept in `Var`s and
+//! updated with `Var::set`, as candle-optimisers does), step after step.
+//!
+//! Tolerance: |fused - reference| <= 1e-5 * max(1, |reference|) per element
+//! at every one of 25 steps. Both compute the same formula in f32 with IEEE
+//! operations; they differ only where candle's scalar ops add a `+ 0.0` or
+//! order a product differently, a few ulps that the trajectory may amplify.
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{Linear, Optimizer};
+use fused_rmsprop::EpsPlacement;
+use fused_rmsprop_candle::{ParamsRmsProp, RmsProp};
+
+/// RMSprop from candle tensor ops: the reference.
+struct Reference {
+    vars: Vec<Var>,
+    square_avg: Vec<Var>,
+    grad_avg: Vec<Var>,
+    momentum_buf: Vec<Var>,
+    p: ParamsRmsProp,
+}
+
+impl Reference {
+    fn new(vars: Vec<Var>, p: ParamsRmsProp) -> candle_core::Result<Self> {
+        let zeros = |v: &Var, fill: f64| Var::from_tensor(&(v.zeros_like()? + fill)?);
+        Ok(Self {
+            square_avg: vars
+                .iter()
+                .map(|v| zeros(v, p.initial_square_avg))
+                .collect::<Result<_, _>>()?,
+            grad_avg: vars
+                .iter()
+                .map(|v| zeros(v, 0.0))
+                .collect::<Result<_, _>>()?,
+            momentum_buf: vars
+                .iter()
+                .map(|v| zeros(v, 0.0))
+                .collect::<Result<_, _>>()?,
+            vars,
+            p,
+        })
+    }
+
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
+        let p = self.p;
+        for i in 0..self.vars.len() {
+            let var = &self.vars[i];
+            let Some(grad) = grads.get(var) else { continue };
+            let mut g = grad.detach();
+            let mut param = var.as_tensor().detach();
+            if p.maximize {
+                g = g.neg()?;
+            }
+            if let Some(wd) = p.weight_decay {
+                if p.decoupled_weight_decay {
+                    param = (param * (1.0 - p.lr * wd))?;
+                } else {
+                    g = (g + (&param * wd)?)?;
+                }
+            }
+            let v = ((self.square_avg[i].as_tensor() * p.alpha)? + (g.sqr()? * (1.0 - p.alpha))?)?;
+            self.square_avg[i].set(&v)?;
+            let mut variance = v;
+            if p.centered {
+                let m = ((self.grad_avg[i].as_tensor() * p.alpha)? + (&g * (1.0 - p.alpha))?)?;
+                self.grad_avg[i].set(&m)?;
+                variance = (variance - m.sqr()?)?;
+                if p.clamp_centered_variance {
+                    variance = variance.relu()?;
+                }
+            }
+            let denom = match p.eps_placement {
+                EpsPlacement::OutsideSqrt => (variance.sqrt()? + p.eps)?,
+                EpsPlacement::InsideSqrt => (variance + p.eps)?.sqrt()?,
+            };
+            let mut step = (g / denom)?;
+            if let Some(mom) = p.momentum.filter(|&m| m > 0.0) {
+                let b = ((self.momentum_buf[i].as_tensor() * mom)? + &step)?;
+                self.momentum_buf[i].set(&b)?;
+                step = if p.nesterov { (step + (&b * mom)?)? } else { b };
+            }
+            var.set(&(param - (step * p.lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A 3-layer MLP on fixed data; `vars` holds its weights and biases.
+struct Mlp {
+    layers: Vec<Linear>,
+    vars: Vec<Var>,
+}
+
+impl Mlp {
+    fn new(dtype: DType) -> candle_core::Result<Self> {
+        let dims = [(8, 16), (16, 16), (16, 4)];
+        let mut vars = Vec::new();
+        let mut layers = Vec::new();
+        for (l, &(input, output)) in dims.iter().enumerate() {
+            let w: Vec<f64> = (0..input * output)
+                .map(|i| ((i * 7 + l * 13) as f64 * 0.37).sin() * 0.4)
+                .collect();
+            let b: Vec<f64> = (0..output)
+                .map(|i| ((i + l) as f64 * 0.91).cos() * 0.1)
+                .collect();
+            let w = Var::from_tensor(
+                &Tensor::from_vec(w, (output, input), &Device::Cpu)?.to_dtype(dtype)?,
+            )?;
+            let b = Var::from_tensor(&Tensor::from_vec(b, output, &Device::Cpu)?.to_dtype(dtype)?)?;
+            layers.push(Linear::new(
+                w.as_tensor().clone(),
+                Some(b.as_tensor().clone()),
+            ));
+            vars.extend([w, b]);
+        }
+        Ok(Self { layers, vars })
+    }
+
+    fn loss(&self, step: usize) -> candle_core::Result<Tensor> {
+        let dtype = self.vars[0].dtype();
+        let x: Vec<f64> = (0..32 * 8)
+            .map(|i| ((i + step * 5) as f64 * 0.13).sin())
+            .collect();
+        let y: Vec<f64> = (0..32 * 4)
+            .map(|i| ((i + step) as f64 * 0.29).cos())
+            .collect();
+        let x = Tensor::from_vec(x, (32, 8), &Device::Cpu)?.to_dtype(dtype)?;
+        let y = Tensor::from_vec(y, (32, 4), &Device::Cpu)?.to_dtype(dtype)?;
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if i + 1 < self.layers.len() {
+                h = h.tanh()?;
+            }
+        }
+        (h - y)?.sqr()?.mean_all()
+    }
+
+    fn values(&self) -> Vec<Vec<f64>> {
+        self.vars
+            .iter()
+            .map(|v| {
+                v.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect()
+    }
+}
+
+fn assert_close(fused: &[Vec<f64>], reference: &[Vec<f64>], tolerance: f64, what: &str) {
+    for (f, r) in fused.iter().flatten().zip(reference.iter().flatten()) {
+        assert!(
+            (f - r).abs() <= tolerance * r.abs().max(1.0),
+            "{what}: fused {f}, reference {r}"
+        );
+    }
+}
+
+fn train_both(p: ParamsRmsProp, dtype: DType, steps: usize, tolerance: f64) {
+    let fused_model = Mlp::new(dtype).unwrap();
+    let reference_model = Mlp::new(dtype).unwrap();
+    let mut fused = RmsProp::new(fused_model.vars.clone(), p).unwrap();
+    let mut reference = Reference::new(reference_model.vars.clone(), p).unwrap();
+    for step in 0..steps {
+        fused
+            .backward_step(&fused_model.loss(step).unwrap())
+            .unwrap();
+        let grads = reference_model.loss(step).unwrap().backward().unwrap();
+        reference.step(&grads).unwrap();
+        assert_close(
+            &fused_model.values(),
+            &reference_model.values(),
+            tolerance,
+            &format!("{p:?}, step {step}"),
+        );
+    }
+}
+
+fn variants() -> Vec<ParamsRmsProp> {
+    let d = ParamsRmsProp {
+        lr: 0.01,
+        ..Default::default()
+    };
+    vec![
+        d,
+        ParamsRmsProp {
+            momentum: Some(0.9),
+            ..d
+        },
+        ParamsRmsProp {
+            centered: true,
+            ..d
+        },
+        ParamsRmsProp {
+            weight_decay: Some(0.05),
+            ..d
+        },
+        ParamsRmsProp {
+            centered: true,
+            momentum: Some(0.9),
+            weight_decay: Some(0.05),
+            ..d
+        },
+        ParamsRmsProp {
+            momentum: Some(0.9),
+            nesterov: true,
+            ..d
+        },
+        ParamsRmsProp {
+            weight_decay: Some(0.05),
+            decoupled_weight_decay: true,
+            ..d
+        },
+        ParamsRmsProp {
+            eps_placement: EpsPlacement::InsideSqrt,
+            eps: 1e-6,
+            ..d
+        },
+        ParamsRmsProp {
+            initial_square_avg: 1.0,
+            ..d
+        },
+        ParamsRmsProp {
+            centered: true,
+            clamp_centered_variance: true,
+            ..d
+        },
+        ParamsRmsProp {
+            maximize: true,
+            lr: 0.001,
+            ..d
+        },
+    ]
+}
+
+#[test]
+fn mlp_trains_like_tensor_op_rmsprop_for_every_variant() {
+    for p in variants() {
+        train_both(p, DType::F32, 25, 1e-5);
+    }
+}
+
+#[test]
+fn f64_model_trains_like_tensor_op_rmsprop() {
+    for p in variants() {
+        train_both(p, DType::F64, 25, 1e-12);
+    }
+}
+
+fn storage_address(var: &Var) -> usize {
+    let (storage, _) = var.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.as_ptr() as usize,
+        _ => panic!("expected f32 CPU storage"),
+    }
+}
+
+#[test]
+fn step_updates_the_same_storage_in_place() {
+    let model = Mlp::new(DType::F32).unwrap();
+    let mut opt = RmsProp::new(model.vars.clone(), ParamsRmsProp::default()).unwrap();
+    let before: Vec<usize> = model.vars.iter().map(storage_address).collect();
+    let values_before = model.values();
+    opt.backward_step(&model.loss(0).unwrap()).unwrap();
+    let after: Vec<usize> = model.vars.iter().map(storage_address).collect();
+    assert_eq!(before, after, "every variable keeps its buffer");
+    assert_ne!(
+        values_before,
+        model.values(),
+        "and the buffer holds the new values"
+    );
+}
+
+#[test]
+fn variable_without_gradient_is_skipped() {
+    let model = Mlp::new(DType::F32).unwrap();
+    let unused = Var::ones(5, DType::F32, &Device::Cpu).unwrap();
+    let mut vars = model.vars.clone();
+    vars.push(unused.clone());
+    let mut opt = RmsProp::new(vars, ParamsRmsProp::default()).unwrap();
+    opt.backward_step(&model.loss(0).unwrap()).unwrap();
+    assert_eq!(unused.to_vec1::<f32>().unwrap(), vec![1.0; 5]);
+}
+
+#[test]
+fn learning_rate_change_mid_training_matches_the_reference() {
+    let p = ParamsRmsProp {
+        lr: 0.01,
+        momentum: Some(0.5),
+        ..Default::default()
+    };
+    let fused_model = Mlp::new(DType::F32).unwrap();
+    let reference_model = Mlp::new(DType::F32).unwrap();
+    let mut fused = RmsProp::new(fused_model.vars.clone(), p).unwrap();
+    let mut reference = Reference::new(reference_model.vars.clone(), p).unwrap();
+    for step in 0..20 {
+        if step == 10 {
+            fused.set_learning_rate(0.002);
+            reference.p.lr = 0.002;
+            assert_eq!(fused.learning_rate(), 0.002);
+        }
+        fused
+            .backward_step(&fused_model.loss(step).unwrap())
+            .unwrap();
+        reference
+            .step(&reference_model.loss(step).unwrap().backward().unwrap())
+            .unwrap();
+    }
+    assert_close(
+        &fused_model.values(),
+        &reference_model.values(),
+        1e-5,
+        "after lr change",
+    );
+}
+
+/// A non-contiguous gradient (a transposed view) is made contiguous first
+/// and gives the same step as its contiguous copy.
+#[test]
+fn non_contiguous_gradient_is_stepped_correctly() {
+    let base = Tensor::from_vec(
+        (0..12).map(|i| i as f32 * 0.1).collect::<Vec<_>>(),
+        (3, 4),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let strided_var = Var::from_tensor(&base).unwrap();
+    let contiguous_var = Var::from_tensor(&base).unwrap();
+    let p = ParamsRmsProp {
+        momentum: Some(0.9),
+        ..Default::default()
+    };
+    let mut strided = RmsProp::new(vec![strided_var.clone()], p).unwrap();
+    let mut contiguous = RmsProp::new(vec![contiguous_var.clone()], p).unwrap();
+    for step in 0..5 {
+        let grad_t: Vec<f32> = (0..12).map(|i| ((i + step) as f32 * 0.7).sin()).collect();
+        let grad = Tensor::from_vec(grad_t, (4, 3), &Device::Cpu)
+            .unwrap()
+            .t()
+            .unwrap();
+        assert!(!grad.is_contiguous());
+        // A store from a real backward pass, its gradient replaced.
+        let mut grads = strided_var
+            .as_tensor()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads.insert(&strided_var, grad.clone());
+        strided.step(&grads).unwrap();
+        let mut grads = contiguous_var
+            .as_tensor()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads.insert(&contiguous_var, grad.contiguous().unwrap());
+        contiguous.step(&grads).unwrap();
+    }
+    let a: Vec<f32> = strided_var.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = contiguous_var.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, base.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+}
+
+#[test]
+fn save_load_continue_equals_never_stopping() {
+    let p = ParamsRmsProp {
+        momentum: Some(0.9),
+        centered: true,
+        ..Default::default()
+    };
+    let straight = Mlp::new(DType::F32).unwrap();
+    let resumed = Mlp::new(DType::F32).unwrap();
+    let mut straight_opt = RmsProp::new(straight.vars.clone(), p).unwrap();
+    let mut first_opt = RmsProp::new(resumed.vars.clone(), p).unwrap();
+    for step in 0..5 {
+        straight_opt
+            .backward_step(&straight.loss(step).unwrap())
+            .unwrap();
+        first_opt
+            .backward_step(&resumed.loss(step).unwrap())
+            .unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("fused-rmsprop-candle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.safetensors");
+    first_opt.save(&path).unwrap();
+    drop(first_opt);
+    let mut second_opt = RmsProp::new(resumed.vars.clone(), p).unwrap();
+    second_opt.load(&path).unwrap();
+    for step in 5..10 {
+        straight_opt
+            .backward_step(&straight.loss(step).unwrap())
+            .unwrap();
+        second_opt
+            .backward_step(&resumed.loss(step).unwrap())
+            .unwrap();
+    }
+    assert_eq!(
+        straight.values(),
+        resumed.values(),
+        "bit-identical trajectory"
+    );
+
+    // A corrupt file and a file for other hyper-parameters: errors, state untouched.
+    let corrupt = dir.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"\x08\x00\x00\x00\x00\x00\x00\x00not json").unwrap();
+    assert!(second_opt.load(&corrupt).is_err());
+    let plain = RmsProp::new(resumed.vars.clone(), ParamsRmsProp::default()).unwrap();
+    let other = dir.join("other.safetensors");
+    plain.save(&other).unwrap();
+    let err = second_opt.load(&other).unwrap_err().to_string();
+    assert!(err.contains("lacks"), "{err}");
+    let wrong_model =
+        RmsProp::new(vec![Var::zeros(3, DType::F32, &Device::Cpu).unwrap()], p).unwrap();
+    let small = dir.join("small.safetensors");
+    wrong_model.save(&small).unwrap();
+    assert!(second_opt.load(&small).is_err());
+    // After the failed loads, training continues exactly as before them.
+    straight_opt
+        .backward_step(&straight.loss(10).unwrap())
+        .unwrap();
+    second_opt
+        .backward_step(&resumed.loss(10).unwrap())
+        .unwrap();
+    assert_eq!(straight.values(), resumed.values());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_is_an_error_that_changes_nothing() {
+    let v = Var::ones(4, DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        RmsProp::new(
+            vec![v.clone()],
+            ParamsRmsProp {
+                alpha: 2.0,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
+    assert!(
+        RmsProp::new(
+            vec![Var::ones(4, DType::BF16, &Device::Cpu).unwrap()],
+            ParamsRmsProp::default()
+        )
+        .is_err()
+    );
+    let mut opt = RmsProp::new(vec![v.clone()], ParamsRmsProp::default()).unwrap();
+    opt.set_learning_rate(f64::NAN);
+    let err = opt
+        .backward_step(&v.as_tensor().sum_all().unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("lr"), "{err}");
+    assert_eq!(v.to_vec1::<f32>().unwrap(), vec![1.0; 4]);
+}
