@@ -134,7 +134,10 @@ fn label(n: usize) -> String {
 
 /// Times a kernel path against a baseline, interleaved, on one set of buffers
 /// each; also times the skeleton on `threads` threads for the roofline.
-fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) {
+/// Returns the skeleton's GB/s on `threads` threads, the limit for the
+/// framework rows of the same size and variant.
+fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) -> f64 {
+    let mut skeleton_gbps = 0.0;
     let hyper = variant.hyper();
     let opt = RmsProp::new(hyper).unwrap();
     let forced = |kernel, threads| opt.with_execution(Execution { kernel, threads }).unwrap();
@@ -182,6 +185,7 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
         );
         let [plain_t, fused_t, skeleton_t] =
             [times[0], times[1], times[2]].map(|d| d.as_secs_f64());
+        skeleton_gbps = bytes / skeleton_t / 1e9;
         rows.push(Row {
             framework: "kernel",
             baseline: if t == 1 {
@@ -200,6 +204,78 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
             roofline_fraction: skeleton_t / fused_t,
         });
     }
+    skeleton_gbps
+}
+
+/// Candle: the fused optimizer against candle-nn's `AdamW` (its built-in
+/// adaptive optimizer) and `SGD` (the cheapest built-in step), one `Var` of
+/// `n` elements, the same gradient every step.
+fn candle_rows(n: usize, variant: Variant, skeleton_gbps: f64, rows: &mut Vec<Row>) {
+    use candle_core::{DType, Device, Tensor, Var};
+    use candle_nn::Optimizer;
+    let device = Device::Cpu;
+    let make = || {
+        let var = Var::ones(n, DType::F32, &device).unwrap();
+        let coef = Tensor::arange(0u32, n as u32, &device)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let grads = (var.as_tensor() * (coef * 1e-7).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        (var, grads)
+    };
+    let p = variant.hyper();
+    let params = fused_rmsprop_candle::ParamsRmsProp {
+        lr: p.lr,
+        alpha: p.alpha,
+        eps: p.eps,
+        momentum: (p.momentum > 0.0).then_some(p.momentum),
+        centered: p.centered,
+        weight_decay: p.weight_decay.map(|w| w.coefficient()),
+        ..Default::default()
+    };
+    let (fused_var, fused_grads) = make();
+    let mut fused = fused_rmsprop_candle::RmsProp::new(vec![fused_var], params).unwrap();
+    let bytes = (n * variant.bytes_per_element()) as f64;
+    let budget = Duration::from_millis(if n >= 1 << 24 { 4000 } else { 800 });
+    type Baseline = (&'static str, Box<dyn FnMut()>);
+    let baselines: [Baseline; 2] = [
+        ("candle-nn AdamW", {
+            let (var, grads) = make();
+            let mut adamw =
+                candle_nn::AdamW::new(vec![var], candle_nn::ParamsAdamW::default()).unwrap();
+            Box::new(move || adamw.step(&grads).unwrap())
+        }),
+        ("candle-nn SGD", {
+            let (var, grads) = make();
+            let mut sgd = candle_nn::SGD::new(vec![var], 0.01).unwrap();
+            Box::new(move || sgd.step(&grads).unwrap())
+        }),
+    ];
+    for (name, mut baseline) in baselines {
+        let mut run_fused = || fused.step(&fused_grads).unwrap();
+        let first = interleaved_medians(1, 2, &mut [&mut *baseline]);
+        let reps = reps_for(budget, first[0] * 2, 5, 100);
+        let times = interleaved_medians(1, reps, &mut [&mut *baseline, &mut run_fused]);
+        let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
+        rows.push(Row {
+            framework: "candle",
+            baseline: name.into(),
+            case: label(n),
+            variant,
+            elements: n,
+            threads: rayon::current_num_threads(),
+            baseline_ns: base_t * 1e9,
+            fused: "fused RmsProp".into(),
+            fused_ns: fused_t * 1e9,
+            gbps: bytes / fused_t / 1e9,
+            roofline_fraction: bytes / fused_t / 1e9 / skeleton_gbps,
+        });
+    }
 }
 
 fn main() {
@@ -215,7 +291,8 @@ fn main() {
     for &n in &options.sizes {
         for &variant in &options.variants {
             eprintln!("measuring {} {} ...", label(n), variant.name());
-            kernel_rows(n, variant, options.threads, &mut rows);
+            let skeleton_gbps = kernel_rows(n, variant, options.threads, &mut rows);
+            candle_rows(n, variant, skeleton_gbps, &mut rows);
         }
     }
     if options.json {
