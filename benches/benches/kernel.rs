@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
-use fused_rmsprop_benches::workload::{Buffers, Variant};
+use fused_rmsprop_benches::workload::{Buffers, Variant, size_label};
 use fused_rmsprop_benches::{naive, roofline};
 
 const DEFAULT_SIZES: [usize; 5] = [1 << 12, 1 << 16, 1 << 20, 1 << 24, 1 << 26];
@@ -32,19 +32,12 @@ fn sizes() -> Vec<usize> {
     }
 }
 
-fn label(n: usize) -> String {
-    match n {
-        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
-        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
-        n => n.to_string(),
-    }
-}
-
 fn kernel(c: &mut Criterion) {
     let pool = rayon::current_num_threads();
     for n in sizes() {
         for variant in Variant::ALL {
-            let mut group = c.benchmark_group(format!("kernel/{}/{}", label(n), variant.name()));
+            let mut group =
+                c.benchmark_group(format!("kernel/{}/{}", size_label(n), variant.name()));
             group.throughput(Throughput::Bytes((n * variant.bytes_per_element()) as u64));
             let mut buffers = Buffers::new(n, variant);
             let opt = RmsProp::new(variant.hyper()).unwrap();
@@ -70,12 +63,7 @@ fn kernel(c: &mut Criterion) {
                 let opt = opt.with_execution(execution).unwrap();
                 group.bench_function(name, |b| {
                     b.iter(|| {
-                        let Buffers {
-                            params,
-                            grads,
-                            state,
-                        } = &mut buffers;
-                        opt.step(params, grads, state).unwrap();
+                        buffers.step(&opt);
                         black_box(&buffers.params);
                     })
                 });
@@ -93,7 +81,7 @@ fn kernel(c: &mut Criterion) {
             group.finish();
         }
 
-        let mut group = c.benchmark_group(format!("triad/{}", label(n)));
+        let mut group = c.benchmark_group(format!("triad/{}", size_label(n)));
         group.throughput(Throughput::Bytes((n * 12) as u64));
         let (mut a, b_, c_) = (vec![0.0f32; n], vec![1.0f32; n], vec![2.0f32; n]);
         for threads in [1, pool] {
@@ -110,7 +98,7 @@ fn kernel(c: &mut Criterion) {
 fn threshold(c: &mut Criterion) {
     let variant = Variant::Plain;
     for n in [1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20] {
-        let mut group = c.benchmark_group(format!("threshold/{}", label(n)));
+        let mut group = c.benchmark_group(format!("threshold/{}", size_label(n)));
         group.throughput(Throughput::Bytes((n * variant.bytes_per_element()) as u64));
         let mut buffers = Buffers::new(n, variant);
         let opt = RmsProp::new(variant.hyper()).unwrap();
@@ -124,12 +112,7 @@ fn threshold(c: &mut Criterion) {
                 .unwrap();
             group.bench_function(name, |b| {
                 b.iter(|| {
-                    let Buffers {
-                        params,
-                        grads,
-                        state,
-                    } = &mut buffers;
-                    opt.step(params, grads, state).unwrap();
+                    buffers.step(&opt);
                 })
             });
         }

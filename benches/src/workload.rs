@@ -1,6 +1,6 @@
 //! The benchmark variants and their buffers.
 
-use fused_rmsprop::{Hyper, State, WeightDecay};
+use fused_rmsprop::{Hyper, RmsProp, State, WeightDecay};
 
 /// The three variants every benchmark reports: they differ in how many
 /// buffers a step streams (20, 28 and 36 bytes per `f32` element).
@@ -91,8 +91,23 @@ impl Buffers {
         self.params.len()
     }
 
+    /// One fused step of `opt` on these buffers, at its configured lr.
+    pub fn step(&mut self, opt: &RmsProp) {
+        opt.step(&mut self.params, &self.grads, &mut self.state)
+            .expect("benchmark buffers are valid for their variant");
+    }
+
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.params.is_empty()
+    }
+}
+
+/// A size as the tables print it: `4K`, `16M` (powers of two), else digits.
+pub fn size_label(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
+        n => n.to_string(),
     }
 }

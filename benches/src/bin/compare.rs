@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
 use fused_rmsprop_benches::timing::{interleaved_medians, reps_for};
-use fused_rmsprop_benches::workload::{Buffers, Variant};
+use fused_rmsprop_benches::workload::{Buffers, Variant, size_label};
 use fused_rmsprop_benches::{naive, roofline};
 
 struct Options {
@@ -124,14 +124,6 @@ struct Row {
     roofline_fraction: f64,
 }
 
-fn label(n: usize) -> String {
-    match n {
-        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
-        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
-        n => n.to_string(),
-    }
-}
-
 /// Times a kernel path against a baseline, interleaved, on one set of buffers
 /// each; also times the skeleton on `threads` threads for the roofline.
 /// Returns the skeleton's GB/s on `threads` threads, the limit for the
@@ -167,12 +159,7 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
         let mut plain_buffers = Buffers::new(n, variant);
         let mut skeleton_buffers = Buffers::new(n, variant);
         let mut run_fused = || {
-            let Buffers {
-                params,
-                grads,
-                state,
-            } = &mut fused_buffers;
-            fused.step(params, grads, state).unwrap();
+            fused_buffers.step(&fused);
         };
         let mut run_plain = || naive::step(&hyper, &mut plain_buffers);
         let mut run_skeleton = || roofline::skeleton(&mut skeleton_buffers, t);
@@ -193,7 +180,7 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
             } else {
                 "plain-loop (1 thread)".into()
             },
-            case: label(n),
+            case: size_label(n),
             variant,
             elements: n,
             threads: t,
@@ -265,7 +252,7 @@ fn candle_rows(n: usize, variant: Variant, skeleton_gbps: f64, rows: &mut Vec<Ro
         rows.push(Row {
             framework: "candle",
             baseline: name.into(),
-            case: label(n),
+            case: size_label(n),
             variant,
             elements: n,
             threads: rayon::current_num_threads(),
@@ -290,7 +277,7 @@ fn main() {
     let mut rows = Vec::new();
     for &n in &options.sizes {
         for &variant in &options.variants {
-            eprintln!("measuring {} {} ...", label(n), variant.name());
+            eprintln!("measuring {} {} ...", size_label(n), variant.name());
             let skeleton_gbps = kernel_rows(n, variant, options.threads, &mut rows);
             candle_rows(n, variant, skeleton_gbps, &mut rows);
         }
