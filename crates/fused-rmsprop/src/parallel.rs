@@ -17,7 +17,8 @@ use crate::{Float, Threads};
 /// calling thread. Measured with the `threshold` group of
 /// `cargo bench -p fused-rmsprop-benches --bench kernel` (Xeon, 2 threads,
 /// warm pool): two threads save under 10 µs below 256K elements and 1.7x at
-/// 256K; entering a cold pool from outside it costs 10-20 µs, so smaller
+/// 256K; entering a cold pool from outside it was reported to cost 10-20 µs
+/// (not re-measured here), so smaller
 /// calls are not worth splitting.
 pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 18;
 
