@@ -1,0 +1,71 @@
+//! The fallback: the same update written with burn tensor ops, for every
+//! device and dtype the in-place route does not take (wgpu, CUDA, the CubeCL
+//! CPU runtime, f16/bf16, a gradient of another dtype).
+//!
+//! It follows the scalar spec of [`fused_rmsprop`] operation by operation
+//! (same products, same order), so it agrees with the in-place route to the
+//! rounding of the backend's element-wise ops; it does not canonicalize NaN
+//! payloads.
+
+use burn::tensor::Tensor;
+use fused_rmsprop::{EpsPlacement, Hyper, WeightDecay};
+
+use crate::FusedRmsPropState;
+
+/// One step of `hyper` at learning rate `lr` (already validated) with tensor
+/// ops; `state` already fits `param` (see `FusedRmsPropState::fit`).
+pub(crate) fn step<const D: usize>(
+    hyper: &Hyper,
+    lr: f64,
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    state: FusedRmsPropState<D>,
+) -> (Tensor<D>, FusedRmsPropState<D>) {
+    let mut grad = if hyper.maximize { grad.neg() } else { grad };
+    let mut param = param;
+    match hyper.weight_decay {
+        Some(WeightDecay::Coupled(wd)) if wd != 0.0 => {
+            grad = grad + param.clone().mul_scalar(wd);
+        }
+        Some(WeightDecay::Decoupled(wd)) if wd != 0.0 => {
+            param = param.mul_scalar(1.0 - lr * wd);
+        }
+        _ => {}
+    }
+
+    let square_avg = state.square_avg.mul_scalar(hyper.alpha)
+        + (grad.clone() * grad.clone()).mul_scalar(1.0 - hyper.alpha);
+    let mut variance = square_avg.clone();
+    let grad_avg = state.grad_avg.map(|grad_avg| {
+        let grad_avg =
+            grad_avg.mul_scalar(hyper.alpha) + grad.clone().mul_scalar(1.0 - hyper.alpha);
+        variance = square_avg.clone() - grad_avg.clone() * grad_avg.clone();
+        if hyper.clamp_centered_variance {
+            variance = variance.clone().clamp_min(0.0);
+        }
+        grad_avg
+    });
+
+    let denom = match hyper.eps_placement {
+        EpsPlacement::OutsideSqrt => variance.sqrt().add_scalar(hyper.eps),
+        EpsPlacement::InsideSqrt => variance.add_scalar(hyper.eps).sqrt(),
+    };
+    let mut update = grad / denom;
+    let momentum_buf = state.momentum_buf.map(|buf| {
+        let buf = buf.mul_scalar(hyper.momentum) + update.clone();
+        update = if hyper.nesterov {
+            update.clone() + buf.clone().mul_scalar(hyper.momentum)
+        } else {
+            buf.clone()
+        };
+        buf
+    });
+
+    let param = param - update.mul_scalar(lr);
+    let state = FusedRmsPropState {
+        square_avg,
+        grad_avg,
+        momentum_buf,
+    };
+    (param, state)
+}

@@ -1,0 +1,180 @@
+//! [`FusedRmsPropConfig`]: burn's `RmsPropConfig`, field for field, plus the
+//! fused kernel's options.
+
+use burn::config::Config;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::ModuleOptimizer;
+use burn::optim::decay::WeightDecayConfig;
+use fused_rmsprop::{EpsPlacement, Hyper, WeightDecay};
+
+use crate::FusedRmsProp;
+
+/// Configuration of the [`FusedRmsProp`] optimizer: the same names, types and
+/// defaults as `burn::optim::RmsPropConfig`, so swapping one for the other is
+/// a one-word change, plus the options Optax and Keras users expect.
+///
+/// Burn's defaults hold: alpha 0.99, momentum 0.9, epsilon 1e-5, not
+/// centered, no weight decay, no gradient clipping. The extra options default
+/// to PyTorch's behaviour (eps outside the square root, square average
+/// starting at 0, no Nesterov, coupled weight decay, minimize).
+///
+/// ```
+/// use burn::optim::decay::WeightDecayConfig;
+/// use fused_rmsprop_burn::FusedRmsPropConfig;
+///
+/// let optim = FusedRmsPropConfig::new()
+///     .with_alpha(0.9)
+///     .with_centered(true)
+///     .with_weight_decay(Some(WeightDecayConfig::new(1e-4)))
+///     .init();
+/// # let _ = optim;
+/// ```
+#[derive(Config, Debug)]
+pub struct FusedRmsPropConfig {
+    /// Smoothing constant of the square average.
+    #[config(default = 0.99)]
+    alpha: f32,
+    /// Momentum factor; 0 turns momentum (and its state buffer) off.
+    #[config(default = 0.9)]
+    momentum: f32,
+    /// Added to the denominator for numerical stability.
+    #[config(default = 1e-5)]
+    epsilon: f32,
+    /// Normalize by an estimate of the gradient's variance instead of its
+    /// second moment.
+    #[config(default = false)]
+    centered: bool,
+    /// [Weight decay](WeightDecayConfig): added to the gradient
+    /// (`g += penalty * p`) unless `decoupled_weight_decay` is set.
+    weight_decay: Option<WeightDecayConfig>,
+    /// [Gradient clipping](GradientClippingConfig), applied by the
+    /// [`ModuleOptimizer`] that [`init`](Self::init) returns.
+    grad_clipping: Option<GradientClippingConfig>,
+    /// Put epsilon inside the square root, `sqrt(v + eps)`, as Optax and
+    /// Keras do; PyTorch and burn add it outside, `sqrt(v) + eps`.
+    #[config(default = false)]
+    eps_inside_sqrt: bool,
+    /// Starting value of the square average (Keras and PyTorch: 0, TF1: 1).
+    #[config(default = 0.0)]
+    initial_square_avg: f32,
+    /// Nesterov momentum: step by `g/denom + momentum * buf`.
+    #[config(default = false)]
+    nesterov: bool,
+    /// Apply the weight decay to the parameter (`p *= 1 - lr * penalty`)
+    /// instead of adding it to the gradient.
+    #[config(default = false)]
+    decoupled_weight_decay: bool,
+    /// Ascend the objective instead of descending it.
+    #[config(default = false)]
+    maximize: bool,
+    /// Clamp the centered variance estimate at 0 so rounding can never make
+    /// its square root NaN. Off by default, as in PyTorch and burn.
+    #[config(default = false)]
+    clamp_centered_variance: bool,
+}
+
+impl FusedRmsPropConfig {
+    /// The kernel's hyper-parameters for this config. The learning rate
+    /// field is left at the kernel's default: burn hands the learning rate
+    /// to every step.
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// let h = FusedRmsPropConfig::new().with_momentum(0.0).hyper();
+    /// assert_eq!(h.momentum, 0.0);
+    /// assert_eq!(h.eps, f64::from(1e-5f32));
+    /// ```
+    pub fn hyper(&self) -> Hyper {
+        let weight_decay = self.weight_decay.as_ref().map(|wd| {
+            let penalty = f64::from(wd.penalty);
+            if self.decoupled_weight_decay {
+                WeightDecay::Decoupled(penalty)
+            } else {
+                WeightDecay::Coupled(penalty)
+            }
+        });
+        Hyper::default()
+            .with_alpha(f64::from(self.alpha))
+            .with_momentum(f64::from(self.momentum))
+            .with_eps(f64::from(self.epsilon))
+            .with_centered(self.centered)
+            .with_weight_decay(weight_decay)
+            .with_eps_placement(if self.eps_inside_sqrt {
+                EpsPlacement::InsideSqrt
+            } else {
+                EpsPlacement::OutsideSqrt
+            })
+            .with_initial_square_avg(f64::from(self.initial_square_avg))
+            .with_nesterov(self.nesterov)
+            .with_maximize(self.maximize)
+            .with_clamp_centered_variance(self.clamp_centered_variance)
+    }
+
+    /// Builds the bare optimizer, or says which field is invalid.
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// assert!(FusedRmsPropConfig::new().try_build().is_ok());
+    /// let err = FusedRmsPropConfig::new().with_alpha(1.5).try_build().unwrap_err();
+    /// assert!(err.to_string().contains("alpha"));
+    /// ```
+    pub fn try_build(&self) -> Result<FusedRmsProp, fused_rmsprop::Error> {
+        FusedRmsProp::new(self.hyper())
+    }
+
+    /// Builds the bare optimizer, which
+    /// [`ModuleOptimizer::with_group`] takes for one parameter group, as
+    /// `RmsPropConfig::build` does.
+    ///
+    /// # Panics
+    /// On an invalid config (alpha outside [0, 1], momentum outside [0, 1),
+    /// a negative or non-finite epsilon, penalty or initial square average),
+    /// with the message of [`try_build`](Self::try_build)'s error. burn's
+    /// signature has no room for an error; call `try_build` to get it as a
+    /// value.
+    ///
+    /// ```
+    /// use burn::optim::ModuleOptimizer;
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// let optim = FusedRmsPropConfig::new().build();
+    /// let module_optim = ModuleOptimizer::from(optim);
+    /// # let _ = module_optim;
+    /// ```
+    pub fn build(&self) -> FusedRmsProp {
+        self.try_build()
+            .unwrap_or_else(|err| panic!("invalid FusedRmsPropConfig: {err}"))
+    }
+
+    /// The whole-module optimizer with this config's gradient clipping, or
+    /// the error of [`try_build`](Self::try_build).
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// assert!(FusedRmsPropConfig::new().with_momentum(-0.1).try_init().is_err());
+    /// ```
+    pub fn try_init(&self) -> Result<ModuleOptimizer, fused_rmsprop::Error> {
+        let mut optim = ModuleOptimizer::from(self.try_build()?);
+        if let Some(config) = &self.grad_clipping {
+            optim = optim.with_grad_clipping(config.init());
+        }
+        Ok(optim)
+    }
+
+    /// The whole-module optimizer, as `RmsPropConfig::init` returns it: use
+    /// it with `step(lr, module, grads)`, learning-rate schedulers and
+    /// parameter groups as before.
+    ///
+    /// # Panics
+    /// On an invalid config, as [`build`](Self::build) does; see
+    /// [`try_init`](Self::try_init).
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// let optim = FusedRmsPropConfig::new().with_momentum(0.0).init();
+    /// # let _ = optim;
+    /// ```
+    pub fn init(&self) -> ModuleOptimizer {
+        self.try_init()
+            .unwrap_or_else(|err| panic!("invalid FusedRmsPropConfig: {err}"))
+    }
+}

@@ -1,0 +1,157 @@
+//! The in-place route on burn's Flex CPU backend: the fused kernel runs on
+//! the parameter's, gradient's and state's own buffers.
+//!
+//! A tensor is downcast to its Flex primitive with
+//! [`Tensor::try_into_primitive`], the typed accessor burn's `extension`
+//! feature provides for backend extensions, and wrapped back with
+//! [`Tensor::from_primitive`]. Only tensors whose device is a Flex device
+//! reach this module, so the downcast cannot fail (and could not give the
+//! tensor back if it did).
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{DispatchDevice, Flex};
+use burn::tensor::{DType, Tensor};
+use fused_rmsprop::{Float, RmsProp, StateSlices};
+
+use crate::{Counters, FusedRmsPropState};
+
+type FlexTensor = FloatTensor<Flex>;
+
+/// Whether the in-place route applies: every tensor on a Flex device, all of
+/// one dtype, and that dtype `f32` or `f64`.
+pub(crate) fn applies<const D: usize>(
+    param: &Tensor<D>,
+    grad: &Tensor<D>,
+    state: &FusedRmsPropState<D>,
+) -> bool {
+    let on_flex = |t: &Tensor<D>| matches!(t.device().as_dispatch(), DispatchDevice::Flex(_));
+    let dtype = param.dtype();
+    let same = |t: &Tensor<D>| t.dtype() == dtype && on_flex(t);
+    matches!(dtype, DType::F32 | DType::F64)
+        && on_flex(param)
+        && same(grad)
+        && same(&state.square_avg)
+        && state.grad_avg.as_ref().is_none_or(same)
+        && state.momentum_buf.as_ref().is_none_or(same)
+}
+
+/// One step in place. `applies` holds and `state` fits `param`; `lr` is
+/// valid. Each buffer that is shared with another owner or not contiguous
+/// is copied first (counted in `counters`); every other one is written
+/// where it lies.
+pub(crate) fn step<const D: usize>(
+    kernel: &RmsProp,
+    lr: f64,
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    state: FusedRmsPropState<D>,
+    counters: &Counters,
+) -> (Tensor<D>, FusedRmsPropState<D>) {
+    let mut param = writable(to_flex(param), counters);
+    let grad = readable(to_flex(grad), counters);
+    let mut square_avg = writable(to_flex(state.square_avg), counters);
+    let mut grad_avg = state.grad_avg.map(|t| writable(to_flex(t), counters));
+    let mut momentum_buf = state.momentum_buf.map(|t| writable(to_flex(t), counters));
+
+    let result = match param.dtype() {
+        DType::F32 => run::<f32>(
+            kernel,
+            lr,
+            &mut param,
+            &grad,
+            &mut square_avg,
+            grad_avg.as_mut(),
+            momentum_buf.as_mut(),
+        ),
+        _ => run::<f64>(
+            kernel,
+            lr,
+            &mut param,
+            &grad,
+            &mut square_avg,
+            grad_avg.as_mut(),
+            momentum_buf.as_mut(),
+        ),
+    };
+    // Lengths agree (the state fits the parameter, the gradient has its
+    // shape) and lr was validated, so the kernel does not refuse; were it
+    // to, it has written nothing, and the refusal is recorded like any other.
+    if let Err(err) = result {
+        counters.rejected(err);
+    }
+
+    let state = FusedRmsPropState {
+        square_avg: from_flex(square_avg),
+        grad_avg: grad_avg.map(from_flex),
+        momentum_buf: momentum_buf.map(from_flex),
+    };
+    (from_flex(param), state)
+}
+
+fn run<T: Float + burn::tensor::Element + bytemuck::Pod>(
+    kernel: &RmsProp,
+    lr: f64,
+    param: &mut FlexTensor,
+    grad: &FlexTensor,
+    square_avg: &mut FlexTensor,
+    grad_avg: Option<&mut FlexTensor>,
+    momentum_buf: Option<&mut FlexTensor>,
+) -> Result<(), fused_rmsprop::Error> {
+    let grads = view::<T>(grad);
+    let mut state = StateSlices::new(view_mut::<T>(square_avg));
+    if let Some(grad_avg) = grad_avg {
+        state = state.with_grad_avg(view_mut::<T>(grad_avg));
+    }
+    if let Some(momentum_buf) = momentum_buf {
+        state = state.with_momentum_buf(view_mut::<T>(momentum_buf));
+    }
+    kernel.step_slices(lr, view_mut::<T>(param), grads, state)
+}
+
+fn to_flex<const D: usize>(tensor: Tensor<D>) -> FlexTensor {
+    tensor
+        .try_into_primitive::<Flex>()
+        .expect("the in-place route only takes tensors on a Flex device")
+}
+
+fn from_flex<const D: usize>(tensor: FlexTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(tensor)
+}
+
+/// The tensor, contiguous; a copy when it was not.
+fn readable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
+    if tensor.is_contiguous() {
+        tensor
+    } else {
+        counters.copied();
+        tensor.to_contiguous()
+    }
+}
+
+/// The tensor, contiguous and the sole owner of its buffer; a copy when it
+/// was not (a shared buffer is never written behind its other owner).
+fn writable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
+    let tensor = readable(tensor, counters);
+    if !tensor.is_unique() {
+        counters.copied();
+    }
+    tensor
+}
+
+fn view<T: burn::tensor::Element + bytemuck::Pod>(tensor: &FlexTensor) -> &[T] {
+    let (start, end) = tensor
+        .layout()
+        .contiguous_offsets()
+        .expect("made contiguous by `readable`");
+    &tensor.storage::<T>()[start..end]
+}
+
+/// The tensor's elements, mutably; `storage_mut` copies the buffer first if
+/// it is shared (copy-on-write), which `writable` has counted.
+fn view_mut<T: burn::tensor::Element + bytemuck::Pod>(tensor: &mut FlexTensor) -> &mut [T] {
+    let (start, end) = tensor
+        .layout()
+        .contiguous_offsets()
+        .expect("made contiguous by `writable`");
+    &mut tensor.storage_mut::<T>()[start..end]
+}

@@ -1,0 +1,328 @@
+//! RMSprop for burn: a drop-in for `burn::optim::RmsPropConfig` whose step
+//! runs the fused kernel of [`fused_rmsprop`] in place on burn's Flex CPU
+//! backend.
+//!
+//! Change `RmsPropConfig` to [`FusedRmsPropConfig`]; nothing else changes:
+//! `init()` returns burn's [`ModuleOptimizer`](burn::optim::ModuleOptimizer),
+//! so gradient clipping, learning-rate schedulers, parameter groups and
+//! optimizer checkpoints work as before.
+//!
+//! ```
+//! use burn::module::Module;
+//! use burn::nn::{Linear, LinearConfig};
+//! use burn::optim::GradientsParams;
+//! use burn::tensor::{Device, Tensor};
+//! use fused_rmsprop_burn::FusedRmsPropConfig;
+//!
+//! let device = Device::default().autodiff();
+//! let model: Linear = LinearConfig::new(4, 2).init(&device);
+//! let mut optim = FusedRmsPropConfig::new().init(); // was: RmsPropConfig::new().init()
+//!
+//! let x = Tensor::<2>::ones([8, 4], &device);
+//! let loss = model.forward(x).powi_scalar(2).mean();
+//! let grads = GradientsParams::from_grads(loss.backward(), &model);
+//! let model = optim.step(1e-2, model, grads);
+//! # let _ = model;
+//! ```
+//!
+//! # Semantics
+//! PyTorch's `RMSprop`, which burn's `RmsProp` follows: `v = alpha*v +
+//! (1-alpha)*g²`, `p -= lr * g / (sqrt(v) + eps)`, with coupled weight decay,
+//! centered and momentum as burn has them. The hyper-parameters are burn's
+//! `f32` fields widened to `f64`; the kernel computes its per-step constants
+//! (`1 - alpha`, say) in `f64` where burn computes them in `f32`, so results
+//! agree with burn's `RmsProp` to a few ulps per step, not bit for bit. They
+//! agree bit for bit with the bare kernel and with the candle adapter.
+//!
+//! # How the update reaches the buffers
+//! On a Flex device (burn's default CPU backend) with `f32` or `f64`
+//! tensors, the parameter, its gradient and the state tensors are downcast
+//! to their Flex primitives with `Tensor::try_into_primitive` (burn's
+//! `extension` feature, the route it provides for backend extensions), and
+//! the kernel runs on their storage: one fused pass, threaded with rayon for
+//! large tensors. `#[backend_extension]` was not used: its generated dispatch
+//! panics on a backend it does not list, and the fallback below needs to
+//! choose the route before giving the tensors away.
+//!
+//! # When a step copies
+//! A buffer is written in place when this step owns it alone and it is
+//! contiguous, which in an ordinary training loop holds for every parameter
+//! and every state buffer after the first step. Otherwise it is copied first:
+//! a parameter still shared with another owner (a clone of the model the user
+//! keeps, for instance) is copied, never mutated behind the other owner's
+//! back (Flex's copy-on-write); a non-contiguous parameter or gradient (a
+//! transposed view) is made contiguous. [`FusedRmsProp::stats`] counts these
+//! copies.
+//!
+//! # Every other device and dtype
+//! On wgpu, CUDA, the CubeCL CPU runtime or any other backend, for `f16` and
+//! `bf16`, and when a gradient's dtype differs from its parameter's, the step
+//! is the same formula written with burn tensor ops (one new tensor per op,
+//! as burn's own optimizers do). It never panics for want of a route.
+//!
+//! # Errors
+//! burn's `Optimizer::step` cannot return an error, so a step that cannot be
+//! taken (a learning rate that is NaN, infinite or negative) leaves the
+//! parameter and its state exactly as they were and is recorded in
+//! [`FusedRmsProp::stats`] (`rejected_steps`, `last_error`). An invalid config
+//! is an error of [`FusedRmsPropConfig::try_build`] (and a panic of `build`
+//! and `init`, whose burn signatures have no room for one). A state that does
+//! not fit its parameter (a checkpoint of another model) is replaced by a
+//! fresh one and counted in `states_reset`; burn itself starts afresh a
+//! parameter whose record it cannot read.
+
+mod composed;
+mod config;
+mod flex;
+mod state;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::optim::LearningRate;
+use burn::optim::Optimizer;
+use burn::tensor::{Device, Tensor};
+use fused_rmsprop::{Execution, Hyper, RmsProp};
+
+pub use config::FusedRmsPropConfig;
+pub use state::FusedRmsPropState;
+
+/// The fused RMSprop optimizer for burn: what [`FusedRmsPropConfig::build`]
+/// returns, and what [`FusedRmsPropConfig::init`] wraps in a
+/// [`ModuleOptimizer`](burn::optim::ModuleOptimizer).
+///
+/// Clones share one set of [`stats`](Self::stats) counters, so a clone kept
+/// before handing the optimizer to a `ModuleOptimizer` reports what it did.
+///
+/// ```
+/// use burn::optim::{ModuleOptimizer, Optimizer};
+/// use burn::tensor::{Device, Tensor};
+/// use fused_rmsprop_burn::FusedRmsPropConfig;
+///
+/// let optim = FusedRmsPropConfig::new().build();
+/// let p = Tensor::<1>::from_floats([1.0, -1.0], &Device::default());
+/// let g = Tensor::<1>::from_floats([0.5, -0.5], &Device::default());
+/// let (p, state) = optim.step(0.01, p, g, None);
+/// assert!(state.is_some());
+/// assert_eq!(optim.stats().in_place_steps, 1);
+/// # let _ = p;
+/// ```
+#[derive(Clone, Debug)]
+pub struct FusedRmsProp {
+    kernel: RmsProp,
+    route: Route,
+    counters: Arc<Counters>,
+}
+
+/// Which route a step takes.
+///
+/// ```
+/// use fused_rmsprop_burn::{FusedRmsPropConfig, Route};
+/// let optim = FusedRmsPropConfig::new().build().with_route(Route::ComposedOps);
+/// assert_eq!(optim.route(), Route::ComposedOps);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Route {
+    /// In place with the fused kernel where it applies (Flex, `f32`/`f64`),
+    /// composed tensor ops elsewhere.
+    #[default]
+    Auto,
+    /// Always composed tensor ops: the route of every non-Flex device, on
+    /// any device (for comparison and testing).
+    ComposedOps,
+}
+
+/// What an optimizer's steps did, counted since it was built (shared by its
+/// clones).
+///
+/// ```
+/// use fused_rmsprop_burn::StepStats;
+/// assert_eq!(StepStats::default().buffers_copied, 0);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepStats {
+    /// Steps run in place by the fused kernel.
+    pub in_place_steps: u64,
+    /// Steps run with composed tensor ops (other devices and dtypes, or
+    /// [`Route::ComposedOps`]).
+    pub composed_steps: u64,
+    /// Buffers the in-place route had to copy first (shared or
+    /// non-contiguous).
+    pub buffers_copied: u64,
+    /// States that did not fit their parameter and were started afresh.
+    pub states_reset: u64,
+    /// Steps refused (nothing written); see `last_error`.
+    pub rejected_steps: u64,
+    /// Why the last refused step was refused.
+    pub last_error: Option<fused_rmsprop::Error>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    in_place: AtomicU64,
+    composed: AtomicU64,
+    copied: AtomicU64,
+    reset: AtomicU64,
+    rejected: AtomicU64,
+    last_error: Mutex<Option<fused_rmsprop::Error>>,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn copied(&self) {
+        Self::bump(&self.copied);
+    }
+
+    fn rejected(&self, err: fused_rmsprop::Error) {
+        Self::bump(&self.rejected);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+    }
+}
+
+impl FusedRmsProp {
+    /// An optimizer for `hyper` (its `lr` field is ignored: burn passes the
+    /// learning rate to every step), or the error naming an invalid field.
+    ///
+    /// ```
+    /// use fused_rmsprop::Hyper;
+    /// use fused_rmsprop_burn::FusedRmsProp;
+    /// assert!(FusedRmsProp::new(Hyper::default().with_nesterov(true).with_momentum(0.9)).is_ok());
+    /// assert!(FusedRmsProp::new(Hyper::default().with_eps(-1.0)).is_err());
+    /// ```
+    pub fn new(hyper: Hyper) -> Result<Self, fused_rmsprop::Error> {
+        Ok(Self {
+            kernel: RmsProp::new(hyper)?,
+            route: Route::Auto,
+            counters: Arc::default(),
+        })
+    }
+
+    /// Forces a [`Route`].
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::{FusedRmsPropConfig, Route};
+    /// let optim = FusedRmsPropConfig::new().build().with_route(Route::Auto);
+    /// # let _ = optim;
+    /// ```
+    #[must_use]
+    pub fn with_route(mut self, route: Route) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// Forces the kernel's path (scalar spec, an instruction set, a thread
+    /// count) for the in-place route; see [`fused_rmsprop::Execution`].
+    ///
+    /// ```
+    /// use fused_rmsprop::{Execution, Kernel, Threads};
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// let exec = Execution { kernel: Kernel::Scalar, threads: Threads::Single };
+    /// let optim = FusedRmsPropConfig::new().build().with_execution(exec)?;
+    /// # let _ = optim;
+    /// # Ok::<(), fused_rmsprop::Error>(())
+    /// ```
+    pub fn with_execution(mut self, execution: Execution) -> Result<Self, fused_rmsprop::Error> {
+        self.kernel = self.kernel.with_execution(execution)?;
+        Ok(self)
+    }
+
+    /// The route steps take.
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::{FusedRmsPropConfig, Route};
+    /// assert_eq!(FusedRmsPropConfig::new().build().route(), Route::Auto);
+    /// ```
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    /// The hyper-parameters.
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// assert_eq!(FusedRmsPropConfig::new().build().hyper().momentum, f64::from(0.9f32));
+    /// ```
+    pub fn hyper(&self) -> &Hyper {
+        self.kernel.hyper()
+    }
+
+    /// What the steps of this optimizer and its clones did so far.
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// let optim = FusedRmsPropConfig::new().build();
+    /// assert_eq!(optim.stats().in_place_steps, 0);
+    /// ```
+    pub fn stats(&self) -> StepStats {
+        let c = &self.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StepStats {
+            in_place_steps: load(&c.in_place),
+            composed_steps: load(&c.composed),
+            buffers_copied: load(&c.copied),
+            states_reset: load(&c.reset),
+            rejected_steps: load(&c.rejected),
+            last_error: c
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+impl Optimizer for FusedRmsProp {
+    type State<const D: usize> = FusedRmsPropState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let hyper = self.kernel.hyper().with_lr(lr);
+        if let Err(err) = hyper.validate() {
+            self.counters.rejected(err);
+            return (tensor, state);
+        }
+        if grad.dims() != tensor.dims() {
+            self.counters
+                .rejected(fused_rmsprop::Error::LengthMismatch {
+                    group: 0,
+                    buffer: "grads",
+                    expected: tensor.shape().num_elements(),
+                    actual: grad.shape().num_elements(),
+                });
+            return (tensor, state);
+        }
+        let state = match state {
+            None => FusedRmsPropState::fresh(&tensor, &hyper),
+            Some(state) => {
+                let (state, kept) = state.fit(&tensor, &hyper);
+                if !kept {
+                    Counters::bump(&self.counters.reset);
+                }
+                state
+            }
+        };
+
+        let (tensor, state) = if self.route == Route::Auto && flex::applies(&tensor, &grad, &state)
+        {
+            Counters::bump(&self.counters.in_place);
+            flex::step(&self.kernel, lr, tensor, grad, state, &self.counters)
+        } else {
+            Counters::bump(&self.counters.composed);
+            composed::step(&hyper, lr, tensor, grad, state)
+        };
+        (tensor, Some(state))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        state.moved_to(device)
+    }
+}

@@ -1,0 +1,173 @@
+//! [`FusedRmsPropState`]: the per-parameter state, recorded under the names
+//! burn's own `RmsPropState` uses, so checkpoints move both ways.
+
+use burn::optim::{RecordState, StateSink, StateSource, join_path};
+use burn::tensor::{Device, Tensor, TensorCreationOptions, TensorData};
+use fused_rmsprop::Hyper;
+
+/// The state of one parameter: its running averages and momentum buffer,
+/// as tensors of the parameter's shape, dtype and device.
+///
+/// A record written from this state has the keys of burn's `RmsPropState`
+/// (`square_avg.square_avg`, `centered.avg`, `centered.grad_avg`,
+/// `momentum.buf`), so a checkpoint of burn's `RmsProp` loads into
+/// [`FusedRmsProp`](crate::FusedRmsProp) and the other way round.
+/// `centered.avg` (the square average minus the squared gradient average) is
+/// derived data that both optimizers recompute every step; it is written for
+/// burn's sake and ignored on load. Tensors keep the dtype they were saved
+/// with: an `f64` model resumes in `f64`.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use fused_rmsprop_burn::FusedRmsPropState;
+///
+/// let v = Tensor::<1>::from_floats([1.0, 2.0], &Device::default());
+/// let state = FusedRmsPropState { square_avg: v, grad_avg: None, momentum_buf: None };
+/// assert_eq!(state.square_avg.dims(), [2]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct FusedRmsPropState<const D: usize> {
+    /// Running average of the squared gradient.
+    pub square_avg: Tensor<D>,
+    /// Running average of the gradient (centered only).
+    pub grad_avg: Option<Tensor<D>>,
+    /// Momentum buffer (momentum > 0 only).
+    pub momentum_buf: Option<Tensor<D>>,
+}
+
+impl<const D: usize> FusedRmsPropState<D> {
+    /// A fresh state for a parameter like `param`: the square average at
+    /// `hyper.initial_square_avg`, the other buffers zero where `hyper`
+    /// needs them.
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Tensor};
+    /// use fused_rmsprop::Hyper;
+    /// use fused_rmsprop_burn::FusedRmsPropState;
+    ///
+    /// let p = Tensor::<2>::zeros([2, 3], &Device::default());
+    /// let s = FusedRmsPropState::fresh(&p, &Hyper::default().with_momentum(0.9));
+    /// assert!(s.momentum_buf.is_some() && s.grad_avg.is_none());
+    /// ```
+    pub fn fresh(param: &Tensor<D>, hyper: &Hyper) -> Self {
+        let zeros = || param.zeros_like();
+        Self {
+            square_avg: param.full_like(hyper.initial_square_avg),
+            grad_avg: hyper.needs_grad_avg().then(zeros),
+            momentum_buf: hyper.needs_momentum_buf().then(zeros),
+        }
+    }
+
+    /// Brings a state (fresh, carried over, or loaded from any checkpoint)
+    /// in line with `param` and `hyper`: a state of another shape is
+    /// replaced by a fresh one; a state of another dtype or device is converted;
+    /// a buffer `hyper` needs but the state lacks starts at zero, as burn's
+    /// own `RmsProp` starts it; a buffer it does not need is dropped.
+    pub(crate) fn fit(self, param: &Tensor<D>, hyper: &Hyper) -> (Self, bool) {
+        let fits = |t: &Tensor<D>| t.dims() == param.dims();
+        let all_fit = fits(&self.square_avg)
+            && self.grad_avg.as_ref().is_none_or(fits)
+            && self.momentum_buf.as_ref().is_none_or(fits);
+        if !all_fit {
+            return (Self::fresh(param, hyper), false);
+        }
+        let device = param.device();
+        let dtype = param.dtype();
+        let like_param = |t: Tensor<D>| {
+            let t = if t.device() == device {
+                t
+            } else {
+                t.to_device(&device)
+            };
+            if t.dtype() == dtype { t } else { t.cast(dtype) }
+        };
+        let zeros = || param.zeros_like();
+        let grad_avg = hyper
+            .needs_grad_avg()
+            .then(|| self.grad_avg.map_or_else(zeros, like_param));
+        let momentum_buf = hyper
+            .needs_momentum_buf()
+            .then(|| self.momentum_buf.map_or_else(zeros, like_param));
+        let state = Self {
+            square_avg: like_param(self.square_avg),
+            grad_avg,
+            momentum_buf,
+        };
+        (state, true)
+    }
+
+    /// Moves every buffer to `device` (no copy for a buffer already there).
+    pub(crate) fn moved_to(self, device: &Device) -> Self {
+        let move_to = |t: Tensor<D>| {
+            if t.device() == *device {
+                t
+            } else {
+                t.to_device(device)
+            }
+        };
+        Self {
+            square_avg: move_to(self.square_avg),
+            grad_avg: self.grad_avg.map(move_to),
+            momentum_buf: self.momentum_buf.map(move_to),
+        }
+    }
+}
+
+const SQUARE_AVG: &str = "square_avg";
+const CENTERED: &str = "centered";
+const MOMENTUM: &str = "momentum";
+
+impl<const D: usize> RecordState for FusedRmsPropState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        out.push_tensor(
+            &join_path(prefix, SQUARE_AVG),
+            "square_avg",
+            self.square_avg.to_data(),
+        );
+        let centered = join_path(prefix, CENTERED);
+        let avg = match &self.grad_avg {
+            Some(grad_avg) => self.square_avg.clone() - grad_avg.clone().square(),
+            None => self.square_avg.clone(),
+        };
+        out.push_tensor(&centered, "avg", avg.into_data());
+        if let Some(grad_avg) = &self.grad_avg {
+            out.push_tensor(&centered, "grad_avg", grad_avg.to_data());
+        }
+        if let Some(buf) = &self.momentum_buf {
+            out.push_tensor(&join_path(prefix, MOMENTUM), "buf", buf.to_data());
+        }
+    }
+
+    /// `None` (burn then starts the parameter's state afresh on its next
+    /// step, as it does for any record it cannot read) when the square
+    /// average is missing, a tensor is not a float tensor of rank `D`, or the
+    /// buffers disagree in shape or dtype.
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        let square_avg = src.take_tensor(&join_path(prefix, SQUARE_AVG), "square_avg");
+        let centered = join_path(prefix, CENTERED);
+        let _derived_avg = src.take_tensor(&centered, "avg");
+        let grad_avg = src.take_tensor(&centered, "grad_avg");
+        let momentum_buf = src.take_tensor(&join_path(prefix, MOMENTUM), "buf");
+
+        let square_avg = square_avg?;
+        let like_square_avg = |data: &TensorData| {
+            data.shape() == square_avg.shape() && data.dtype() == square_avg.dtype()
+        };
+        let valid = square_avg.dtype().is_float()
+            && square_avg.rank() == D
+            && grad_avg.as_ref().is_none_or(like_square_avg)
+            && momentum_buf.as_ref().is_none_or(like_square_avg);
+        if !valid {
+            return None;
+        }
+        let load = |data: TensorData| {
+            let options = TensorCreationOptions::new(device.clone()).with_dtype(data.dtype());
+            Tensor::<D>::from_data(data, options)
+        };
+        Some(Self {
+            square_avg: load(square_avg),
+            grad_avg: grad_avg.map(load),
+            momentum_buf: momentum_buf.map(load),
+        })
+    }
+}

@@ -1,0 +1,385 @@
+//! The fused optimizer against burn's own `RmsProp`, on a real model trained
+//! through `ModuleOptimizer`, and the adapter's routes, copies, checkpoints
+//! and bad input.
+//!
+//! Tolerance against burn: the two agree to rounding. The kernel computes its
+//! per-step constants in f64 and canonicalizes NaN; burn computes them in
+//! f32. Over 25 steps the parameters agree within `TOL_F32` (absolute, on
+//! parameters of magnitude below about 1).
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig, Relu};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{GradientsParams, ModuleOptimizer, Optimizer, RmsPropConfig};
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
+use fused_rmsprop_burn::{FusedRmsPropConfig, Route};
+
+const TOL_F32: f64 = 1e-6;
+const STEPS: usize = 25;
+const LR: f64 = 1e-2;
+
+#[derive(Module, Debug)]
+struct Mlp {
+    l1: Linear,
+    l2: Linear,
+    l3: Linear,
+    relu: Relu,
+}
+
+impl Mlp {
+    fn new(device: &Device) -> Self {
+        Self {
+            l1: LinearConfig::new(6, 16).init(device),
+            l2: LinearConfig::new(16, 16).init(device),
+            l3: LinearConfig::new(16, 3).init(device),
+            relu: Relu::new(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = self.relu.forward(self.l1.forward(x));
+        let x = self.relu.forward(self.l2.forward(x));
+        self.l3.forward(x)
+    }
+
+    /// Every parameter's values, in a fixed order, as f64.
+    fn values(&self) -> Vec<Vec<f64>> {
+        let mut out = Vec::new();
+        for l in [&self.l1, &self.l2, &self.l3] {
+            out.push(to_vec(l.weight.val()));
+            out.push(to_vec(l.bias.as_ref().unwrap().val()));
+        }
+        out
+    }
+
+    /// The same model with every parameter converted to `dtype`.
+    fn cast(self, dtype: DType) -> Self {
+        fn cast<const D: usize>(p: Param<Tensor<D>>, dtype: DType) -> Param<Tensor<D>> {
+            Param::from_tensor(Tensor::from_inner(p.val().inner().cast(dtype)))
+        }
+        let cast_linear = |l: Linear| Linear {
+            weight: cast(l.weight, dtype),
+            bias: l.bias.map(|b| cast(b, dtype)),
+        };
+        Self {
+            l1: cast_linear(self.l1),
+            l2: cast_linear(self.l2),
+            l3: cast_linear(self.l3),
+            relu: self.relu,
+        }
+    }
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
+}
+
+/// Deterministic pseudo-random data of the given shape.
+fn data(shape: [usize; 2], seed: u64, device: &Device, dtype: DType) -> Tensor<2> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..shape[0] * shape[1])
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let options = TensorCreationOptions::new(device.clone()).with_dtype(dtype);
+    Tensor::from_data(TensorData::new(values, shape), options)
+}
+
+fn device() -> Device {
+    Device::default().autodiff()
+}
+
+/// One training step of `model` on batch `i`.
+fn train_step(optim: &mut ModuleOptimizer, model: Mlp, i: usize, lr: f64, dtype: DType) -> Mlp {
+    let device = device();
+    let x = data([8, 6], 2 * i as u64, &device, dtype);
+    let y = data([8, 3], 2 * i as u64 + 1, &device, dtype);
+    let loss = (model.forward(x) - y).powi_scalar(2).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    optim.step(lr, model, grads)
+}
+
+fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The variants burn's `RmsProp` has: (name, burn config, fused config).
+fn variants() -> Vec<(&'static str, RmsPropConfig, FusedRmsPropConfig)> {
+    let wd = || Some(WeightDecayConfig::new(0.05));
+    vec![
+        (
+            "plain",
+            RmsPropConfig::new().with_momentum(0.0),
+            FusedRmsPropConfig::new().with_momentum(0.0),
+        ),
+        (
+            "defaults (momentum 0.9)",
+            RmsPropConfig::new(),
+            FusedRmsPropConfig::new(),
+        ),
+        (
+            "centered",
+            RmsPropConfig::new().with_momentum(0.0).with_centered(true),
+            FusedRmsPropConfig::new()
+                .with_momentum(0.0)
+                .with_centered(true),
+        ),
+        (
+            "weight decay",
+            RmsPropConfig::new()
+                .with_momentum(0.0)
+                .with_weight_decay(wd()),
+            FusedRmsPropConfig::new()
+                .with_momentum(0.0)
+                .with_weight_decay(wd()),
+        ),
+        (
+            "centered + momentum",
+            RmsPropConfig::new().with_momentum(0.5).with_centered(true),
+            FusedRmsPropConfig::new()
+                .with_momentum(0.5)
+                .with_centered(true),
+        ),
+        (
+            "centered + momentum + weight decay, alpha 0.9, eps 1e-3",
+            RmsPropConfig::new()
+                .with_centered(true)
+                .with_weight_decay(wd())
+                .with_alpha(0.9)
+                .with_epsilon(1e-3),
+            FusedRmsPropConfig::new()
+                .with_centered(true)
+                .with_weight_decay(wd())
+                .with_alpha(0.9)
+                .with_epsilon(1e-3),
+        ),
+    ]
+}
+
+#[test]
+fn trains_like_burns_rmsprop_for_every_variant() {
+    for (name, burn_config, fused_config) in variants() {
+        let model = Mlp::new(&device());
+        let initial = model.values();
+        let mut reference = (model.clone(), burn_config.init());
+        let fused_optim = fused_config.build();
+        let stats = fused_optim.clone();
+        let mut fused = (model, ModuleOptimizer::from(fused_optim));
+        let mut worst: f64 = 0.0;
+        for i in 0..STEPS {
+            reference.0 = train_step(&mut reference.1, reference.0, i, LR, DType::F32);
+            fused.0 = train_step(&mut fused.1, fused.0, i, LR, DType::F32);
+            let diff = max_abs_diff(&reference.0.values(), &fused.0.values());
+            worst = worst.max(diff);
+            assert!(diff <= TOL_F32, "{name}: step {i}: max |diff| {diff:e}");
+        }
+        let moved = max_abs_diff(&initial, &fused.0.values());
+        assert!(
+            moved > 1e-2,
+            "{name}: the parameters barely moved ({moved:e})"
+        );
+        let stats = stats.stats();
+        assert_eq!(stats.in_place_steps, 6 * STEPS as u64, "{name}: {stats:?}");
+        assert_eq!(stats.composed_steps, 0, "{name}");
+        eprintln!("{name}: worst max |diff| over {STEPS} steps: {worst:e}");
+    }
+}
+
+#[test]
+fn f64_model_trains_in_place_in_f64() {
+    let model = Mlp::new(&device()).cast(DType::F64);
+    let optim = FusedRmsPropConfig::new().with_centered(true).build();
+    let handle = optim.clone();
+    let mut optim = ModuleOptimizer::from(optim);
+    let mut reference_optim = RmsPropConfig::new().with_centered(true).init();
+    let (mut fused, mut reference) = (model.clone(), model);
+    for i in 0..STEPS {
+        fused = train_step(&mut optim, fused, i, LR, DType::F64);
+        reference = train_step(&mut reference_optim, reference, i, LR, DType::F64);
+    }
+    assert_eq!(fused.l1.weight.val().dtype(), DType::F64);
+    let diff = max_abs_diff(&reference.values(), &fused.values());
+    assert!(diff <= 1e-12, "f64: max |diff| {diff:e}");
+    assert_eq!(handle.stats().composed_steps, 0);
+}
+
+/// In a training loop every buffer is written where it lies once the first
+/// step has made the parameters the optimizer's own (the model is cloned
+/// from nothing here, but Linear weights start transposed, non-contiguous).
+#[test]
+fn training_loop_steps_in_place_without_copies() {
+    let optim = FusedRmsPropConfig::new().with_centered(true).build();
+    let handle = optim.clone();
+    let mut optim = ModuleOptimizer::from(optim);
+    let mut model = Mlp::new(&device());
+    model = train_step(&mut optim, model, 0, LR, DType::F32);
+    let after_first = handle.stats().buffers_copied;
+    for i in 1..5 {
+        model = train_step(&mut optim, model, i, LR, DType::F32);
+    }
+    let stats = handle.stats();
+    assert_eq!(stats.in_place_steps, 5 * 6);
+    assert_eq!(
+        stats.buffers_copied, after_first,
+        "steps after the first copied buffers: {stats:?}"
+    );
+}
+
+fn flex_ptr<const D: usize>(t: &Tensor<D>) -> *const u8 {
+    let primitive = t
+        .clone()
+        .try_into_primitive::<burn::backend::Flex>()
+        .unwrap();
+    primitive.bytes().as_ptr()
+}
+
+#[test]
+fn updates_the_parameter_buffer_in_place() {
+    let device = Device::default();
+    let optim = FusedRmsPropConfig::new().build();
+    let p = Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0], &device);
+    let g = Tensor::<1>::from_floats([0.5, -0.5, 0.25, 0.0], &device);
+    let (p, state) = optim.step(0.1, p, g.clone(), None);
+    let state = state.unwrap();
+    let (p_ptr, v_ptr) = (flex_ptr(&p), flex_ptr(&state.square_avg));
+    let (p, state) = optim.step(0.1, p, g, Some(state));
+    let state = state.unwrap();
+    assert_eq!(flex_ptr(&p), p_ptr, "the parameter moved");
+    assert_eq!(
+        flex_ptr(&state.square_avg),
+        v_ptr,
+        "the square average moved"
+    );
+    assert_eq!(optim.stats().buffers_copied, 0);
+}
+
+#[test]
+fn a_shared_parameter_is_copied_not_mutated_behind_its_owner() {
+    let device = Device::default();
+    let optim = FusedRmsPropConfig::new().build();
+    let p = Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
+    let kept = p.clone();
+    let g = Tensor::<1>::from_floats([0.5, -0.5, 0.25], &device);
+    let (stepped, _) = optim.step(0.1, p, g, None);
+    assert_eq!(to_vec(kept), vec![1.0, 2.0, 3.0]);
+    assert_ne!(to_vec(stepped), vec![1.0, 2.0, 3.0]);
+    assert_eq!(optim.stats().buffers_copied, 1);
+}
+
+#[test]
+fn non_contiguous_parameter_and_gradient_are_stepped_correctly() {
+    let device = Device::default();
+    let optim = FusedRmsPropConfig::new().with_momentum(0.0).build();
+    let p = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], &device).transpose();
+    let g = Tensor::<2>::from_floats([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], &device);
+    let g_t = Tensor::<2>::from_floats([[0.1, 0.3, 0.5], [0.2, 0.4, 0.6]], &device).transpose();
+    let contiguous = p.clone().into_data();
+    let p_contiguous = Tensor::<2>::from_data(contiguous, &device);
+
+    let (a, _) = optim.step(0.1, p.clone(), g.clone(), None);
+    let (b, _) = optim.step(0.1, p_contiguous.clone(), g_t, None);
+    let (c, _) = optim.step(0.1, p_contiguous, g, None);
+    assert_eq!(to_vec(a.clone()), to_vec(c.clone()));
+    assert_eq!(to_vec(b), to_vec(c));
+    assert!(optim.stats().buffers_copied >= 2);
+}
+
+/// Every option, composed tensor ops against the in-place kernel.
+#[test]
+fn composed_route_equals_in_place_route() {
+    let configs = [
+        FusedRmsPropConfig::new(),
+        FusedRmsPropConfig::new().with_momentum(0.0),
+        FusedRmsPropConfig::new()
+            .with_centered(true)
+            .with_clamp_centered_variance(true),
+        FusedRmsPropConfig::new()
+            .with_nesterov(true)
+            .with_eps_inside_sqrt(true)
+            .with_initial_square_avg(1.0),
+        FusedRmsPropConfig::new()
+            .with_weight_decay(Some(WeightDecayConfig::new(0.1)))
+            .with_decoupled_weight_decay(true)
+            .with_maximize(true),
+        FusedRmsPropConfig::new()
+            .with_weight_decay(Some(WeightDecayConfig::new(0.1)))
+            .with_centered(true),
+    ];
+    for config in configs {
+        let in_place = config.build();
+        let composed = config.build().with_route(Route::ComposedOps);
+        let model = Mlp::new(&device());
+        let mut a = (model.clone(), ModuleOptimizer::from(in_place.clone()));
+        let mut b = (model, ModuleOptimizer::from(composed.clone()));
+        for i in 0..10 {
+            a.0 = train_step(&mut a.1, a.0, i, LR, DType::F32);
+            b.0 = train_step(&mut b.1, b.0, i, LR, DType::F32);
+            let diff = max_abs_diff(&a.0.values(), &b.0.values());
+            assert!(diff <= TOL_F32, "{config:?}: step {i}: {diff:e}");
+        }
+        assert_eq!(composed.stats().in_place_steps, 0);
+        assert_eq!(in_place.stats().composed_steps, 0);
+    }
+}
+
+#[test]
+fn half_precision_takes_the_composed_route() {
+    let device = Device::default();
+    let optim = FusedRmsPropConfig::new().build();
+    let options = TensorCreationOptions::new(device.clone()).with_dtype(DType::F16);
+    let p = Tensor::<1>::from_data(TensorData::from([1.0f32, 2.0]), options.clone());
+    let g = Tensor::<1>::from_data(TensorData::from([0.5f32, -0.5]), options);
+    let (p, state) = optim.step(0.1, p, g, None);
+    assert_eq!(p.dtype(), DType::F16);
+    assert_eq!(state.unwrap().square_avg.dtype(), DType::F16);
+    assert_eq!(optim.stats().composed_steps, 1);
+    let v = to_vec(p);
+    assert!(v[0] < 1.0 && v[1] > 2.0, "{v:?}");
+}
+
+#[test]
+fn an_invalid_learning_rate_writes_nothing_and_is_reported() {
+    let device = Device::default();
+    let optim = FusedRmsPropConfig::new().build();
+    let p = Tensor::<1>::from_floats([1.0, 2.0], &device);
+    let g = Tensor::<1>::from_floats([0.5, -0.5], &device);
+    let (p, state) = optim.step(0.1, p, g.clone(), None);
+    let before = (to_vec(p.clone()), to_vec(state.clone().unwrap().square_avg));
+    for lr in [f64::NAN, -1.0, f64::INFINITY] {
+        let (p2, state2) = optim.step(lr, p.clone(), g.clone(), state.clone());
+        assert_eq!((to_vec(p2), to_vec(state2.unwrap().square_avg)), before);
+    }
+    let stats = optim.stats();
+    assert_eq!(stats.rejected_steps, 3);
+    assert!(stats.last_error.unwrap().to_string().contains("lr"));
+}
+
+#[test]
+fn invalid_configs_are_errors_naming_the_field() {
+    for (config, field) in [
+        (FusedRmsPropConfig::new().with_alpha(-0.1), "alpha"),
+        (FusedRmsPropConfig::new().with_momentum(1.0), "momentum"),
+        (FusedRmsPropConfig::new().with_epsilon(f32::NAN), "eps"),
+        (
+            FusedRmsPropConfig::new().with_weight_decay(Some(WeightDecayConfig::new(-1.0))),
+            "weight_decay",
+        ),
+        (
+            FusedRmsPropConfig::new().with_initial_square_avg(f32::INFINITY),
+            "initial_square_avg",
+        ),
+    ] {
+        let err = config.try_init().err().expect("invalid config accepted");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+}
