@@ -3,6 +3,7 @@
 //! kernel's loads and stores, a STREAM triad), a plain Rust loop for
 //! comparison, and a median timer.
 
+pub mod burn_case;
 pub mod naive;
 pub mod roofline;
 pub mod timing;

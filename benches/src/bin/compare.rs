@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p fused-rmsprop-benches --bin compare [-- OPTIONS]
-//!   --quick            1M only, plain variant (well under 30 s)
+//!   --quick            1M only, plain variant, no model (well under 30 s)
+//!   --no-model         skip the 150-parameter transformer-sized model
 //!   --sizes 1M,16M     tensor sizes (K and M suffixes: 2^10, 2^20)
 //!   --threads N        threads for the threaded rows (default: the pool's)
 //!   --variant NAME     plain | momentum | centered+momentum+wd (default: all)
@@ -22,13 +23,14 @@ use std::time::Duration;
 use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
 use fused_rmsprop_benches::timing::{interleaved_medians, reps_for};
 use fused_rmsprop_benches::workload::{Buffers, Variant, size_label};
-use fused_rmsprop_benches::{naive, roofline};
+use fused_rmsprop_benches::{burn_case, naive, roofline};
 
 struct Options {
     sizes: Vec<usize>,
     variants: Vec<Variant>,
     threads: usize,
     json: bool,
+    model: bool,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Options, String> {
         variants: Variant::ALL.to_vec(),
         threads: rayon::current_num_threads(),
         json: false,
+        model: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -58,7 +61,9 @@ fn parse_args() -> Result<Options, String> {
             "--quick" => {
                 options.sizes = vec![1 << 20];
                 options.variants = vec![Variant::Plain];
+                options.model = false;
             }
+            "--no-model" => options.model = false,
             "--sizes" => {
                 options.sizes = value("--sizes")?
                     .split(',')
@@ -122,6 +127,9 @@ struct Row {
     fused_ns: f64,
     gbps: f64,
     roofline_fraction: f64,
+    /// Largest |difference| of the parameters after the timed steps, for
+    /// baselines computing the same update (RMSprop).
+    max_abs_diff: Option<f64>,
 }
 
 /// Times a kernel path against a baseline, interleaved, on one set of buffers
@@ -189,6 +197,7 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
             fused_ns: fused_t * 1e9,
             gbps: bytes / fused_t / 1e9,
             roofline_fraction: skeleton_t / fused_t,
+            max_abs_diff: None,
         });
     }
     skeleton_gbps
@@ -261,8 +270,72 @@ fn candle_rows(n: usize, variant: Variant, skeleton_gbps: f64, rows: &mut Vec<Ro
             fused_ns: fused_t * 1e9,
             gbps: bytes / fused_t / 1e9,
             roofline_fraction: bytes / fused_t / 1e9 / skeleton_gbps,
+            max_abs_diff: None,
         });
     }
+}
+
+/// The skeleton loop's GB/s on one tensor of `n` elements, `threads` threads.
+fn skeleton_gbps(n: usize, variant: Variant, threads: usize) -> f64 {
+    let mut buffers = Buffers::new(n, variant);
+    let t = interleaved_medians(
+        1,
+        9,
+        &mut [&mut || roofline::skeleton(&mut buffers, threads)],
+    );
+    (n * variant.bytes_per_element()) as f64 / t[0].as_secs_f64() / 1e9
+}
+
+/// Burn: the fused optimizer against burn's `RmsProp`, both through
+/// `ModuleOptimizer` on the default Flex device with autodiff, as a training
+/// loop calls them, on parameters of `sizes` elements; the same gradients
+/// every step. Both take the same number of steps, so their parameters can
+/// be compared at the end.
+fn burn_rows(
+    case: String,
+    sizes: &[usize],
+    variant: Variant,
+    skeleton_gbps: f64,
+    rows: &mut Vec<Row>,
+) {
+    let lr = variant.hyper().lr;
+    let mut baseline = burn_case::Case::new(sizes, burn_case::burn_rmsprop(variant), lr);
+    let mut fused = burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init(), lr);
+    let n: usize = sizes.iter().sum();
+    let bytes = (n * variant.bytes_per_element()) as f64;
+    let budget = Duration::from_millis(if n >= 1 << 24 { 4000 } else { 800 });
+    let first = interleaved_medians(1, 2, &mut [&mut || baseline.step()]);
+    let reps = reps_for(budget, first[0] * 2, 5, 100);
+    let times = interleaved_medians(
+        0,
+        reps,
+        &mut [&mut || baseline.step(), &mut || fused.step()],
+    );
+    // The baseline took 3 steps more (warm-up and the first timing).
+    for _ in 0..3 {
+        fused.step();
+    }
+    let diff = baseline
+        .values()
+        .iter()
+        .zip(fused.values())
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
+    rows.push(Row {
+        framework: "burn",
+        baseline: "burn RmsProp".into(),
+        case,
+        variant,
+        elements: n,
+        threads: rayon::current_num_threads(),
+        baseline_ns: base_t * 1e9,
+        fused: "FusedRmsProp".into(),
+        fused_ns: fused_t * 1e9,
+        gbps: bytes / fused_t / 1e9,
+        roofline_fraction: bytes / fused_t / 1e9 / skeleton_gbps,
+        max_abs_diff: Some(diff),
+    });
 }
 
 fn main() {
@@ -280,12 +353,34 @@ fn main() {
             eprintln!("measuring {} {} ...", size_label(n), variant.name());
             let skeleton_gbps = kernel_rows(n, variant, options.threads, &mut rows);
             candle_rows(n, variant, skeleton_gbps, &mut rows);
+            burn_rows(size_label(n), &[n], variant, skeleton_gbps, &mut rows);
+        }
+    }
+    if options.model {
+        let sizes = burn_case::transformer_sizes();
+        let n: usize = sizes.iter().sum();
+        for &variant in &options.variants {
+            eprintln!(
+                "measuring the {}-tensor model {} ...",
+                sizes.len(),
+                variant.name()
+            );
+            // The limit of the model's step is that of one tensor of its
+            // total size (measured again: it is a different size).
+            let skeleton_gbps = skeleton_gbps(n, variant, options.threads);
+            burn_rows(
+                format!("model-{}", sizes.len()),
+                &sizes,
+                variant,
+                skeleton_gbps,
+                &mut rows,
+            );
         }
     }
     if options.json {
         for r in &rows {
             println!(
-                "{{\"framework\":\"{}\",\"baseline\":\"{}\",\"fused\":\"{}\",\"case\":\"{}\",\"variant\":\"{}\",\"elements\":{},\"threads\":{},\"baseline_ns\":{:.0},\"fused_ns\":{:.0},\"speedup\":{:.3},\"gbps\":{:.3},\"roofline_fraction\":{:.3},\"max_abs_diff\":null,\"cpu\":\"{}\"}}",
+                "{{\"framework\":\"{}\",\"baseline\":\"{}\",\"fused\":\"{}\",\"case\":\"{}\",\"variant\":\"{}\",\"elements\":{},\"threads\":{},\"baseline_ns\":{:.0},\"fused_ns\":{:.0},\"speedup\":{:.3},\"gbps\":{:.3},\"roofline_fraction\":{:.3},\"max_abs_diff\":{},\"cpu\":\"{}\"}}",
                 r.framework,
                 r.baseline,
                 r.fused,
@@ -298,6 +393,8 @@ fn main() {
                 r.baseline_ns / r.fused_ns,
                 r.gbps,
                 r.roofline_fraction,
+                r.max_abs_diff
+                    .map_or("null".to_string(), |d| format!("{d:e}")),
                 cpu.replace('"', "'")
             );
         }

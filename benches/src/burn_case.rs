@@ -1,0 +1,125 @@
+//! Burn workloads: a module of parameters and a fixed gradient, stepped
+//! through `ModuleOptimizer` as a training loop steps it.
+
+use burn::module::{Module, Param, ParamId};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{GradientsParams, ModuleOptimizer, RmsPropConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+use fused_rmsprop::WeightDecay;
+use fused_rmsprop_burn::FusedRmsPropConfig;
+
+use crate::workload::Variant;
+
+/// Parameters of the shapes given, each with a gradient of its shape.
+#[derive(Module, Debug)]
+pub struct Params {
+    /// The parameters, flattened to rank 1 (the optimizer does not care).
+    pub tensors: Vec<Param<Tensor<1>>>,
+}
+
+/// A module, its gradients (reused every step) and an optimizer.
+pub struct Case {
+    module: Option<Params>,
+    grads: Vec<(ParamId, Tensor<1>)>,
+    optim: ModuleOptimizer,
+    lr: f64,
+}
+
+impl Case {
+    /// Parameters of `sizes` elements on burn's default (Flex) device with
+    /// autodiff, as a training loop holds them, stepped by `optim`.
+    pub fn new(sizes: &[usize], optim: ModuleOptimizer, lr: f64) -> Self {
+        let device = Device::default().autodiff();
+        let mut tensors = Vec::new();
+        let mut grads = Vec::new();
+        for (k, &n) in sizes.iter().enumerate() {
+            let values = |scale: f32| {
+                let v: Vec<f32> = (0..n)
+                    .map(|i| scale * (((i * 7919 + k * 104729) % 2001) as f32 - 1000.0) / 1000.0)
+                    .collect();
+                TensorData::new(v, [n])
+            };
+            let param = Param::from_tensor(Tensor::from_data(values(0.5), &device));
+            let grad = Tensor::from_data(values(1e-3), &Device::default());
+            grads.push((param.id, grad));
+            tensors.push(param);
+        }
+        Self {
+            module: Some(Params { tensors }),
+            grads,
+            optim,
+            lr,
+        }
+    }
+
+    /// One optimizer step of every parameter.
+    pub fn step(&mut self) {
+        let mut grads = GradientsParams::new();
+        for (id, grad) in &self.grads {
+            grads.register(*id, grad.clone());
+        }
+        let module = self.module.take().expect("a module between steps");
+        self.module = Some(self.optim.step(self.lr, module, grads));
+    }
+
+    /// The parameters' values, concatenated.
+    pub fn values(&self) -> Vec<f32> {
+        let module = self.module.as_ref().expect("a module between steps");
+        module
+            .tensors
+            .iter()
+            .flat_map(|p| {
+                p.val()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .expect("f32 data")
+            })
+            .collect()
+    }
+}
+
+/// Burn's own `RmsProp` configured as `variant`.
+pub fn burn_rmsprop(variant: Variant) -> ModuleOptimizer {
+    let h = variant.hyper();
+    RmsPropConfig::new()
+        .with_alpha(h.alpha as f32)
+        .with_momentum(h.momentum as f32)
+        .with_epsilon(h.eps as f32)
+        .with_centered(h.centered)
+        .with_weight_decay(penalty(h.weight_decay))
+        .init()
+}
+
+/// The fused optimizer configured as `variant`.
+pub fn fused_rmsprop(variant: Variant) -> FusedRmsPropConfig {
+    let h = variant.hyper();
+    FusedRmsPropConfig::new()
+        .with_alpha(h.alpha as f32)
+        .with_momentum(h.momentum as f32)
+        .with_epsilon(h.eps as f32)
+        .with_centered(h.centered)
+        .with_weight_decay(penalty(h.weight_decay))
+}
+
+fn penalty(wd: Option<WeightDecay>) -> Option<WeightDecayConfig> {
+    wd.map(|wd| WeightDecayConfig::new(wd.coefficient() as f32))
+}
+
+/// The parameter sizes of a transformer-sized model: a 384-wide encoder of
+/// 9 blocks (attention q, k, v, o and a 4x MLP, each with its bias, and two
+/// layer norms), token and position embeddings, a final layer norm and a
+/// pooler: 150 tensors, 22.5M elements, most of them small.
+pub fn transformer_sizes() -> Vec<usize> {
+    let d = 384;
+    let mut sizes = vec![16_000 * d, 512 * d];
+    for _ in 0..9 {
+        for _ in 0..4 {
+            sizes.extend([d * d, d]);
+        }
+        sizes.extend([d * 4 * d, 4 * d, 4 * d * d, d]);
+        sizes.extend([d, d, d, d]);
+    }
+    sizes.extend([d, d, d * d, d]);
+    sizes
+}
