@@ -1,0 +1,196 @@
+//! One kernel, one answer, whatever the framework: the same parameters and
+//! gradients stepped through the bare kernel, the Candle adapter and the
+//! Burn adapter give the same bits, step after step, for every variant both
+//! adapters support (all of the kernel's), on inputs that include NaN, Inf,
+//! zero, subnormals and huge magnitudes.
+
+use burn::optim::Optimizer;
+use burn::tensor::{Device as BurnDevice, Tensor as BurnTensor, TensorData};
+use candle_core::{Device as CandleDevice, Tensor as CandleTensor, Var};
+use candle_nn::Optimizer as _;
+use fused_rmsprop::testing::{element, hyper};
+use fused_rmsprop::{EpsPlacement, Hyper, RmsProp, State, WeightDecay};
+use fused_rmsprop_burn::{FusedRmsPropConfig, FusedRmsPropState};
+use fused_rmsprop_candle::ParamsRmsProp;
+use proptest::prelude::*;
+
+/// `hyper` with every field rounded to `f32`, burn's config type, so that
+/// one set of hyper-parameters reaches all three unchanged.
+fn representable_in_f32(h: Hyper) -> Hyper {
+    let r = |x: f64| f64::from(x as f32);
+    Hyper {
+        lr: r(h.lr),
+        alpha: r(h.alpha),
+        eps: r(h.eps),
+        initial_square_avg: r(h.initial_square_avg),
+        momentum: r(h.momentum),
+        weight_decay: h.weight_decay.map(|wd| match wd {
+            WeightDecay::Coupled(x) => WeightDecay::Coupled(r(x)),
+            WeightDecay::Decoupled(x) => WeightDecay::Decoupled(r(x)),
+        }),
+        ..h
+    }
+}
+
+fn burn_config(h: &Hyper) -> FusedRmsPropConfig {
+    FusedRmsPropConfig::new()
+        .with_alpha(h.alpha as f32)
+        .with_momentum(h.momentum as f32)
+        .with_epsilon(h.eps as f32)
+        .with_centered(h.centered)
+        .with_weight_decay(
+            h.weight_decay
+                .map(|wd| burn::optim::decay::WeightDecayConfig::new(wd.coefficient() as f32)),
+        )
+        .with_decoupled_weight_decay(matches!(h.weight_decay, Some(WeightDecay::Decoupled(_))))
+        .with_eps_inside_sqrt(h.eps_placement == EpsPlacement::InsideSqrt)
+        .with_initial_square_avg(h.initial_square_avg as f32)
+        .with_nesterov(h.nesterov)
+        .with_maximize(h.maximize)
+        .with_clamp_centered_variance(h.clamp_centered_variance)
+}
+
+fn candle_params(h: &Hyper) -> ParamsRmsProp {
+    ParamsRmsProp {
+        lr: h.lr,
+        alpha: h.alpha,
+        eps: h.eps,
+        weight_decay: h.weight_decay.map(WeightDecay::coefficient),
+        momentum: (h.momentum > 0.0).then_some(h.momentum),
+        centered: h.centered,
+        decoupled_weight_decay: matches!(h.weight_decay, Some(WeightDecay::Decoupled(_))),
+        eps_placement: h.eps_placement,
+        initial_square_avg: h.initial_square_avg,
+        nesterov: h.nesterov,
+        clamp_centered_variance: h.clamp_centered_variance,
+        maximize: h.maximize,
+    }
+}
+
+/// The first index where the bits differ, with both values' bits.
+fn first_difference(actual: &[f32], expected: &[f32]) -> Option<(usize, u32, u32)> {
+    if actual.len() != expected.len() {
+        return Some((actual.len().min(expected.len()), 0, 0));
+    }
+    actual
+        .iter()
+        .zip(expected)
+        .position(|(a, e)| a.to_bits() != e.to_bits())
+        .map(|i| (i, actual[i].to_bits(), expected[i].to_bits()))
+}
+
+fn burn_values(t: &BurnTensor<1>) -> Vec<f32> {
+    t.to_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Steps `params` with each gradient of `grads` in turn through all three,
+/// asserting equal bits after every step.
+fn check_same_bits(h: Hyper, params: Vec<f32>, grads: Vec<Vec<f32>>) -> Result<(), TestCaseError> {
+    let n = params.len();
+    let config = burn_config(&h);
+    prop_assert_eq!(
+        config.hyper().with_lr(h.lr),
+        h,
+        "the burn config maps back to the hyper"
+    );
+    prop_assert_eq!(candle_params(&h).hyper(), h);
+
+    let kernel = RmsProp::new(h).unwrap();
+    let mut kernel_params = params.clone();
+    let mut kernel_state = State::<f32>::new(n, &h);
+
+    let device = CandleDevice::Cpu;
+    let var = Var::from_vec(params.clone(), n, &device).unwrap();
+    let mut candle =
+        fused_rmsprop_candle::RmsProp::new(vec![var.clone()], candle_params(&h)).unwrap();
+
+    let burn = config.build();
+    let burn_device = BurnDevice::default();
+    let mut burn_param = BurnTensor::<1>::from_data(TensorData::new(params, [n]), &burn_device);
+    let mut burn_state: Option<FusedRmsPropState<1>> = None;
+
+    for (step, g) in grads.into_iter().enumerate() {
+        kernel
+            .step(&mut kernel_params, &g, &mut kernel_state)
+            .unwrap();
+
+        let grad = CandleTensor::from_vec(g.clone(), n, &device).unwrap();
+        let mut store = var.as_tensor().sum_all().unwrap().backward().unwrap();
+        store.insert(var.as_tensor(), grad);
+        candle.step(&store).unwrap();
+
+        let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), &burn_device);
+        let (p, s) = burn.step(h.lr, burn_param, burn_grad, burn_state);
+        (burn_param, burn_state) = (p, s);
+
+        let candle_params = var.to_vec1::<f32>().unwrap();
+        let burn_square_avg = burn_values(&burn_state.as_ref().unwrap().square_avg);
+        for (what, actual, expected) in [
+            ("candle params", &candle_params, &kernel_params),
+            ("burn params", &burn_values(&burn_param), &kernel_params),
+            (
+                "burn square_avg",
+                &burn_square_avg,
+                &kernel_state.square_avg,
+            ),
+        ] {
+            let diff = first_difference(actual, expected);
+            prop_assert!(
+                diff.is_none(),
+                "{} differ at step {}: (index, bits, kernel's bits) {:?}",
+                what,
+                step,
+                diff
+            );
+        }
+    }
+    let stats = burn.stats();
+    prop_assert_eq!(
+        stats.composed_steps,
+        0,
+        "burn left the in-place route: {:?}",
+        stats
+    );
+    Ok(())
+}
+
+fn case() -> impl Strategy<Value = (Hyper, Vec<f32>, Vec<Vec<f32>>)> {
+    (
+        hyper().prop_map(representable_in_f32),
+        0usize..300,
+        1usize..4,
+    )
+        .prop_filter("valid once rounded to f32", |(h, _, _)| {
+            h.validate().is_ok()
+        })
+        .prop_flat_map(|(h, n, steps)| {
+            (
+                Just(h),
+                proptest::collection::vec(element::<f32>(), n),
+                proptest::collection::vec(proptest::collection::vec(element::<f32>(), n), steps),
+            )
+        })
+}
+
+proptest! {
+    #[test]
+    fn kernel_candle_and_burn_give_the_same_bits((h, params, grads) in case()) {
+        check_same_bits(h, params, grads)?;
+    }
+}
+
+/// Large enough for the threaded path of every adapter.
+#[test]
+fn the_threaded_path_gives_the_same_bits_too() {
+    let n = 3 * fused_rmsprop::PARALLEL_MIN_ELEMENTS + 17;
+    let value = |i: usize, k: usize| ((i * 7919 + k * 31) % 2003) as f32 / 1000.0 - 1.0;
+    let params: Vec<f32> = (0..n).map(|i| value(i, 0)).collect();
+    let grads: Vec<Vec<f32>> = (1..4)
+        .map(|k| (0..n).map(|i| value(i, k)).collect())
+        .collect();
+    let h = Hyper::default()
+        .with_momentum(0.9)
+        .with_centered(true)
+        .with_weight_decay(Some(WeightDecay::Coupled(0.01)));
+    check_same_bits(representable_in_f32(h), params, grads).unwrap();
+}
