@@ -134,10 +134,7 @@ struct Row {
 
 /// Times a kernel path against a baseline, interleaved, on one set of buffers
 /// each; also times the skeleton on `threads` threads for the roofline.
-/// Returns the skeleton's GB/s on `threads` threads, the limit for the
-/// framework rows of the same size and variant.
-fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) -> f64 {
-    let mut skeleton_gbps = 0.0;
+fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) {
     let hyper = variant.hyper();
     let opt = RmsProp::new(hyper).unwrap();
     let forced = |kernel, threads| opt.with_execution(Execution { kernel, threads }).unwrap();
@@ -180,7 +177,6 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
         );
         let [plain_t, fused_t, skeleton_t] =
             [times[0], times[1], times[2]].map(|d| d.as_secs_f64());
-        skeleton_gbps = bytes / skeleton_t / 1e9;
         rows.push(Row {
             framework: "kernel",
             baseline: if t == 1 {
@@ -200,68 +196,115 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
             max_abs_diff: None,
         });
     }
-    skeleton_gbps
 }
 
-/// Candle: the fused optimizer against candle-nn's `AdamW` (its built-in
-/// adaptive optimizer) and `SGD` (the cheapest built-in step), one `Var` of
-/// `n` elements, the same gradient every step.
-fn candle_rows(n: usize, variant: Variant, skeleton_gbps: f64, rows: &mut Vec<Row>) {
+/// Candle: the fused optimizer against the same update in candle tensor ops
+/// (as candle-optimisers writes it), candle-nn's `AdamW` (its built-in
+/// adaptive optimizer) and `SGD` (the cheapest built-in step), on `Var`s of
+/// `sizes` elements and the same gradients every step. Each baseline is
+/// timed against a fresh fused optimizer that takes as many steps, so the
+/// RMSprop baseline's parameters can be compared at the end.
+fn candle_rows(
+    case: String,
+    sizes: &[usize],
+    variant: Variant,
+    threads: usize,
+    rows: &mut Vec<Row>,
+) {
+    use candle_core::backprop::GradStore;
     use candle_core::{DType, Device, Tensor, Var};
     use candle_nn::Optimizer;
+    use fused_rmsprop_candle::{ParamsRmsProp, RmsProp, TensorOpsRmsProp};
     let device = Device::Cpu;
-    let make = || {
-        let var = Var::ones(n, DType::F32, &device).unwrap();
-        let coef = Tensor::arange(0u32, n as u32, &device)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let grads = (var.as_tensor() * (coef * 1e-7).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        (var, grads)
+    let make = || -> (Vec<Var>, GradStore) {
+        let vars: Vec<Var> = sizes
+            .iter()
+            .map(|&n| Var::ones(n, DType::F32, &device).unwrap())
+            .collect();
+        let mut loss = Tensor::zeros((), DType::F32, &device).unwrap();
+        for var in &vars {
+            let n = var.elem_count();
+            let coef = Tensor::arange(0u32, n as u32, &device)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let term = (var.as_tensor() * (coef * 1e-7).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            loss = (loss + term).unwrap();
+        }
+        let grads = loss.backward().unwrap();
+        (vars, grads)
     };
-    let p = variant.hyper();
-    let params = fused_rmsprop_candle::ParamsRmsProp {
-        lr: p.lr,
-        alpha: p.alpha,
-        eps: p.eps,
-        momentum: (p.momentum > 0.0).then_some(p.momentum),
-        centered: p.centered,
-        weight_decay: p.weight_decay.map(|w| w.coefficient()),
+    let values = |vars: &[Var]| -> Vec<f32> {
+        vars.iter()
+            .flat_map(|v| v.to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    let h = variant.hyper();
+    let params = ParamsRmsProp {
+        lr: h.lr,
+        alpha: h.alpha,
+        eps: h.eps,
+        momentum: (h.momentum > 0.0).then_some(h.momentum),
+        centered: h.centered,
+        weight_decay: h.weight_decay.map(|w| w.coefficient()),
         ..Default::default()
     };
-    let (fused_var, fused_grads) = make();
-    let mut fused = fused_rmsprop_candle::RmsProp::new(vec![fused_var], params).unwrap();
+    let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
     let budget = Duration::from_millis(if n >= 1 << 24 { 4000 } else { 800 });
-    type Baseline = (&'static str, Box<dyn FnMut()>);
-    let baselines: [Baseline; 2] = [
-        ("candle-nn AdamW", {
-            let (var, grads) = make();
-            let mut adamw =
-                candle_nn::AdamW::new(vec![var], candle_nn::ParamsAdamW::default()).unwrap();
-            Box::new(move || adamw.step(&grads).unwrap())
+    let mut skeleton_buffers = Buffers::new(n, variant);
+    type Baseline = (Box<dyn FnMut()>, Vec<Var>);
+    let baselines: [(&str, &dyn Fn() -> Baseline); 3] = [
+        ("tensor-op RMSprop", &|| {
+            let (vars, grads) = make();
+            let mut opt = TensorOpsRmsProp::new(vars.clone(), params).unwrap();
+            (Box::new(move || opt.step(&grads).unwrap()), vars)
         }),
-        ("candle-nn SGD", {
-            let (var, grads) = make();
-            let mut sgd = candle_nn::SGD::new(vec![var], 0.01).unwrap();
-            Box::new(move || sgd.step(&grads).unwrap())
+        ("candle-nn AdamW", &|| {
+            let (vars, grads) = make();
+            let mut opt =
+                candle_nn::AdamW::new(vars.clone(), candle_nn::ParamsAdamW::default()).unwrap();
+            (Box::new(move || opt.step(&grads).unwrap()), vars)
+        }),
+        ("candle-nn SGD", &|| {
+            let (vars, grads) = make();
+            let mut opt = candle_nn::SGD::new(vars.clone(), 0.01).unwrap();
+            (Box::new(move || opt.step(&grads).unwrap()), vars)
         }),
     ];
-    for (name, mut baseline) in baselines {
+    for (name, build) in baselines {
+        let (mut baseline, baseline_vars) = build();
+        let (fused_vars, fused_grads) = make();
+        let mut fused = RmsProp::new(fused_vars.clone(), params).unwrap();
         let mut run_fused = || fused.step(&fused_grads).unwrap();
+        let mut run_skeleton = || roofline::skeleton(&mut skeleton_buffers, threads);
         let first = interleaved_medians(1, 2, &mut [&mut *baseline]);
         let reps = reps_for(budget, first[0] * 2, 5, 100);
-        let times = interleaved_medians(1, reps, &mut [&mut *baseline, &mut run_fused]);
+        let times = interleaved_medians(
+            1,
+            reps,
+            &mut [&mut *baseline, &mut run_fused, &mut run_skeleton],
+        );
         let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
+        let skeleton_t = times[2].as_secs_f64();
+        let max_abs_diff = (name == "tensor-op RMSprop").then(|| {
+            // The baseline took 3 steps more (warm-up and the first timing).
+            for _ in 0..3 {
+                run_fused();
+            }
+            values(&baseline_vars)
+                .iter()
+                .zip(values(&fused_vars))
+                .map(|(a, b)| f64::from((a - b).abs()))
+                .fold(0.0, f64::max)
+        });
         rows.push(Row {
             framework: "candle",
             baseline: name.into(),
-            case: size_label(n),
+            case: case.clone(),
             variant,
             elements: n,
             threads: rayon::current_num_threads(),
@@ -269,21 +312,10 @@ fn candle_rows(n: usize, variant: Variant, skeleton_gbps: f64, rows: &mut Vec<Ro
             fused: "fused RmsProp".into(),
             fused_ns: fused_t * 1e9,
             gbps: bytes / fused_t / 1e9,
-            roofline_fraction: bytes / fused_t / 1e9 / skeleton_gbps,
-            max_abs_diff: None,
+            roofline_fraction: skeleton_t / fused_t,
+            max_abs_diff,
         });
     }
-}
-
-/// The skeleton loop's GB/s on one tensor of `n` elements, `threads` threads.
-fn skeleton_gbps(n: usize, variant: Variant, threads: usize) -> f64 {
-    let mut buffers = Buffers::new(n, variant);
-    let t = interleaved_medians(
-        1,
-        9,
-        &mut [&mut || roofline::skeleton(&mut buffers, threads)],
-    );
-    (n * variant.bytes_per_element()) as f64 / t[0].as_secs_f64() / 1e9
 }
 
 /// Burn: the fused optimizer against burn's `RmsProp`, both through
@@ -291,26 +323,24 @@ fn skeleton_gbps(n: usize, variant: Variant, threads: usize) -> f64 {
 /// loop calls them, on parameters of `sizes` elements; the same gradients
 /// every step. Both take the same number of steps, so their parameters can
 /// be compared at the end.
-fn burn_rows(
-    case: String,
-    sizes: &[usize],
-    variant: Variant,
-    skeleton_gbps: f64,
-    rows: &mut Vec<Row>,
-) {
+fn burn_rows(case: String, sizes: &[usize], variant: Variant, threads: usize, rows: &mut Vec<Row>) {
     let lr = variant.hyper().lr;
     let mut baseline = burn_case::Case::new(sizes, burn_case::burn_rmsprop(variant), lr);
     let mut fused = burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init(), lr);
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
     let budget = Duration::from_millis(if n >= 1 << 24 { 4000 } else { 800 });
+    let mut skeleton_buffers = Buffers::new(n, variant);
     let first = interleaved_medians(1, 2, &mut [&mut || baseline.step()]);
     let reps = reps_for(budget, first[0] * 2, 5, 100);
     let times = interleaved_medians(
         0,
         reps,
-        &mut [&mut || baseline.step(), &mut || fused.step()],
+        &mut [&mut || baseline.step(), &mut || fused.step(), &mut || {
+            roofline::skeleton(&mut skeleton_buffers, threads)
+        }],
     );
+    let skeleton_t = times[2].as_secs_f64();
     // The baseline took 3 steps more (warm-up and the first timing).
     for _ in 0..3 {
         fused.step();
@@ -333,7 +363,7 @@ fn burn_rows(
         fused: "FusedRmsProp".into(),
         fused_ns: fused_t * 1e9,
         gbps: bytes / fused_t / 1e9,
-        roofline_fraction: bytes / fused_t / 1e9 / skeleton_gbps,
+        roofline_fraction: skeleton_t / fused_t,
         max_abs_diff: Some(diff),
     });
 }
@@ -351,28 +381,33 @@ fn main() {
     for &n in &options.sizes {
         for &variant in &options.variants {
             eprintln!("measuring {} {} ...", size_label(n), variant.name());
-            let skeleton_gbps = kernel_rows(n, variant, options.threads, &mut rows);
-            candle_rows(n, variant, skeleton_gbps, &mut rows);
-            burn_rows(size_label(n), &[n], variant, skeleton_gbps, &mut rows);
+            kernel_rows(n, variant, options.threads, &mut rows);
+            candle_rows(size_label(n), &[n], variant, options.threads, &mut rows);
+            burn_rows(size_label(n), &[n], variant, options.threads, &mut rows);
         }
     }
     if options.model {
         let sizes = burn_case::transformer_sizes();
-        let n: usize = sizes.iter().sum();
         for &variant in &options.variants {
             eprintln!(
                 "measuring the {}-tensor model {} ...",
                 sizes.len(),
                 variant.name()
             );
-            // The limit of the model's step is that of one tensor of its
-            // total size (measured again: it is a different size).
-            let skeleton_gbps = skeleton_gbps(n, variant, options.threads);
+            // The limit of the model's step: the skeleton on one tensor of
+            // the model's total size.
+            candle_rows(
+                format!("model-{}", sizes.len()),
+                &sizes,
+                variant,
+                options.threads,
+                &mut rows,
+            );
             burn_rows(
                 format!("model-{}", sizes.len()),
                 &sizes,
                 variant,
-                skeleton_gbps,
+                options.threads,
                 &mut rows,
             );
         }
@@ -405,7 +440,7 @@ fn main() {
         rayon::current_num_threads()
     );
     println!(
-        "{:<9} {:<22} {:<5} {:<21} {:<16} {:>3} {:>11} {:>9} {:>8} {:>7} {:>9}",
+        "{:<9} {:<22} {:<9} {:<21} {:<16} {:>3} {:>11} {:>9} {:>8} {:>7} {:>9} {:>9}",
         "framework",
         "baseline",
         "case",
@@ -416,11 +451,12 @@ fn main() {
         "fused ms",
         "speedup",
         "GB/s",
-        "roofline"
+        "roofline",
+        "max |diff|"
     );
     for r in &rows {
         println!(
-            "{:<9} {:<22} {:<5} {:<21} {:<16} {:>3} {:>11.3} {:>9.3} {:>7.2}x {:>7.2} {:>9.2}",
+            "{:<9} {:<22} {:<9} {:<21} {:<16} {:>3} {:>11.3} {:>9.3} {:>7.2}x {:>7.2} {:>9.2} {:>9}",
             r.framework,
             r.baseline,
             r.case,
@@ -431,7 +467,9 @@ fn main() {
             r.fused_ns / 1e6,
             r.baseline_ns / r.fused_ns,
             r.gbps,
-            r.roofline_fraction
+            r.roofline_fraction,
+            r.max_abs_diff
+                .map_or("-".to_string(), |d| format!("{d:.1e}"))
         );
     }
     println!(

@@ -49,6 +49,10 @@
 //! the variable; the kernel has no mixed-precision step yet. Integer
 //! variables are skipped, as candle's own optimizers skip them.
 
+mod tensor_ops;
+
+pub use tensor_ops::TensorOpsRmsProp;
+
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -10,81 +10,7 @@
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Linear, Optimizer};
 use fused_rmsprop::EpsPlacement;
-use fused_rmsprop_candle::{ParamsRmsProp, RmsProp};
-
-/// RMSprop from candle tensor ops: the reference.
-struct Reference {
-    vars: Vec<Var>,
-    square_avg: Vec<Var>,
-    grad_avg: Vec<Var>,
-    momentum_buf: Vec<Var>,
-    p: ParamsRmsProp,
-}
-
-impl Reference {
-    fn new(vars: Vec<Var>, p: ParamsRmsProp) -> candle_core::Result<Self> {
-        let zeros = |v: &Var, fill: f64| Var::from_tensor(&(v.zeros_like()? + fill)?);
-        Ok(Self {
-            square_avg: vars
-                .iter()
-                .map(|v| zeros(v, p.initial_square_avg))
-                .collect::<Result<_, _>>()?,
-            grad_avg: vars
-                .iter()
-                .map(|v| zeros(v, 0.0))
-                .collect::<Result<_, _>>()?,
-            momentum_buf: vars
-                .iter()
-                .map(|v| zeros(v, 0.0))
-                .collect::<Result<_, _>>()?,
-            vars,
-            p,
-        })
-    }
-
-    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
-        let p = self.p;
-        for i in 0..self.vars.len() {
-            let var = &self.vars[i];
-            let Some(grad) = grads.get(var) else { continue };
-            let mut g = grad.detach();
-            let mut param = var.as_tensor().detach();
-            if p.maximize {
-                g = g.neg()?;
-            }
-            if let Some(wd) = p.weight_decay {
-                if p.decoupled_weight_decay {
-                    param = (param * (1.0 - p.lr * wd))?;
-                } else {
-                    g = (g + (&param * wd)?)?;
-                }
-            }
-            let v = ((self.square_avg[i].as_tensor() * p.alpha)? + (g.sqr()? * (1.0 - p.alpha))?)?;
-            self.square_avg[i].set(&v)?;
-            let mut variance = v;
-            if p.centered {
-                let m = ((self.grad_avg[i].as_tensor() * p.alpha)? + (&g * (1.0 - p.alpha))?)?;
-                self.grad_avg[i].set(&m)?;
-                variance = (variance - m.sqr()?)?;
-                if p.clamp_centered_variance {
-                    variance = variance.relu()?;
-                }
-            }
-            let denom = match p.eps_placement {
-                EpsPlacement::OutsideSqrt => (variance.sqrt()? + p.eps)?,
-                EpsPlacement::InsideSqrt => (variance + p.eps)?.sqrt()?,
-            };
-            let mut step = (g / denom)?;
-            if let Some(mom) = p.momentum.filter(|&m| m > 0.0) {
-                let b = ((self.momentum_buf[i].as_tensor() * mom)? + &step)?;
-                self.momentum_buf[i].set(&b)?;
-                step = if p.nesterov { (step + (&b * mom)?)? } else { b };
-            }
-            var.set(&(param - (step * p.lr)?)?)?;
-        }
-        Ok(())
-    }
-}
+use fused_rmsprop_candle::{ParamsRmsProp, RmsProp, TensorOpsRmsProp};
 
 /// A 3-layer MLP on fixed data; `vars` holds its weights and biases.
 struct Mlp {
@@ -165,7 +91,7 @@ fn train_both(p: ParamsRmsProp, dtype: DType, steps: usize, tolerance: f64) {
     let fused_model = Mlp::new(dtype).unwrap();
     let reference_model = Mlp::new(dtype).unwrap();
     let mut fused = RmsProp::new(fused_model.vars.clone(), p).unwrap();
-    let mut reference = Reference::new(reference_model.vars.clone(), p).unwrap();
+    let mut reference = TensorOpsRmsProp::new(reference_model.vars.clone(), p).unwrap();
     for step in 0..steps {
         fused
             .backward_step(&fused_model.loss(step).unwrap())
@@ -297,11 +223,11 @@ fn learning_rate_change_mid_training_matches_the_reference() {
     let fused_model = Mlp::new(DType::F32).unwrap();
     let reference_model = Mlp::new(DType::F32).unwrap();
     let mut fused = RmsProp::new(fused_model.vars.clone(), p).unwrap();
-    let mut reference = Reference::new(reference_model.vars.clone(), p).unwrap();
+    let mut reference = TensorOpsRmsProp::new(reference_model.vars.clone(), p).unwrap();
     for step in 0..20 {
         if step == 10 {
             fused.set_learning_rate(0.002);
-            reference.p.lr = 0.002;
+            reference.set_learning_rate(0.002);
             assert_eq!(fused.learning_rate(), 0.002);
         }
         fused

@@ -1,0 +1,121 @@
+//! [`TensorOpsRmsProp`]: the same update written with candle tensor ops.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use fused_rmsprop::EpsPlacement;
+
+use crate::{ParamsRmsProp, Result, kernel_error};
+
+/// RMSprop written with candle tensor ops, as candle-optimisers writes it:
+/// state in `Var`s, new values copied in with `Var::set`, one new tensor per
+/// operation.
+///
+/// It is what the fused [`RmsProp`](crate::RmsProp) replaces: the baseline
+/// of the benchmarks and the oracle of the tests. It runs on any device and
+/// dtype candle supports (CUDA, Metal, bf16, f16), so it is also the way to
+/// run these semantics where the fused optimizer refuses a variable. It
+/// agrees with the fused optimizer to rounding (candle's scalar ops and
+/// products may round differently by an ulp), not bit for bit.
+///
+/// ```
+/// use candle_core::{Device, Var};
+/// use candle_nn::Optimizer;
+/// use fused_rmsprop_candle::{ParamsRmsProp, TensorOpsRmsProp};
+///
+/// let w = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+/// let mut opt = TensorOpsRmsProp::new(vec![w.clone()], ParamsRmsProp::default())?;
+/// opt.backward_step(&w.as_tensor().sqr()?.sum_all()?)?;
+/// assert!(w.to_vec1::<f32>()?[0] < 1.0);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct TensorOpsRmsProp {
+    vars: Vec<Var>,
+    square_avg: Vec<Var>,
+    grad_avg: Vec<Option<Var>>,
+    momentum_buf: Vec<Option<Var>>,
+    params: ParamsRmsProp,
+}
+
+impl candle_nn::Optimizer for TensorOpsRmsProp {
+    type Config = ParamsRmsProp;
+
+    /// Validates the hyper-parameters and makes the state of every float
+    /// variable (integer ones are skipped).
+    fn new(vars: Vec<Var>, params: ParamsRmsProp) -> Result<Self> {
+        params.hyper().validate().map_err(kernel_error)?;
+        let vars: Vec<Var> = vars.into_iter().filter(|v| v.dtype().is_float()).collect();
+        let filled = |v: &Var, fill: f64| Var::from_tensor(&(v.zeros_like()? + fill)?);
+        let hyper = params.hyper();
+        let optional = |needed: bool| -> Result<Vec<Option<Var>>> {
+            vars.iter()
+                .map(|v| needed.then(|| filled(v, 0.0)).transpose())
+                .collect()
+        };
+        Ok(Self {
+            square_avg: vars
+                .iter()
+                .map(|v| filled(v, params.initial_square_avg))
+                .collect::<Result<_>>()?,
+            grad_avg: optional(hyper.needs_grad_avg())?,
+            momentum_buf: optional(hyper.needs_momentum_buf())?,
+            vars,
+            params,
+        })
+    }
+
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let p = self.params;
+        p.hyper().validate().map_err(kernel_error)?;
+        for (i, var) in self.vars.iter().enumerate() {
+            let Some(grad) = grads.get(var) else { continue };
+            let mut g = grad.detach();
+            let mut param = var.as_tensor().detach();
+            if p.maximize {
+                g = g.neg()?;
+            }
+            if let Some(wd) = p.weight_decay {
+                if p.decoupled_weight_decay {
+                    param = (param * (1.0 - p.lr * wd))?;
+                } else {
+                    g = (g + (&param * wd)?)?;
+                }
+            }
+            let v = ((self.square_avg[i].as_tensor() * p.alpha)? + (g.sqr()? * (1.0 - p.alpha))?)?;
+            self.square_avg[i].set(&v)?;
+            let mut variance = v;
+            if let Some(grad_avg) = &self.grad_avg[i] {
+                let m = ((grad_avg.as_tensor() * p.alpha)? + (&g * (1.0 - p.alpha))?)?;
+                grad_avg.set(&m)?;
+                variance = (variance - m.sqr()?)?;
+                if p.clamp_centered_variance {
+                    variance = variance.relu()?;
+                }
+            }
+            let denom = match p.eps_placement {
+                EpsPlacement::OutsideSqrt => (variance.sqrt()? + p.eps)?,
+                EpsPlacement::InsideSqrt => (variance + p.eps)?.sqrt()?,
+            };
+            let mut step: Tensor = (g / denom)?;
+            if let (Some(buf), Some(momentum)) = (&self.momentum_buf[i], p.momentum) {
+                let b = ((buf.as_tensor() * momentum)? + &step)?;
+                buf.set(&b)?;
+                step = if p.nesterov {
+                    (step + (&b * momentum)?)?
+                } else {
+                    b
+                };
+            }
+            var.set(&(param - (step * p.lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.params.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.params.lr = lr;
+    }
+}
