@@ -64,6 +64,7 @@ fn candle_params(h: &Hyper) -> ParamsRmsProp {
         nesterov: h.nesterov,
         clamp_centered_variance: h.clamp_centered_variance,
         maximize: h.maximize,
+        non_finite: h.non_finite,
     }
 }
 

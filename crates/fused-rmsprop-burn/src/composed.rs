@@ -69,3 +69,11 @@ pub(crate) fn step<const D: usize>(
     };
     (param, state)
 }
+
+/// Whether every element of `grad` is finite: `x * 0` is 0 for finite `x`
+/// and NaN otherwise, so the sum is NaN exactly when one is not. One
+/// reduction and a read-back of one scalar.
+pub(crate) fn all_finite<const D: usize>(grad: &Tensor<D>) -> bool {
+    let poisoned = grad.clone().mul_scalar(0.0).sum().into_scalar::<f64>();
+    !poisoned.is_nan()
+}

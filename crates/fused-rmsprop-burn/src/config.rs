@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::ModuleOptimizer;
 use burn::optim::decay::WeightDecayConfig;
-use fused_rmsprop::{EpsPlacement, Hyper, WeightDecay};
+use fused_rmsprop::{EpsPlacement, Hyper, NonFinite, WeightDecay};
 
 use crate::FusedRmsProp;
 
@@ -71,6 +71,11 @@ pub struct FusedRmsPropConfig {
     /// its square root NaN. Off by default, as in PyTorch and burn.
     #[config(default = false)]
     clamp_centered_variance: bool,
+    /// What a step does with a gradient holding NaN or Inf: propagate it
+    /// (PyTorch, burn), skip that parameter (counted in
+    /// [`FusedRmsProp::stats`]), or refuse the step (counted as rejected).
+    #[config(default = "NonFinite::Propagate")]
+    non_finite_grads: NonFinite,
 }
 
 impl FusedRmsPropConfig {
@@ -108,6 +113,7 @@ impl FusedRmsPropConfig {
             .with_nesterov(self.nesterov)
             .with_maximize(self.maximize)
             .with_clamp_centered_variance(self.clamp_centered_variance)
+            .with_non_finite(self.non_finite_grads)
     }
 
     /// Builds the bare optimizer, or says which field is invalid.

@@ -11,7 +11,7 @@
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::tensor::{DType, Tensor};
-use fused_rmsprop::{Float, RmsProp, StateSlices};
+use fused_rmsprop::{Float, RmsProp, StateSlices, StepReport};
 
 use crate::{Counters, FusedRmsPropState};
 
@@ -74,10 +74,12 @@ pub(crate) fn step<const D: usize>(
         ),
     };
     // Lengths agree (the state fits the parameter, the gradient has its
-    // shape) and lr was validated, so the kernel does not refuse; were it
-    // to, it has written nothing, and the refusal is recorded like any other.
-    if let Err(err) = result {
-        counters.rejected(err);
+    // shape) and lr was validated, so the kernel refuses only a non-finite
+    // gradient under `NonFinite::Error`; it has then written nothing.
+    match result {
+        Ok(report) if report.is_skipped(0) => counters.skipped(),
+        Ok(_) => {}
+        Err(err) => counters.rejected(err),
     }
 
     let state = FusedRmsPropState {
@@ -96,7 +98,7 @@ fn run<T: Float + burn::tensor::Element + bytemuck::Pod>(
     square_avg: &mut FlexTensor,
     grad_avg: Option<&mut FlexTensor>,
     momentum_buf: Option<&mut FlexTensor>,
-) -> Result<(), fused_rmsprop::Error> {
+) -> Result<StepReport, fused_rmsprop::Error> {
     let grads = view::<T>(grad);
     let mut state = StateSlices::new(view_mut::<T>(square_avg));
     if let Some(grad_avg) = grad_avg {

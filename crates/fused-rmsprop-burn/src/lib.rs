@@ -86,6 +86,8 @@ use burn::tensor::{Device, Tensor};
 use fused_rmsprop::{Execution, Hyper, RmsProp};
 
 pub use config::FusedRmsPropConfig;
+/// The non-finite gradient policy, re-exported from the kernel.
+pub use fused_rmsprop::NonFinite;
 pub use state::FusedRmsPropState;
 
 /// The fused RMSprop optimizer for burn: what [`FusedRmsPropConfig::build`]
@@ -154,6 +156,9 @@ pub struct StepStats {
     pub states_reset: u64,
     /// Steps refused (nothing written); see `last_error`.
     pub rejected_steps: u64,
+    /// Steps that left their parameter untouched because its gradient held
+    /// NaN or Inf (`NonFinite::Skip`).
+    pub skipped_steps: u64,
     /// Why the last refused step was refused.
     pub last_error: Option<fused_rmsprop::Error>,
 }
@@ -165,6 +170,7 @@ struct Counters {
     copied: AtomicU64,
     reset: AtomicU64,
     rejected: AtomicU64,
+    skipped: AtomicU64,
     last_error: Mutex<Option<fused_rmsprop::Error>>,
 }
 
@@ -175,6 +181,10 @@ impl Counters {
 
     fn copied(&self) {
         Self::bump(&self.copied);
+    }
+
+    fn skipped(&self) {
+        Self::bump(&self.skipped);
     }
 
     fn rejected(&self, err: fused_rmsprop::Error) {
@@ -266,6 +276,7 @@ impl FusedRmsProp {
             buffers_copied: load(&c.copied),
             states_reset: load(&c.reset),
             rejected_steps: load(&c.rejected),
+            skipped_steps: load(&c.skipped),
             last_error: c
                 .last_error
                 .lock()
@@ -317,7 +328,17 @@ impl Optimizer for FusedRmsProp {
             flex::step(&self.kernel, lr, tensor, grad, state, &self.counters)
         } else {
             Counters::bump(&self.counters.composed);
-            composed::step(&hyper, lr, tensor, grad, state)
+            if hyper.non_finite == NonFinite::Propagate || composed::all_finite(&grad) {
+                composed::step(&hyper, lr, tensor, grad, state)
+            } else {
+                if hyper.non_finite == NonFinite::Skip {
+                    self.counters.skipped();
+                } else {
+                    let err = fused_rmsprop::Error::NonFiniteGradient { group: 0, index: 0 };
+                    self.counters.rejected(err);
+                }
+                (tensor, state)
+            }
         };
         (tensor, Some(state))
     }

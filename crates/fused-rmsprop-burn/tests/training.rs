@@ -383,3 +383,40 @@ fn invalid_configs_are_errors_naming_the_field() {
         assert!(err.to_string().contains(field), "{err}");
     }
 }
+
+#[test]
+fn non_finite_gradients_follow_the_policy_on_both_routes() {
+    use fused_rmsprop::NonFinite;
+    let device = Device::default();
+    for route in [Route::Auto, Route::ComposedOps] {
+        for bad in [f32::NAN, f32::INFINITY] {
+            let p = || Tensor::<1>::from_floats([1.0, 2.0], &device);
+            let g = Tensor::<1>::from_floats([0.5, bad], &device);
+
+            let skip = FusedRmsPropConfig::new()
+                .with_non_finite_grads(NonFinite::Skip)
+                .build()
+                .with_route(route);
+            let (stepped, _) = skip.step(0.1, p(), g.clone(), None);
+            assert_eq!(to_vec(stepped), vec![1.0, 2.0]);
+            assert_eq!(skip.stats().skipped_steps, 1);
+
+            let error = FusedRmsPropConfig::new()
+                .with_non_finite_grads(NonFinite::Error)
+                .build()
+                .with_route(route);
+            let (stepped, _) = error.step(0.1, p(), g.clone(), None);
+            assert_eq!(to_vec(stepped), vec![1.0, 2.0]);
+            let stats = error.stats();
+            assert_eq!(stats.rejected_steps, 1);
+            assert!(matches!(
+                stats.last_error,
+                Some(fused_rmsprop::Error::NonFiniteGradient { .. })
+            ));
+
+            let propagate = FusedRmsPropConfig::new().build().with_route(route);
+            let (stepped, _) = propagate.step(0.1, p(), g, None);
+            assert!(to_vec(stepped)[1].is_nan());
+        }
+    }
+}

@@ -51,6 +51,8 @@
 
 mod tensor_ops;
 
+/// The non-finite gradient policy and the eps placement, re-exported from the kernel.
+pub use fused_rmsprop::{EpsPlacement, NonFinite};
 pub use tensor_ops::TensorOpsRmsProp;
 
 use std::cell::RefCell;
@@ -59,7 +61,7 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, Var};
-use fused_rmsprop::{EpsPlacement, Float, Group, Hyper, State, WeightDecay};
+use fused_rmsprop::{Float, Group, Hyper, State, StepReport, WeightDecay};
 
 /// Errors are candle's: this crate's own failures are wrapped in
 /// [`candle_core::Error::Wrapped`] around a [`fused_rmsprop::Error`], or are
@@ -101,6 +103,10 @@ pub struct ParamsRmsProp {
     pub clamp_centered_variance: bool,
     /// Ascend instead of descend.
     pub maximize: bool,
+    /// What a step does with a gradient holding NaN or Inf: propagate it
+    /// (PyTorch), skip that variable (see [`RmsProp::last_skipped`]), or
+    /// return an error and write nothing.
+    pub non_finite: NonFinite,
 }
 
 impl Default for ParamsRmsProp {
@@ -119,6 +125,7 @@ impl Default for ParamsRmsProp {
             nesterov: false,
             clamp_centered_variance: false,
             maximize: false,
+            non_finite: NonFinite::Propagate,
         }
     }
 }
@@ -150,6 +157,7 @@ impl ParamsRmsProp {
                 }
             }),
             maximize: self.maximize,
+            non_finite: self.non_finite,
         }
     }
 }
@@ -224,6 +232,7 @@ pub struct RmsProp {
     vars: Vec<(Var, VarState)>,
     params: ParamsRmsProp,
     kernel: fused_rmsprop::RmsProp,
+    last_skipped: Vec<usize>,
 }
 
 fn kernel_error(e: fused_rmsprop::Error) -> candle_core::Error {
@@ -268,6 +277,7 @@ impl candle_nn::Optimizer for RmsProp {
             vars,
             params,
             kernel,
+            last_skipped: Vec::new(),
         })
     }
 
@@ -289,19 +299,35 @@ impl candle_nn::Optimizer for RmsProp {
                     var.shape()
                 )));
             }
-            entries.push((&*var, grad.contiguous()?, state));
+            entries.push((index, &*var, grad.contiguous()?, state));
         }
         fused_rmsprop::Hyper::validate(&self.kernel.hyper().with_lr(lr)).map_err(kernel_error)?;
 
         let (mut f32s, mut f64s) = (Vec::new(), Vec::new());
-        for (var, grad, state) in entries {
+        for (index, var, grad, state) in entries {
             match state {
-                VarState::F32(s) => f32s.push((var, grad, s)),
-                VarState::F64(s) => f64s.push((var, grad, s)),
+                VarState::F32(s) => f32s.push((index, var, grad, s)),
+                VarState::F64(s) => f64s.push((index, var, grad, s)),
             }
         }
-        step_all(&self.kernel, lr, f32s)?;
-        step_all(&self.kernel, lr, f64s)?;
+        // Under `NonFinite::Error` the kernel checks each dispatch before it
+        // writes; with two dtypes there are two dispatches, so check the
+        // second one's gradients before the first writes anything.
+        if self.params.non_finite == NonFinite::Error && !f32s.is_empty() {
+            for (index, _, grad, _) in &f64s {
+                let poisoned = (grad * 0.0)?.sum_all()?.to_scalar::<f64>()?;
+                if poisoned.is_nan() {
+                    return Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {
+                        group: *index,
+                        index: 0,
+                    }));
+                }
+            }
+        }
+        let mut skipped = step_all(&self.kernel, lr, f32s)?;
+        skipped.extend(step_all(&self.kernel, lr, f64s)?);
+        skipped.sort_unstable();
+        self.last_skipped = skipped;
         Ok(())
     }
 
@@ -314,20 +340,24 @@ impl candle_nn::Optimizer for RmsProp {
     }
 }
 
-/// One variable to step: the variable, its contiguous gradient, its state.
-type Entry<'a, T> = (&'a Var, Tensor, &'a mut State<T>);
+/// One variable to step: its index among the optimizer's variables, the
+/// variable, its contiguous gradient, its state.
+type Entry<'a, T> = (usize, &'a Var, Tensor, &'a mut State<T>);
 
-/// Steps `entries` (all of dtype `T`) in one nested in-place dispatch.
+/// Steps `entries` (all of dtype `T`) in one nested in-place dispatch;
+/// returns the indices of the variables skipped for a non-finite gradient.
+/// Errors name the variable by its index among the optimizer's.
 fn step_all<T: CpuFloat>(
     kernel: &fused_rmsprop::RmsProp,
     lr: f64,
     entries: Vec<Entry<'_, T>>,
-) -> Result<()> {
+) -> Result<Vec<usize>> {
     if entries.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let indices: Vec<usize> = entries.iter().map(|e| e.0).collect();
     let (targets, grads): (Vec<_>, Vec<_>) =
-        entries.into_iter().map(|(v, g, s)| ((v, s), g)).unzip();
+        entries.into_iter().map(|(_, v, g, s)| ((v, s), g)).unzip();
     // Read locks on every gradient, held for the whole step.
     let guards: Vec<_> = grads.iter().map(Tensor::storage_and_layout).collect();
     let mut grad_slices = Vec::with_capacity(guards.len());
@@ -347,10 +377,29 @@ fn step_all<T: CpuFloat>(
         })
         .collect();
     let mut counters = Vec::new();
-    nest(kernel, lr, pending.into_iter(), Vec::new(), &mut counters)?;
-
-    Ok(())
+    let report = RefCell::new(Ok(StepReport::default()));
+    nest(
+        kernel,
+        lr,
+        pending.into_iter(),
+        Vec::new(),
+        &mut counters,
+        &report,
+    )?;
+    match report.into_inner() {
+        Ok(report) => Ok(report.skipped().iter().map(|&g| indices[g]).collect()),
+        Err(fused_rmsprop::Error::NonFiniteGradient { group, index }) => {
+            Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {
+                group: indices[group],
+                index,
+            }))
+        }
+        Err(err) => Err(kernel_error(err)),
+    }
 }
+
+/// Where the innermost nested op leaves the kernel's answer.
+type ReportCell = RefCell<std::result::Result<StepReport, fused_rmsprop::Error>>;
 
 /// The contiguous slice of a CPU tensor's storage that its layout covers.
 fn cpu_slice<'s, T: CpuFloat>(storage: &'s Storage, layout: &Layout) -> Result<&'s [T]> {
@@ -387,12 +436,18 @@ fn nest<'a, T: CpuFloat>(
     mut pending: std::vec::IntoIter<Pending<'a, T>>,
     groups: Vec<Group<'a, T>>,
     counters: &mut Vec<&'a mut u64>,
+    report: &ReportCell,
 ) -> Result<()> {
     let Some(next) = pending.next() else {
-        kernel.step_many(lr, groups).map_err(kernel_error)?;
-        for step in counters.iter_mut() {
-            **step += 1;
+        let result = kernel.step_many(lr, groups);
+        if let Ok(r) = &result {
+            for (group, step) in counters.iter_mut().enumerate() {
+                if !r.is_skipped(group) {
+                    **step += 1;
+                }
+            }
         }
+        *report.borrow_mut() = result;
         return Ok(());
     };
     let var = next.var;
@@ -405,6 +460,7 @@ fn nest<'a, T: CpuFloat>(
             groups,
             std::mem::take(counters),
         ))),
+        report,
     };
     var.inplace_op1(&op)
 }
@@ -421,6 +477,7 @@ type Payload<'a, 'k, T> = (
 /// The in-place op that holds one variable's storage while the rest nest.
 struct NestedStep<'a, 'k, T> {
     payload: RefCell<Option<Payload<'a, 'k, T>>>,
+    report: &'k ReportCell,
 }
 
 impl<T: CpuFloat> candle_core::InplaceOp1 for NestedStep<'_, '_, T> {
@@ -448,11 +505,33 @@ impl<T: CpuFloat> candle_core::InplaceOp1 for NestedStep<'_, '_, T> {
         state.momentum_buf = this.momentum_buf;
         groups.push(Group::new(params, this.grad, state));
         counters.push(this.step);
-        nest(kernel, lr, pending, groups, &mut counters)
+        nest(kernel, lr, pending, groups, &mut counters, self.report)
     }
 }
 
 impl RmsProp {
+    /// The variables the last step left untouched because their gradient
+    /// held a NaN or an infinity (only under [`NonFinite::Skip`]).
+    ///
+    /// ```
+    /// use candle_core::{Device, Var};
+    /// use candle_nn::Optimizer;
+    /// use fused_rmsprop::NonFinite;
+    /// use fused_rmsprop_candle::{ParamsRmsProp, RmsProp};
+    ///
+    /// let w = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+    /// let params = ParamsRmsProp { non_finite: NonFinite::Skip, ..Default::default() };
+    /// let mut opt = RmsProp::new(vec![w.clone()], params)?;
+    /// let loss = (w.as_tensor().sqr()?.sum_all()? * f64::INFINITY)?;
+    /// opt.backward_step(&loss)?;
+    /// assert_eq!(opt.last_skipped().len(), 1);
+    /// assert_eq!(w.to_vec1::<f32>()?, [1.0, 2.0]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn last_skipped(&self) -> Vec<&Var> {
+        self.last_skipped.iter().map(|&i| &self.vars[i].0).collect()
+    }
+
     /// The hyper-parameters.
     ///
     /// ```
@@ -505,7 +584,25 @@ impl RmsProp {
     ///
     /// See [`RmsProp::save`] for an example.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let mut tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)?;
+        let bytes = std::fs::read(path)?;
+        self.load_bytes(&bytes)
+    }
+
+    /// Loads state from the bytes of a file [`RmsProp::save`] wrote, with the
+    /// checks of [`RmsProp::load`]: on any error the live state is untouched.
+    ///
+    /// ```
+    /// use candle_core::{Device, Var};
+    /// use candle_nn::Optimizer;
+    /// use fused_rmsprop_candle::{ParamsRmsProp, RmsProp};
+    ///
+    /// let w = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+    /// let mut opt = RmsProp::new(vec![w], ParamsRmsProp::default())?;
+    /// assert!(opt.load_bytes(b"not safetensors").is_err());
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn load_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut tensors = candle_core::safetensors::load_buffer(bytes, &candle_core::Device::Cpu)?;
         let hyper = self.kernel.hyper();
         let mut loaded = Vec::with_capacity(self.vars.len());
         for (i, (var, state)) in self.vars.iter().enumerate() {

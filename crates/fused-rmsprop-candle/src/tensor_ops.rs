@@ -15,7 +15,8 @@ use crate::{ParamsRmsProp, Result, kernel_error};
 /// dtype candle supports (CUDA, Metal, bf16, f16), so it is also the way to
 /// run these semantics where the fused optimizer refuses a variable. It
 /// agrees with the fused optimizer to rounding (candle's scalar ops and
-/// products may round differently by an ulp), not bit for bit.
+/// products may round differently by an ulp), not bit for bit. It ignores
+/// `non_finite` (NaN and Inf propagate, as in PyTorch).
 ///
 /// ```
 /// use candle_core::{Device, Var};

@@ -19,6 +19,31 @@ pub enum EpsPlacement {
     InsideSqrt,
 }
 
+/// What a step does with a gradient that holds a NaN or an infinity.
+///
+/// ```
+/// use fused_rmsprop::{Hyper, NonFinite};
+/// let h = Hyper::default().with_non_finite(NonFinite::Skip);
+/// assert_eq!(Hyper::default().non_finite, NonFinite::Propagate);
+/// # let _ = h;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum NonFinite {
+    /// PyTorch's behaviour: NaN and Inf flow into the parameters and state
+    /// exactly as the formula puts them. No check, no cost.
+    #[default]
+    Propagate,
+    /// A tensor whose gradient holds any NaN or Inf is left untouched,
+    /// parameters and state; the others are stepped, and the step's
+    /// [`StepReport`](crate::StepReport) lists the skipped ones. (Mixed
+    /// precision training's "skip the step on overflow", per tensor.)
+    Skip,
+    /// The step returns [`Error::NonFiniteGradient`] naming the first
+    /// offending tensor and element, and writes nothing.
+    Error,
+}
+
 /// How weight decay is applied.
 ///
 /// ```
@@ -111,6 +136,9 @@ pub struct Hyper {
     pub weight_decay: Option<WeightDecay>,
     /// Ascend the objective instead of descending it.
     pub maximize: bool,
+    /// What to do with a gradient holding NaN or Inf; see [`NonFinite`].
+    /// The check costs one extra read of the gradients (`Skip`, `Error`).
+    pub non_finite: NonFinite,
 }
 
 impl Default for Hyper {
@@ -127,6 +155,7 @@ impl Default for Hyper {
             nesterov: false,
             weight_decay: None,
             maximize: false,
+            non_finite: NonFinite::Propagate,
         }
     }
 }
@@ -176,6 +205,8 @@ builder! {
     with_weight_decay: weight_decay: Option<WeightDecay>,
     /// Sets [`Hyper::maximize`].
     with_maximize: maximize: bool,
+    /// Sets [`Hyper::non_finite`].
+    with_non_finite: non_finite: NonFinite,
 }
 
 impl Hyper {

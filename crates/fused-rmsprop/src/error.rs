@@ -47,6 +47,14 @@ pub enum Error {
         /// `"grad_avg"` or `"momentum_buf"`.
         buffer: &'static str,
     },
+    /// A gradient holds a NaN or an infinity and the policy is
+    /// [`NonFinite::Error`](crate::NonFinite::Error).
+    NonFiniteGradient {
+        /// Which group of a multi-tensor step (0 for a single tensor).
+        group: usize,
+        /// The index of the first non-finite element in that gradient.
+        index: usize,
+    },
     /// A forced instruction set is not available on this CPU.
     UnsupportedIsa {
         /// The instruction set asked for, e.g. `"avx512"`.
@@ -73,6 +81,10 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "group {group}: {buffer} has {actual} elements, but the parameter has {expected}"
+            ),
+            Error::NonFiniteGradient { group, index } => write!(
+                f,
+                "group {group}: the gradient holds a NaN or an infinity (first at element {index})"
             ),
             Error::MissingState { group, buffer } => write!(
                 f,

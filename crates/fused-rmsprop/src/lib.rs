@@ -87,6 +87,7 @@ mod config;
 mod element;
 mod error;
 mod execution;
+mod finite;
 mod parallel;
 #[allow(unsafe_code)]
 mod prefetch;
@@ -97,7 +98,7 @@ mod step;
 #[cfg(feature = "proptest")]
 pub mod testing;
 
-pub use config::{EpsPlacement, Hyper, WeightDecay};
+pub use config::{EpsPlacement, Hyper, NonFinite, WeightDecay};
 pub use element::Float;
 pub use error::Error;
 pub use execution::{Execution, Isa, Kernel, Threads};
@@ -106,6 +107,46 @@ pub use state::{State, StateSlices};
 
 use execution::ResolvedKernel;
 use step::{Chunk, Coefficients};
+
+/// What a step did beyond updating: which tensors it skipped under
+/// [`NonFinite::Skip`]. Empty under the other policies.
+///
+/// ```
+/// use fused_rmsprop::{Hyper, NonFinite, RmsProp, State};
+/// let opt = RmsProp::new(Hyper::default().with_non_finite(NonFinite::Skip))?;
+/// let mut p = [1.0f32, 2.0];
+/// let mut s = State::new(2, opt.hyper());
+/// let report = opt.step(&mut p, &[0.5, f32::NAN], &mut s)?;
+/// assert_eq!(report.skipped(), &[0]);
+/// assert_eq!(p, [1.0, 2.0]);
+/// assert_eq!(s.step, 0);
+/// # Ok::<(), fused_rmsprop::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepReport {
+    skipped: Vec<usize>,
+}
+
+impl StepReport {
+    /// The groups (indices into the step's groups; 0 for a single tensor)
+    /// left untouched because their gradient held a NaN or an infinity.
+    ///
+    /// ```
+    /// assert!(fused_rmsprop::StepReport::default().skipped().is_empty());
+    /// ```
+    pub fn skipped(&self) -> &[usize] {
+        &self.skipped
+    }
+
+    /// Whether group `group` was skipped.
+    ///
+    /// ```
+    /// assert!(!fused_rmsprop::StepReport::default().is_skipped(0));
+    /// ```
+    pub fn is_skipped(&self, group: usize) -> bool {
+        self.skipped.contains(&group)
+    }
+}
 
 /// The RMSprop optimizer: validated hyper-parameters and the path to run.
 ///
@@ -252,7 +293,7 @@ impl RmsProp {
         params: &mut [T],
         grads: &[T],
         state: &mut State<T>,
-    ) -> Result<(), Error> {
+    ) -> Result<StepReport, Error> {
         self.step_with_lr(self.hyper.lr, params, grads, state)
     }
 
@@ -278,10 +319,12 @@ impl RmsProp {
         params: &mut [T],
         grads: &[T],
         state: &mut State<T>,
-    ) -> Result<(), Error> {
-        self.step_slices(lr, params, grads, state.slices_mut())?;
-        state.step += 1;
-        Ok(())
+    ) -> Result<StepReport, Error> {
+        let report = self.step_slices(lr, params, grads, state.slices_mut())?;
+        if !report.is_skipped(0) {
+            state.step += 1;
+        }
+        Ok(report)
     }
 
     /// One step on state the caller owns (an adapter's tensors), at
@@ -304,7 +347,7 @@ impl RmsProp {
         params: &mut [T],
         grads: &[T],
         state: StateSlices<'_, T>,
-    ) -> Result<(), Error> {
+    ) -> Result<StepReport, Error> {
         self.step_many(lr, [Group::new(params, grads, state)])
     }
 
@@ -333,14 +376,39 @@ impl RmsProp {
         &self,
         lr: f64,
         groups: impl IntoIterator<Item = Group<'a, T>>,
-    ) -> Result<(), Error> {
+    ) -> Result<StepReport, Error> {
         let coefficients = Coefficients::<T>::new(&self.hyper, lr)?;
-        let chunks = groups
+        let mut chunks = groups
             .into_iter()
             .enumerate()
             .map(|(i, g)| Chunk::new(i, &coefficients, g.params, g.grads, g.state))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut report = StepReport::default();
+        if self.hyper.non_finite != NonFinite::Propagate {
+            chunks = self.keep_finite(chunks, &mut report)?;
+        }
         parallel::run(self.kernel, self.execution.threads, &coefficients, chunks);
-        Ok(())
+        Ok(report)
+    }
+
+    /// The chunks whose gradients are all finite; the others are skipped
+    /// (listed in `report`) or, under [`NonFinite::Error`], the error.
+    fn keep_finite<'a, T: Float>(
+        &self,
+        chunks: Vec<Chunk<'a, T>>,
+        report: &mut StepReport,
+    ) -> Result<Vec<Chunk<'a, T>>, Error> {
+        let mut kept = Vec::with_capacity(chunks.len());
+        for (group, chunk) in chunks.into_iter().enumerate() {
+            if finite::all_finite(chunk.grads, self.execution.threads) {
+                kept.push(chunk);
+            } else if self.hyper.non_finite == NonFinite::Skip {
+                report.skipped.push(group);
+            } else {
+                let index = finite::first_non_finite(chunk.grads).unwrap_or(0);
+                return Err(Error::NonFiniteGradient { group, index });
+            }
+        }
+        Ok(kept)
     }
 }

@@ -12,7 +12,7 @@
 
 use proptest::prelude::*;
 
-use crate::{EpsPlacement, Float, Hyper, WeightDecay};
+use crate::{EpsPlacement, Float, Hyper, NonFinite, WeightDecay};
 
 /// Values that break naive kernels: signed zeros, infinities, NaNs of both
 /// signs and with payloads, the smallest subnormal, the largest finite
@@ -130,6 +130,7 @@ pub fn hyper() -> impl Strategy<Value = Hyper> {
                 nesterov,
                 weight_decay,
                 maximize,
+                non_finite: NonFinite::Propagate,
             },
         )
 }

@@ -2,7 +2,7 @@
 //! the swap: `candle_nn::AdamW::new(..)` -> `fused_rmsprop_candle::RmsProp::new(..)`.
 //!
 //! ```text
-//! cargo run --release -p fused-rmsprop-candle --example train_mlp
+//! cargo run --release -p fused-rmsprop-candle --example candle_train_mlp
 //! ```
 
 use candle_core::{DType, Device, Module, Tensor};

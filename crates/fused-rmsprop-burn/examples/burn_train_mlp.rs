@@ -2,7 +2,7 @@
 //! the one-line swap: `RmsPropConfig` -> `FusedRmsPropConfig`.
 //!
 //! ```text
-//! cargo run --release -p fused-rmsprop-burn --example train_mlp
+//! cargo run --release -p fused-rmsprop-burn --example burn_train_mlp
 //! ```
 
 use burn::module::Module;

@@ -1,0 +1,298 @@
+//! The bodies of the cargo-fuzz targets in `fuzz/`: each takes the fuzzer's
+//! bytes and panics only when a promise of the crates is broken. They live
+//! here, in an ordinary crate of the workspace, so that `cargo test`
+//! (`tests/fuzz_corpus.rs`) replays every file of `fuzz/corpus/` on stable,
+//! and a crash found once stays fixed.
+//!
+//! ```
+//! // Any bytes at all: never a panic.
+//! fused_rmsprop_tests::kernel_paths(b"\x01\x02\x03");
+//! fused_rmsprop_tests::config(&[0xff; 64]);
+//! fused_rmsprop_tests::state_load(b"{\"not\": \"safetensors\"}");
+//! ```
+
+mod input;
+
+use burn::config::Config as _;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{GradientsParams, Optimizer as _};
+use burn::tensor::{Bytes, Device as BurnDevice, Tensor as BurnTensor, TensorData};
+use candle_core::{Device as CandleDevice, Tensor as CandleTensor, Var};
+use candle_nn::Optimizer as _;
+use fused_rmsprop::{
+    EpsPlacement, Error, Execution, Hyper, Isa, Kernel, NonFinite, RmsProp, State, Threads,
+    WeightDecay,
+};
+use fused_rmsprop_burn::FusedRmsPropConfig;
+use fused_rmsprop_candle::ParamsRmsProp;
+
+use input::Input;
+
+/// Hyper-parameters from raw bytes: any `f64` bit pattern for every number
+/// (so most are invalid), every flag and enum.
+fn raw_hyper(input: &mut Input<'_>) -> Hyper {
+    let number = |input: &mut Input<'_>| {
+        // Half the time a plausible value, so valid hyper-parameters are
+        // reached often; otherwise any bit pattern.
+        if input.flag() {
+            f64::from(input.byte()) / 255.0
+        } else {
+            input.f64()
+        }
+    };
+    Hyper {
+        lr: number(input),
+        alpha: number(input),
+        eps: number(input),
+        eps_placement: if input.flag() {
+            EpsPlacement::InsideSqrt
+        } else {
+            EpsPlacement::OutsideSqrt
+        },
+        initial_square_avg: if input.flag() { number(input) } else { 0.0 },
+        centered: input.flag(),
+        clamp_centered_variance: input.flag(),
+        momentum: if input.flag() {
+            number(input).min(0.999)
+        } else {
+            0.0
+        },
+        nesterov: input.flag(),
+        weight_decay: match input.byte() % 3 {
+            0 => None,
+            1 => Some(WeightDecay::Coupled(number(input))),
+            _ => Some(WeightDecay::Decoupled(number(input))),
+        },
+        maximize: input.flag(),
+        non_finite: match input.byte() % 3 {
+            0 => NonFinite::Propagate,
+            1 => NonFinite::Skip,
+            _ => NonFinite::Error,
+        },
+    }
+}
+
+/// Target `kernel_paths`: arbitrary hyper-parameters, lengths, sub-slice
+/// offsets and bit patterns, several steps. Promises checked: no panic;
+/// every path (scalar spec, each SIMD instruction set, threaded with a
+/// forced task count) gives the same bits and the same outcome; an invalid
+/// hyper-parameter is refused; a refused step (invalid per-step lr, length
+/// mismatch, non-finite gradient under `Error`) writes nothing.
+pub fn kernel_paths(data: &[u8]) {
+    let mut input = Input::new(data);
+    let hyper = raw_hyper(&mut input);
+    let opt = match RmsProp::new(hyper) {
+        Ok(opt) => opt,
+        Err(err) => {
+            assert!(
+                hyper.validate().is_err(),
+                "refused a valid {hyper:?}: {err}"
+            );
+            return;
+        }
+    };
+    let n = input.len(300);
+    let offset = usize::from(input.byte() % 16);
+    let steps = 1 + usize::from(input.byte() % 3);
+    let params: Vec<f32> = (0..n + offset).map(|_| input.f32()).collect();
+    let initial = State::<f32>::new(n, &hyper);
+    let grads: Vec<Vec<f32>> = (0..steps)
+        .map(|_| {
+            let extra = usize::from(input.byte().is_multiple_of(8));
+            (0..n + extra).map(|_| input.f32()).collect()
+        })
+        .collect();
+    let lrs: Vec<f64> = (0..steps)
+        .map(|_| {
+            if input.byte().is_multiple_of(8) {
+                input.f64()
+            } else {
+                hyper.lr
+            }
+        })
+        .collect();
+
+    let mut executions = vec![Execution {
+        kernel: Kernel::Scalar,
+        threads: Threads::Single,
+    }];
+    for isa in Isa::available() {
+        for tasks in [1usize, 3] {
+            executions.push(Execution {
+                kernel: Kernel::Simd(isa),
+                threads: Threads::Exactly(tasks.try_into().expect("non-zero")),
+            });
+        }
+    }
+    let mut reference: Option<Vec<StepTrace>> = None;
+    for execution in executions {
+        let opt = opt.with_execution(execution).expect("an available path");
+        let mut p = params.clone();
+        let mut state = initial.clone();
+        let mut trace = Vec::new();
+        for (g, &lr) in grads.iter().zip(&lrs) {
+            let before = (p.clone(), state.clone());
+            let result = opt.step_slices(lr, &mut p[offset..], g, state.slices_mut());
+            let result = result.map(|report| report.skipped().to_vec());
+            if result.is_err() {
+                assert_eq!(
+                    bits(&p),
+                    bits(&before.0),
+                    "a refused step wrote the parameters"
+                );
+                assert_eq!(bits(&state.square_avg), bits(&before.1.square_avg));
+            }
+            trace.push((bits(&p), bits(&state.square_avg), result));
+        }
+        match &reference {
+            None => reference = Some(trace),
+            Some(expected) => assert!(
+                *expected == trace,
+                "{execution:?} differs from the scalar spec for {hyper:?}"
+            ),
+        }
+    }
+}
+
+/// After one step: the parameters' bits, the square average's bits, and the
+/// outcome (the skipped groups, or the error).
+type StepTrace = (Vec<u32>, Vec<u32>, Result<Vec<usize>, Error>);
+
+fn bits(xs: &[f32]) -> Vec<u32> {
+    xs.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Target `config`: arbitrary values through each adapter's config, and
+/// arbitrary bytes as a burn config file. Promises: never a panic; a typed
+/// error exactly for what the kernel calls invalid; a built optimizer steps.
+pub fn config(data: &[u8]) {
+    let mut input = Input::new(data);
+    let float = |input: &mut Input<'_>| {
+        if input.flag() {
+            f32::from(input.byte()) / 255.0
+        } else {
+            input.f32()
+        }
+    };
+    let burn_config = FusedRmsPropConfig::new()
+        .with_alpha(float(&mut input))
+        .with_momentum(float(&mut input).min(0.999))
+        .with_epsilon(float(&mut input))
+        .with_centered(input.flag())
+        .with_weight_decay(
+            input
+                .flag()
+                .then(|| WeightDecayConfig::new(float(&mut input))),
+        )
+        .with_initial_square_avg(if input.flag() { float(&mut input) } else { 0.0 })
+        .with_eps_inside_sqrt(input.flag())
+        .with_nesterov(input.flag())
+        .with_decoupled_weight_decay(input.flag())
+        .with_maximize(input.flag())
+        .with_clamp_centered_variance(input.flag());
+    let lr = if input.flag() { input.f64() } else { 0.01 };
+    match burn_config.try_build() {
+        Ok(optim) => {
+            assert!(burn_config.hyper().validate().is_ok());
+            let device = BurnDevice::default();
+            let p = BurnTensor::<1>::from_data(TensorData::from([1.0f32, -2.0, 0.5]), &device);
+            let g = BurnTensor::<1>::from_data(TensorData::from([0.1f32, f32::NAN, 3.0]), &device);
+            let (_, state) = optim.step(lr, p, g, None);
+            let stats = optim.stats();
+            // A refused first step (an invalid lr) leaves the state as it
+            // was: none.
+            assert_eq!(state.is_some(), stats.rejected_steps == 0, "{stats:?}");
+            assert_eq!(stats.in_place_steps + stats.rejected_steps, 1, "{stats:?}");
+        }
+        Err(err) => {
+            assert!(burn_config.hyper().validate().is_err());
+            assert!(!err.to_string().is_empty());
+        }
+    }
+
+    let params = ParamsRmsProp {
+        lr: input.f64(),
+        alpha: input.f64(),
+        eps: input.f64(),
+        weight_decay: input.flag().then(|| input.f64()),
+        momentum: input.flag().then(|| input.f64()),
+        centered: input.flag(),
+        ..Default::default()
+    };
+    let var = Var::new(&[1.0f32, 2.0], &CandleDevice::Cpu).expect("a small Var");
+    match fused_rmsprop_candle::RmsProp::new(vec![var.clone()], params) {
+        Ok(mut optim) => {
+            assert!(params.hyper().validate().is_ok());
+            let grad = CandleTensor::new(&[0.5f32, -0.5], &CandleDevice::Cpu).expect("a tensor");
+            let mut grads = var
+                .as_tensor()
+                .sum_all()
+                .and_then(|t| t.backward())
+                .expect("grads");
+            grads.insert(var.as_tensor(), grad);
+            optim.step(&grads).expect("a valid config steps");
+        }
+        Err(_) => assert!(params.hyper().validate().is_err()),
+    }
+
+    // The rest of the bytes as a burn config file.
+    let _ = FusedRmsPropConfig::load_binary(input.rest());
+}
+
+/// Target `state_load`: arbitrary bytes as a Candle optimizer checkpoint and
+/// as a burn optimizer record. Promises: an error, never a panic; after a
+/// refused load the live state is what it was (the next step is the same as
+/// that of an optimizer that never saw the bytes).
+pub fn state_load(data: &[u8]) {
+    // Candle: two identical optimizers; one is fed the bytes.
+    let device = CandleDevice::Cpu;
+    let make = || {
+        let var = Var::new(&[1.0f32, -2.0, 3.0], &device).expect("a small Var");
+        let params = ParamsRmsProp {
+            momentum: Some(0.9),
+            centered: true,
+            ..Default::default()
+        };
+        let optim = fused_rmsprop_candle::RmsProp::new(vec![var.clone()], params).expect("valid");
+        (var, optim)
+    };
+    let step = |var: &Var, optim: &mut fused_rmsprop_candle::RmsProp| {
+        let grad = CandleTensor::new(&[0.25f32, -0.5, 1.0], &device).expect("a tensor");
+        let mut grads = var
+            .as_tensor()
+            .sum_all()
+            .and_then(|t| t.backward())
+            .expect("grads");
+        grads.insert(var.as_tensor(), grad);
+        optim.step(&grads).expect("a step");
+    };
+    let (var_a, mut a) = make();
+    let (var_b, mut b) = make();
+    step(&var_a, &mut a);
+    step(&var_b, &mut b);
+    if a.load_bytes(data).is_err() {
+        step(&var_a, &mut a);
+        step(&var_b, &mut b);
+        let values = |v: &Var| bits(&v.to_vec1::<f32>().expect("f32 values"));
+        assert_eq!(
+            values(&var_a),
+            values(&var_b),
+            "a refused load changed the state"
+        );
+    } else {
+        step(&var_a, &mut a);
+    }
+
+    // Burn: the bytes as an optimizer record, then a step with it.
+    let Ok(mut optim) = FusedRmsPropConfig::new()
+        .init()
+        .from_bytes(Bytes::from_bytes_vec(data.to_vec()))
+    else {
+        return;
+    };
+    let device = BurnDevice::default().autodiff();
+    let module = burn::nn::LinearConfig::new(2, 2).init(&device);
+    let x = BurnTensor::<2>::ones([1, 2], &device);
+    let grads = GradientsParams::from_grads(module.forward(x).sum().backward(), &module);
+    let _ = optim.step(0.01, module, grads);
+}
