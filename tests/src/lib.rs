@@ -223,13 +223,7 @@ pub fn config(data: &[u8]) {
     match fused_rmsprop_candle::RmsProp::new(vec![var.clone()], params) {
         Ok(mut optim) => {
             assert!(params.hyper().validate().is_ok());
-            let grad = CandleTensor::new(&[0.5f32, -0.5], &CandleDevice::Cpu).expect("a tensor");
-            let mut grads = var
-                .as_tensor()
-                .sum_all()
-                .and_then(|t| t.backward())
-                .expect("grads");
-            grads.insert(var.as_tensor(), grad);
+            let grads = candle_grads(&var, &[0.5, -0.5]);
             optim.step(&grads).expect("a valid config steps");
         }
         Err(_) => assert!(params.hyper().validate().is_err()),
@@ -237,6 +231,18 @@ pub fn config(data: &[u8]) {
 
     // The rest of the bytes as a burn config file.
     let _ = FusedRmsPropConfig::load_binary(input.rest());
+}
+
+/// A gradient store holding `values` as the gradient of `var`.
+fn candle_grads(var: &Var, values: &[f32]) -> candle_core::backprop::GradStore {
+    let grad = CandleTensor::new(values, var.device()).expect("a tensor");
+    let mut grads = var
+        .as_tensor()
+        .sum_all()
+        .and_then(|t| t.backward())
+        .expect("grads");
+    grads.insert(var.as_tensor(), grad);
+    grads
 }
 
 /// Target `state_load`: arbitrary bytes as a Candle optimizer checkpoint and
@@ -257,14 +263,9 @@ pub fn state_load(data: &[u8]) {
         (var, optim)
     };
     let step = |var: &Var, optim: &mut fused_rmsprop_candle::RmsProp| {
-        let grad = CandleTensor::new(&[0.25f32, -0.5, 1.0], &device).expect("a tensor");
-        let mut grads = var
-            .as_tensor()
-            .sum_all()
-            .and_then(|t| t.backward())
-            .expect("grads");
-        grads.insert(var.as_tensor(), grad);
-        optim.step(&grads).expect("a step");
+        optim
+            .step(&candle_grads(var, &[0.25, -0.5, 1.0]))
+            .expect("a step");
     };
     let (var_a, mut a) = make();
     let (var_b, mut b) = make();
