@@ -123,3 +123,55 @@ pub fn transformer_sizes() -> Vec<usize> {
     sizes.extend([d, d, d * d, d]);
     sizes
 }
+
+/// A small MLP (1024 → 1024 → 1024 → 10, 2.1M parameters) for the
+/// end-to-end rows: one training step is forward, backward and optimizer.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    l1: burn::nn::Linear,
+    l2: burn::nn::Linear,
+    l3: burn::nn::Linear,
+}
+
+/// One training loop on fixed data: [`Training::step`] is a whole step.
+pub struct Training {
+    model: Option<Mlp>,
+    optim: ModuleOptimizer,
+    x: Tensor<2>,
+    y: Tensor<2>,
+    lr: f64,
+}
+
+impl Training {
+    /// The MLP (the same initial values for every optimizer: seeded) on a
+    /// batch of 64, trained by `optim`.
+    pub fn new(optim: ModuleOptimizer, lr: f64) -> Self {
+        let device = Device::default().autodiff();
+        device.seed(7);
+        let linear = |i, o| burn::nn::LinearConfig::new(i, o).init(&device);
+        let model = Mlp {
+            l1: linear(1024, 1024),
+            l2: linear(1024, 1024),
+            l3: linear(1024, 10),
+        };
+        let x = Tensor::<2>::ones([64, 1024], &device).mul_scalar(0.1);
+        let y = Tensor::<2>::zeros([64, 10], &device);
+        Self {
+            model: Some(model),
+            optim,
+            x,
+            y,
+            lr,
+        }
+    }
+
+    /// Forward, backward and one optimizer step.
+    pub fn step(&mut self) {
+        let model = self.model.take().expect("a model between steps");
+        let h = model.l1.forward(self.x.clone()).tanh();
+        let h = model.l2.forward(h).tanh();
+        let loss = (model.l3.forward(h) - self.y.clone()).powi_scalar(2).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        self.model = Some(self.optim.step(self.lr, model, grads));
+    }
+}

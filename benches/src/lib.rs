@@ -4,6 +4,7 @@
 //! comparison, and a median timer.
 
 pub mod burn_case;
+pub mod candle_case;
 pub mod naive;
 pub mod roofline;
 pub mod timing;

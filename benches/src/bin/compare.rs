@@ -5,6 +5,7 @@
 //! cargo run --release -p fused-rmsprop-benches --bin compare [-- OPTIONS]
 //!   --quick            1M only, plain variant, no model (well under 30 s)
 //!   --no-model         skip the 150-parameter transformer-sized model
+//!   --no-train         skip the whole-training-step rows
 //!   --sizes 1M,16M     tensor sizes (K and M suffixes: 2^10, 2^20)
 //!   --threads N        threads for the threaded rows (default: the pool's)
 //!   --variant NAME     plain | momentum | centered+momentum+wd (default: all)
@@ -23,7 +24,7 @@ use std::time::Duration;
 use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
 use fused_rmsprop_benches::timing::{interleaved_medians, reps_for};
 use fused_rmsprop_benches::workload::{Buffers, Variant, size_label};
-use fused_rmsprop_benches::{burn_case, naive, roofline};
+use fused_rmsprop_benches::{burn_case, candle_case, naive, roofline};
 
 struct Options {
     sizes: Vec<usize>,
@@ -31,6 +32,7 @@ struct Options {
     threads: usize,
     json: bool,
     model: bool,
+    training: bool,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -53,6 +55,7 @@ fn parse_args() -> Result<Options, String> {
         threads: rayon::current_num_threads(),
         json: false,
         model: true,
+        training: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -62,8 +65,10 @@ fn parse_args() -> Result<Options, String> {
                 options.sizes = vec![1 << 20];
                 options.variants = vec![Variant::Plain];
                 options.model = false;
+                options.training = false;
             }
             "--no-model" => options.model = false,
+            "--no-train" => options.training = false,
             "--sizes" => {
                 options.sizes = value("--sizes")?
                     .split(',')
@@ -125,8 +130,10 @@ struct Row {
     baseline_ns: f64,
     fused: String,
     fused_ns: f64,
-    gbps: f64,
-    roofline_fraction: f64,
+    /// Fused GB/s and fraction of the skeleton's; `None` for whole
+    /// training steps, whose time is not the optimizer's alone.
+    gbps: Option<f64>,
+    roofline_fraction: Option<f64>,
     /// Largest |difference| of the parameters after the timed steps, for
     /// baselines computing the same update (RMSprop).
     max_abs_diff: Option<f64>,
@@ -191,8 +198,8 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
             baseline_ns: plain_t * 1e9,
             fused: name,
             fused_ns: fused_t * 1e9,
-            gbps: bytes / fused_t / 1e9,
-            roofline_fraction: skeleton_t / fused_t,
+            gbps: Some(bytes / fused_t / 1e9),
+            roofline_fraction: Some(skeleton_t / fused_t),
             max_abs_diff: None,
         });
     }
@@ -211,99 +218,42 @@ fn candle_rows(
     threads: usize,
     rows: &mut Vec<Row>,
 ) {
-    use candle_core::backprop::GradStore;
-    use candle_core::{DType, Device, Tensor, Var};
+    use candle_case::Baseline;
     use candle_nn::Optimizer;
-    use fused_rmsprop_candle::{ParamsRmsProp, RmsProp, TensorOpsRmsProp};
-    let device = Device::Cpu;
-    let make = || -> (Vec<Var>, GradStore) {
-        let vars: Vec<Var> = sizes
-            .iter()
-            .map(|&n| Var::ones(n, DType::F32, &device).unwrap())
-            .collect();
-        let mut loss = Tensor::zeros((), DType::F32, &device).unwrap();
-        for var in &vars {
-            let n = var.elem_count();
-            let coef = Tensor::arange(0u32, n as u32, &device)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap();
-            let term = (var.as_tensor() * (coef * 1e-7).unwrap())
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            loss = (loss + term).unwrap();
-        }
-        let grads = loss.backward().unwrap();
-        (vars, grads)
-    };
-    let values = |vars: &[Var]| -> Vec<f32> {
-        vars.iter()
-            .flat_map(|v| v.to_vec1::<f32>().unwrap())
-            .collect()
-    };
-    let h = variant.hyper();
-    let params = ParamsRmsProp {
-        lr: h.lr,
-        alpha: h.alpha,
-        eps: h.eps,
-        momentum: (h.momentum > 0.0).then_some(h.momentum),
-        centered: h.centered,
-        weight_decay: h.weight_decay.map(|w| w.coefficient()),
-        ..Default::default()
-    };
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
     let budget = Duration::from_millis(if n >= 1 << 24 { 4000 } else { 800 });
     let mut skeleton_buffers = Buffers::new(n, variant);
-    type Baseline = (Box<dyn FnMut()>, Vec<Var>);
-    let baselines: [(&str, &dyn Fn() -> Baseline); 3] = [
-        ("tensor-op RMSprop", &|| {
-            let (vars, grads) = make();
-            let mut opt = TensorOpsRmsProp::new(vars.clone(), params).unwrap();
-            (Box::new(move || opt.step(&grads).unwrap()), vars)
-        }),
-        ("candle-nn AdamW", &|| {
-            let (vars, grads) = make();
-            let mut opt =
-                candle_nn::AdamW::new(vars.clone(), candle_nn::ParamsAdamW::default()).unwrap();
-            (Box::new(move || opt.step(&grads).unwrap()), vars)
-        }),
-        ("candle-nn SGD", &|| {
-            let (vars, grads) = make();
-            let mut opt = candle_nn::SGD::new(vars.clone(), 0.01).unwrap();
-            (Box::new(move || opt.step(&grads).unwrap()), vars)
-        }),
-    ];
-    for (name, build) in baselines {
-        let (mut baseline, baseline_vars) = build();
-        let (fused_vars, fused_grads) = make();
-        let mut fused = RmsProp::new(fused_vars.clone(), params).unwrap();
-        let mut run_fused = || fused.step(&fused_grads).unwrap();
+    for baseline_kind in Baseline::ALL {
+        let (baseline_vars, baseline_grads) = candle_case::vars_and_grads(sizes);
+        let mut baseline_step = baseline_kind.build(baseline_vars.clone(), variant);
+        let mut baseline = || baseline_step(&baseline_grads);
+        let (fused_vars, fused_grads) = candle_case::vars_and_grads(sizes);
+        let mut fused = candle_case::fused(fused_vars.clone(), variant);
+        let mut run_fused = || fused.step(&fused_grads).expect("a step");
         let mut run_skeleton = || roofline::skeleton(&mut skeleton_buffers, threads);
-        let first = interleaved_medians(1, 2, &mut [&mut *baseline]);
+        let first = interleaved_medians(1, 2, &mut [&mut baseline]);
         let reps = reps_for(budget, first[0] * 2, 5, 100);
         let times = interleaved_medians(
             1,
             reps,
-            &mut [&mut *baseline, &mut run_fused, &mut run_skeleton],
+            &mut [&mut baseline, &mut run_fused, &mut run_skeleton],
         );
         let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
         let skeleton_t = times[2].as_secs_f64();
-        let max_abs_diff = (name == "tensor-op RMSprop").then(|| {
+        let max_abs_diff = baseline_kind.is_rmsprop().then(|| {
             // The baseline took 3 steps more (warm-up and the first timing).
             for _ in 0..3 {
                 run_fused();
             }
-            values(&baseline_vars)
-                .iter()
-                .zip(values(&fused_vars))
-                .map(|(a, b)| f64::from((a - b).abs()))
-                .fold(0.0, f64::max)
+            max_abs_diff(
+                &candle_case::values(&baseline_vars),
+                &candle_case::values(&fused_vars),
+            )
         });
         rows.push(Row {
             framework: "candle",
-            baseline: name.into(),
+            baseline: baseline_kind.name().into(),
             case: case.clone(),
             variant,
             elements: n,
@@ -311,11 +261,19 @@ fn candle_rows(
             baseline_ns: base_t * 1e9,
             fused: "fused RmsProp".into(),
             fused_ns: fused_t * 1e9,
-            gbps: bytes / fused_t / 1e9,
-            roofline_fraction: skeleton_t / fused_t,
+            gbps: Some(bytes / fused_t / 1e9),
+            roofline_fraction: Some(skeleton_t / fused_t),
             max_abs_diff,
         });
     }
+}
+
+/// The largest |a - b| over two equally long parameter lists.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .fold(0.0, f64::max)
 }
 
 /// Burn: the fused optimizer against burn's `RmsProp`, both through
@@ -345,12 +303,7 @@ fn burn_rows(case: String, sizes: &[usize], variant: Variant, threads: usize, ro
     for _ in 0..3 {
         fused.step();
     }
-    let diff = baseline
-        .values()
-        .iter()
-        .zip(fused.values())
-        .map(|(a, b)| f64::from((a - b).abs()))
-        .fold(0.0, f64::max);
+    let diff = max_abs_diff(&baseline.values(), &fused.values());
     let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
     rows.push(Row {
         framework: "burn",
@@ -362,10 +315,71 @@ fn burn_rows(case: String, sizes: &[usize], variant: Variant, threads: usize, ro
         baseline_ns: base_t * 1e9,
         fused: "FusedRmsProp".into(),
         fused_ns: fused_t * 1e9,
-        gbps: bytes / fused_t / 1e9,
-        roofline_fraction: skeleton_t / fused_t,
+        gbps: Some(bytes / fused_t / 1e9),
+        roofline_fraction: Some(skeleton_t / fused_t),
         max_abs_diff: Some(diff),
     });
+}
+
+/// A number for JSON: `null` when absent.
+fn json_number(x: Option<f64>) -> String {
+    x.map_or("null".to_string(), |x| format!("{x}"))
+}
+
+/// End to end: one whole training step (forward, backward, optimizer) of a
+/// 2.1M-parameter MLP on a batch of 64, built-in optimizer vs fused, in each
+/// framework.
+fn training_rows(variant: Variant, rows: &mut Vec<Row>) {
+    let lr = variant.hyper().lr;
+    let mut cases: Vec<(
+        &'static str,
+        &'static str,
+        Box<dyn FnMut()>,
+        Box<dyn FnMut()>,
+    )> = Vec::new();
+    {
+        let mut builtin = burn_case::Training::new(burn_case::burn_rmsprop(variant), lr);
+        let mut fused = burn_case::Training::new(burn_case::fused_rmsprop(variant).init(), lr);
+        cases.push((
+            "burn",
+            "burn RmsProp",
+            Box::new(move || builtin.step()),
+            Box::new(move || fused.step()),
+        ));
+    }
+    for baseline in [
+        candle_case::Baseline::TensorOps,
+        candle_case::Baseline::AdamW,
+    ] {
+        let mut builtin = candle_case::Training::new(|vars| baseline.build(vars, variant));
+        let mut fused = candle_case::Training::new(|vars| candle_case::fused_step(vars, variant));
+        cases.push((
+            "candle",
+            baseline.name(),
+            Box::new(move || builtin.step()),
+            Box::new(move || fused.step()),
+        ));
+    }
+    for (framework, baseline, mut builtin, mut fused) in cases {
+        let first = interleaved_medians(1, 2, &mut [&mut *builtin]);
+        let reps = reps_for(Duration::from_millis(1500), first[0] * 2, 5, 100);
+        let times = interleaved_medians(1, reps, &mut [&mut *builtin, &mut *fused]);
+        let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
+        rows.push(Row {
+            framework,
+            baseline: format!("{baseline} (train step)"),
+            case: "train-mlp".into(),
+            variant,
+            elements: 2_109_450,
+            threads: rayon::current_num_threads(),
+            baseline_ns: base_t * 1e9,
+            fused: "fused (train step)".into(),
+            fused_ns: fused_t * 1e9,
+            gbps: None,
+            roofline_fraction: None,
+            max_abs_diff: None,
+        });
+    }
 }
 
 fn main() {
@@ -412,10 +426,16 @@ fn main() {
             );
         }
     }
+    if options.training {
+        for &variant in &options.variants {
+            eprintln!("measuring whole training steps {} ...", variant.name());
+            training_rows(variant, &mut rows);
+        }
+    }
     if options.json {
         for r in &rows {
             println!(
-                "{{\"framework\":\"{}\",\"baseline\":\"{}\",\"fused\":\"{}\",\"case\":\"{}\",\"variant\":\"{}\",\"elements\":{},\"threads\":{},\"baseline_ns\":{:.0},\"fused_ns\":{:.0},\"speedup\":{:.3},\"gbps\":{:.3},\"roofline_fraction\":{:.3},\"max_abs_diff\":{},\"cpu\":\"{}\"}}",
+                "{{\"framework\":\"{}\",\"baseline\":\"{}\",\"fused\":\"{}\",\"case\":\"{}\",\"variant\":\"{}\",\"elements\":{},\"threads\":{},\"baseline_ns\":{:.0},\"fused_ns\":{:.0},\"speedup\":{:.3},\"gbps\":{},\"roofline_fraction\":{},\"max_abs_diff\":{},\"cpu\":\"{}\"}}",
                 r.framework,
                 r.baseline,
                 r.fused,
@@ -426,10 +446,9 @@ fn main() {
                 r.baseline_ns,
                 r.fused_ns,
                 r.baseline_ns / r.fused_ns,
-                r.gbps,
-                r.roofline_fraction,
-                r.max_abs_diff
-                    .map_or("null".to_string(), |d| format!("{d:e}")),
+                json_number(r.gbps),
+                json_number(r.roofline_fraction),
+                json_number(r.max_abs_diff),
                 cpu.replace('"', "'")
             );
         }
@@ -440,7 +459,7 @@ fn main() {
         rayon::current_num_threads()
     );
     println!(
-        "{:<9} {:<22} {:<9} {:<21} {:<16} {:>3} {:>11} {:>9} {:>8} {:>7} {:>9} {:>9}",
+        "{:<9} {:<30} {:<9} {:<21} {:<18} {:>3} {:>11} {:>9} {:>8} {:>7} {:>9} {:>10}",
         "framework",
         "baseline",
         "case",
@@ -456,7 +475,7 @@ fn main() {
     );
     for r in &rows {
         println!(
-            "{:<9} {:<22} {:<9} {:<21} {:<16} {:>3} {:>11.3} {:>9.3} {:>7.2}x {:>7.2} {:>9.2} {:>9}",
+            "{:<9} {:<30} {:<9} {:<21} {:<18} {:>3} {:>11.3} {:>9.3} {:>7.2}x {:>7} {:>9} {:>10}",
             r.framework,
             r.baseline,
             r.case,
@@ -466,8 +485,9 @@ fn main() {
             r.baseline_ns / 1e6,
             r.fused_ns / 1e6,
             r.baseline_ns / r.fused_ns,
-            r.gbps,
-            r.roofline_fraction,
+            r.gbps.map_or("-".to_string(), |x| format!("{x:.2}")),
+            r.roofline_fraction
+                .map_or("-".to_string(), |x| format!("{x:.2}")),
             r.max_abs_diff
                 .map_or("-".to_string(), |d| format!("{d:.1e}"))
         );
