@@ -7,28 +7,10 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fused_rmsprop_benches::burn_case::{self, Case};
-use fused_rmsprop_benches::workload::{Variant, size_label};
-
-fn cases() -> Vec<(String, Vec<usize>)> {
-    match std::env::var("FUSED_RMSPROP_BENCH_SIZES") {
-        Ok(sizes) => sizes
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .map(|n| (size_label(n), vec![n]))
-            .collect(),
-        Err(_) => {
-            let model = burn_case::transformer_sizes();
-            vec![
-                (size_label(1 << 20), vec![1 << 20]),
-                (size_label(1 << 24), vec![1 << 24]),
-                (format!("model-{}", model.len()), model),
-            ]
-        }
-    }
-}
+use fused_rmsprop_benches::workload::{Variant, bench_cases};
 
 fn module_optimizer_step(c: &mut Criterion) {
-    for (label, sizes) in cases() {
+    for (label, sizes) in bench_cases() {
         let n: usize = sizes.iter().sum();
         for variant in [Variant::Plain, Variant::Momentum] {
             let mut group = c.benchmark_group(format!("burn/{label}/{}", variant.name()));

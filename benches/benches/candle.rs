@@ -10,31 +10,12 @@
 //! `TensorOpsRmsProp` is the same formulation (state in `Var`s, `Var::set`).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fused_rmsprop_benches::burn_case::transformer_sizes;
 use fused_rmsprop_benches::candle_case::{self, Baseline};
-use fused_rmsprop_benches::workload::{Variant, size_label};
-
-fn cases() -> Vec<(String, Vec<usize>)> {
-    match std::env::var("FUSED_RMSPROP_BENCH_SIZES") {
-        Ok(sizes) => sizes
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .map(|n| (size_label(n), vec![n]))
-            .collect(),
-        Err(_) => {
-            let model = transformer_sizes();
-            vec![
-                (size_label(1 << 20), vec![1 << 20]),
-                (size_label(1 << 24), vec![1 << 24]),
-                (format!("model-{}", model.len()), model),
-            ]
-        }
-    }
-}
+use fused_rmsprop_benches::workload::{Variant, bench_cases};
 
 fn optimizer_step(c: &mut Criterion) {
     use candle_nn::Optimizer;
-    for (label, sizes) in cases() {
+    for (label, sizes) in bench_cases() {
         let n: usize = sizes.iter().sum();
         for variant in [Variant::Plain, Variant::Momentum] {
             let mut group = c.benchmark_group(format!("candle/{label}/{}", variant.name()));

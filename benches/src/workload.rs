@@ -111,3 +111,24 @@ pub fn size_label(n: usize) -> String {
         n => n.to_string(),
     }
 }
+
+/// The cases of the framework criterion benches: one 1M and one 16M tensor
+/// and the 150-tensor model, or, when `FUSED_RMSPROP_BENCH_SIZES` is set
+/// (e.g. `4096,65536`, for a short smoke run), single tensors of those sizes.
+pub fn bench_cases() -> Vec<(String, Vec<usize>)> {
+    match std::env::var("FUSED_RMSPROP_BENCH_SIZES") {
+        Ok(sizes) => sizes
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .map(|n| (size_label(n), vec![n]))
+            .collect(),
+        Err(_) => {
+            let model = crate::burn_case::transformer_sizes();
+            vec![
+                (size_label(1 << 20), vec![1 << 20]),
+                (size_label(1 << 24), vec![1 << 24]),
+                (format!("model-{}", model.len()), model),
+            ]
+        }
+    }
+}

@@ -326,17 +326,21 @@ fn json_number(x: Option<f64>) -> String {
     x.map_or("null".to_string(), |x| format!("{x}"))
 }
 
+/// A framework, a baseline's name, and whole training steps with the
+/// baseline and with the fused optimizer.
+type TrainingCase = (
+    &'static str,
+    &'static str,
+    Box<dyn FnMut()>,
+    Box<dyn FnMut()>,
+);
+
 /// End to end: one whole training step (forward, backward, optimizer) of a
 /// 2.1M-parameter MLP on a batch of 64, built-in optimizer vs fused, in each
 /// framework.
 fn training_rows(variant: Variant, rows: &mut Vec<Row>) {
     let lr = variant.hyper().lr;
-    let mut cases: Vec<(
-        &'static str,
-        &'static str,
-        Box<dyn FnMut()>,
-        Box<dyn FnMut()>,
-    )> = Vec::new();
+    let mut cases: Vec<TrainingCase> = Vec::new();
     {
         let mut builtin = burn_case::Training::new(burn_case::burn_rmsprop(variant), lr);
         let mut fused = burn_case::Training::new(burn_case::fused_rmsprop(variant).init(), lr);
