@@ -6,6 +6,7 @@
 pub mod burn_case;
 pub mod candle_case;
 pub mod naive;
+pub mod report;
 pub mod roofline;
 pub mod timing;
 pub mod workload;

@@ -10,6 +10,9 @@
 //!   --threads N        threads for the threaded rows (default: the pool's)
 //!   --variant NAME     plain | momentum | centered+momentum+wd (default: all)
 //!   --json             one JSON object per row on stdout instead of the table
+//!   --peers FILE       add rows of other ecosystems (JSON lines, as written by
+//!                      benches/python/peers.py) to the table and the plot
+//!   --plot PATH        draw elements/s against size for the first variant (SVG)
 //! ```
 //!
 //! Each row: a path of the kernel (`baseline` is what it is compared with),
@@ -24,7 +27,7 @@ use std::time::Duration;
 use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
 use fused_rmsprop_benches::timing::{interleaved_medians, reps_for};
 use fused_rmsprop_benches::workload::{Buffers, Variant, size_label};
-use fused_rmsprop_benches::{burn_case, candle_case, naive, roofline};
+use fused_rmsprop_benches::{burn_case, candle_case, naive, report, roofline};
 
 struct Options {
     sizes: Vec<usize>,
@@ -33,6 +36,8 @@ struct Options {
     json: bool,
     model: bool,
     training: bool,
+    peers: Option<String>,
+    plot: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -56,6 +61,8 @@ fn parse_args() -> Result<Options, String> {
         json: false,
         model: true,
         training: true,
+        peers: None,
+        plot: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -89,6 +96,8 @@ fn parse_args() -> Result<Options, String> {
                 ))?];
             }
             "--json" => options.json = true,
+            "--peers" => options.peers = Some(value("--peers")?),
+            "--plot" => options.plot = Some(value("--plot")?),
             "--help" | "-h" => {
                 println!(
                     "{}",
@@ -137,6 +146,27 @@ struct Row {
     /// Largest |difference| of the parameters after the timed steps, for
     /// baselines computing the same update (RMSprop).
     max_abs_diff: Option<f64>,
+}
+
+impl Row {
+    fn report(&self, cpu: &str) -> report::Row {
+        report::Row {
+            framework: self.framework.to_string(),
+            baseline: self.baseline.clone(),
+            fused: self.fused.clone(),
+            case: self.case.clone(),
+            variant: self.variant.name().to_string(),
+            elements: self.elements,
+            threads: self.threads,
+            baseline_ns: self.baseline_ns,
+            fused_ns: Some(self.fused_ns),
+            speedup: Some(self.baseline_ns / self.fused_ns),
+            gbps: self.gbps,
+            roofline_fraction: self.roofline_fraction,
+            max_abs_diff: self.max_abs_diff,
+            cpu: cpu.to_string(),
+        }
+    }
 }
 
 /// Times a kernel path against a baseline, interleaved, on one set of buffers
@@ -321,11 +351,6 @@ fn burn_rows(case: String, sizes: &[usize], variant: Variant, threads: usize, ro
     });
 }
 
-/// A number for JSON: `null` when absent.
-fn json_number(x: Option<f64>) -> String {
-    x.map_or("null".to_string(), |x| format!("{x}"))
-}
-
 /// A framework, a baseline's name, and whole training steps with the
 /// baseline and with the fused optimizer.
 type TrainingCase = (
@@ -396,22 +421,30 @@ fn main() {
     };
     let cpu = cpu_name();
     let mut rows = Vec::new();
+    let per_variant =
+        options.sizes.len() + usize::from(options.model) + usize::from(options.training);
+    let progress = indicatif::ProgressBar::new((per_variant * options.variants.len()) as u64)
+        .with_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
+                .expect("a valid template"),
+        );
     for &n in &options.sizes {
         for &variant in &options.variants {
-            eprintln!("measuring {} {} ...", size_label(n), variant.name());
+            progress.set_message(format!("{} {}", size_label(n), variant.name()));
             kernel_rows(n, variant, options.threads, &mut rows);
             candle_rows(size_label(n), &[n], variant, options.threads, &mut rows);
             burn_rows(size_label(n), &[n], variant, options.threads, &mut rows);
+            progress.inc(1);
         }
     }
     if options.model {
         let sizes = burn_case::transformer_sizes();
         for &variant in &options.variants {
-            eprintln!(
-                "measuring the {}-tensor model {} ...",
+            progress.set_message(format!(
+                "the {}-tensor model, {}",
                 sizes.len(),
                 variant.name()
-            );
+            ));
             // The limit of the model's step: the skeleton on one tensor of
             // the model's total size.
             candle_rows(
@@ -428,36 +461,55 @@ fn main() {
                 options.threads,
                 &mut rows,
             );
+            progress.inc(1);
         }
     }
     if options.training {
         for &variant in &options.variants {
-            eprintln!("measuring whole training steps {} ...", variant.name());
+            progress.set_message(format!("whole training steps, {}", variant.name()));
             training_rows(variant, &mut rows);
+            progress.inc(1);
         }
     }
+    progress.finish_and_clear();
+    let mut rows: Vec<report::Row> = rows.iter().map(|r| r.report(&cpu)).collect();
     if options.json {
         for r in &rows {
-            println!(
-                "{{\"framework\":\"{}\",\"baseline\":\"{}\",\"fused\":\"{}\",\"case\":\"{}\",\"variant\":\"{}\",\"elements\":{},\"threads\":{},\"baseline_ns\":{:.0},\"fused_ns\":{:.0},\"speedup\":{:.3},\"gbps\":{},\"roofline_fraction\":{},\"max_abs_diff\":{},\"cpu\":\"{}\"}}",
-                r.framework,
-                r.baseline,
-                r.fused,
-                r.case,
-                r.variant.name(),
-                r.elements,
-                r.threads,
-                r.baseline_ns,
-                r.fused_ns,
-                r.baseline_ns / r.fused_ns,
-                json_number(r.gbps),
-                json_number(r.roofline_fraction),
-                json_number(r.max_abs_diff),
-                cpu.replace('"', "'")
-            );
+            println!("{}", serde_json::to_string(r).expect("a row serializes"));
         }
-        return;
+    } else {
+        print_table(&cpu, &rows);
     }
+    if let Some(path) = &options.peers {
+        let peers = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| report::read_rows(&text));
+        match peers {
+            Ok(peers) => {
+                if !options.json {
+                    print_peers(&rows, &peers);
+                }
+                rows.extend(peers);
+            }
+            Err(e) => {
+                eprintln!("compare: --peers {path}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if let Some(path) = &options.plot {
+        let variant = options.variants[0].name();
+        match report::plot(&rows, variant, path) {
+            Ok(()) => eprintln!("compare: plot of {variant} written to {path}"),
+            Err(e) => {
+                eprintln!("compare: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
+fn print_table(cpu: &str, rows: &[report::Row]) {
     println!(
         "CPU: {cpu}; rayon pool: {} threads",
         rayon::current_num_threads()
@@ -477,26 +529,63 @@ fn main() {
         "roofline",
         "max |diff|"
     );
-    for r in &rows {
+    let or_dash = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("-".to_string(), f);
+    for r in rows {
         println!(
-            "{:<9} {:<30} {:<9} {:<21} {:<18} {:>3} {:>11.3} {:>9.3} {:>7.2}x {:>7} {:>9} {:>10}",
+            "{:<9} {:<30} {:<9} {:<21} {:<18} {:>3} {:>11.3} {:>9} {:>8} {:>7} {:>9} {:>10}",
             r.framework,
             r.baseline,
             r.case,
-            r.variant.name(),
+            r.variant,
             r.fused,
             r.threads,
             r.baseline_ns / 1e6,
-            r.fused_ns / 1e6,
-            r.baseline_ns / r.fused_ns,
-            r.gbps.map_or("-".to_string(), |x| format!("{x:.2}")),
-            r.roofline_fraction
-                .map_or("-".to_string(), |x| format!("{x:.2}")),
-            r.max_abs_diff
-                .map_or("-".to_string(), |d| format!("{d:.1e}"))
+            or_dash(r.fused_ns, &|x| format!("{:.3}", x / 1e6)),
+            or_dash(r.speedup, &|x| format!("{x:.2}x")),
+            or_dash(r.gbps, &|x| format!("{x:.2}")),
+            or_dash(r.roofline_fraction, &|x| format!("{x:.2}")),
+            or_dash(r.max_abs_diff, &|x| format!("{x:.1e}")),
         );
     }
     println!(
         "roofline = fused GB/s / skeleton GB/s (same loads and stores, trivial arithmetic, same threads, same run)"
     );
+}
+
+/// The peers' rows against the fused kernel of this run at the same size,
+/// variant and thread count.
+fn print_peers(rows: &[report::Row], peers: &[report::Row]) {
+    println!("\nPeers (their own run on this machine, read from --peers):");
+    println!(
+        "{:<9} {:<34} {:<6} {:<21} {:>3} {:>10} {:>15} {:>14}",
+        "framework",
+        "optimizer",
+        "case",
+        "variant",
+        "thr",
+        "their ms",
+        "fused ms (run)",
+        "fused speedup"
+    );
+    for p in peers {
+        let fused = rows.iter().find(|r| {
+            r.framework == "kernel"
+                && r.elements == p.elements
+                && r.variant == p.variant
+                && r.threads == p.threads.max(1)
+                && r.threads > 1
+        });
+        let fused_ns = fused.and_then(|r| r.fused_ns);
+        println!(
+            "{:<9} {:<34} {:<6} {:<21} {:>3} {:>10.3} {:>15} {:>14}",
+            p.framework,
+            p.baseline,
+            p.case,
+            p.variant,
+            p.threads,
+            p.baseline_ns / 1e6,
+            fused_ns.map_or("-".to_string(), |ns| format!("{:.3}", ns / 1e6)),
+            fused_ns.map_or("-".to_string(), |ns| format!("{:.1}x", p.baseline_ns / ns)),
+        );
+    }
 }
