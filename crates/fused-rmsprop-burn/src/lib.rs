@@ -70,6 +70,12 @@
 //! not fit its parameter (a checkpoint of another model) is replaced by a
 //! fresh one and counted in `states_reset`; burn itself starts afresh a
 //! parameter whose record it cannot read.
+//!
+//! # Non-finite gradients
+//! [`FusedRmsPropConfig::with_non_finite_grads`] chooses: `Propagate` (burn's
+//! and PyTorch's behaviour, the default), `Skip` (the parameter and its state
+//! are left as they were; counted in `skipped_steps`) or `Error` (the step is
+//! refused; counted in `rejected_steps` with a `NonFiniteGradient` error).
 
 mod composed;
 mod config;

@@ -43,9 +43,14 @@
 //! a strided tensor into fresh storage, and `Var::set` itself refuses a
 //! non-contiguous variable), so the in-place route always applies.
 //!
+//! # Other devices and dtypes
+//! [`TensorOpsRmsProp`] is the same update written with candle tensor ops:
+//! it runs wherever candle runs (CUDA, Metal, bf16, f16), one new tensor per
+//! operation, and is what the fused optimizer is measured and tested against.
+//!
 //! # What it refuses
 //! Variables on CUDA or Metal, and variables of dtype other than `f32` and
-//! `f64` (bf16, f16), are refused by [`RmsProp::new`] with an error naming
+//! `f64` (bf16, f16), are refused by [`RmsProp::new`](candle_nn::Optimizer::new) with an error naming
 //! the variable; the kernel has no mixed-precision step yet. Integer
 //! variables are skipped, as candle's own optimizers skip them.
 
@@ -548,7 +553,7 @@ impl RmsProp {
     /// Saves the state of every variable as safetensors: `{i}.square_avg`,
     /// `{i}.grad_avg`, `{i}.momentum_buf` (each in the variable's shape and
     /// dtype) and `{i}.step`, where `i` is the variable's position in the
-    /// list given to [`RmsProp::new`]. A restart that builds the optimizer
+    /// list given to [`RmsProp::new`](candle_nn::Optimizer::new). A restart that builds the optimizer
     /// from the same model's variables loads it back.
     ///
     /// ```
