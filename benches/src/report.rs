@@ -88,7 +88,7 @@ fn series(rows: &[Row], variant: &str) -> Vec<Series> {
             "kernel" if r.threads > 1 => {
                 if let (Some(fused), Some(limit)) = (r.fused_rate(), r.skeleton_rate()) {
                     add(
-                        format!("bandwidth limit ({} threads)", r.threads),
+                        format!("skeleton loop, the limit ({} threads)", r.threads),
                         (n, limit),
                     );
                     add(format!("fused kernel ({} threads)", r.threads), (n, fused));
@@ -139,7 +139,7 @@ pub fn plot(rows: &[Row], variant: &str, path: &str) -> Result<(), String> {
         .y_label_area_size(70)
         .build_cartesian_2d(
             (x0 / 1.5..x1 * 1.5).log_scale(),
-            (y0 / 2.0..y1 * 2.0).log_scale(),
+            (y0 / 40.0..y1 * 2.0).log_scale(),
         )
         .map_err(draw)?;
     chart
@@ -152,7 +152,7 @@ pub fn plot(rows: &[Row], variant: &str, path: &str) -> Result<(), String> {
         .map_err(draw)?;
     for (i, (name, points)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let style = if name.starts_with("bandwidth") {
+        let style = if name.starts_with("skeleton") {
             BLACK.stroke_width(2)
         } else {
             color.stroke_width(2)
