@@ -16,7 +16,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
+use fused_rmsprop::{Execution, Isa, Kernel, NonFinite, RmsProp, Threads};
 use fused_rmsprop_benches::workload::{Buffers, Variant, size_label};
 use fused_rmsprop_benches::{naive, roofline};
 
@@ -120,6 +120,27 @@ fn threshold(c: &mut Criterion) {
     }
 }
 
+/// The cost of the non-finite gradient check: the default step
+/// (`Propagate`, no check) against `Skip` (a read of the gradients before
+/// the fused pass), all-finite gradients, default path.
+fn non_finite(c: &mut Criterion) {
+    let variant = Variant::Plain;
+    let sizes = std::env::var("FUSED_RMSPROP_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1 << 16, 1 << 20, 1 << 24]);
+    for n in sizes {
+        let mut group = c.benchmark_group(format!("non_finite/{}", size_label(n)));
+        group.throughput(Throughput::Bytes((n * variant.bytes_per_element()) as u64));
+        let mut buffers = Buffers::new(n, variant);
+        for policy in [NonFinite::Propagate, NonFinite::Skip] {
+            let opt = RmsProp::new(variant.hyper().with_non_finite(policy)).unwrap();
+            group.bench_function(format!("{policy:?}"), |b| b.iter(|| buffers.step(&opt)));
+        }
+        group.finish();
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -130,6 +151,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = kernel, threshold
+    targets = kernel, threshold, non_finite
 }
 criterion_main!(benches);

@@ -203,7 +203,7 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
         ),
     ];
     let bytes = (n * variant.bytes_per_element()) as f64;
-    let budget = Duration::from_millis(if n >= 1 << 24 { 2500 } else { 600 });
+    let budget = Duration::from_millis(if n >= 1 << 24 { 2000 } else { 600 });
     for (name, t, fused) in paths {
         let mut fused_buffers = Buffers::new(n, variant);
         let mut plain_buffers = Buffers::new(n, variant);
@@ -260,7 +260,7 @@ fn candle_rows(
     use candle_nn::Optimizer;
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
-    let budget = Duration::from_millis(if n >= 1 << 24 { 4000 } else { 800 });
+    let budget = Duration::from_millis(if n >= 1 << 24 { 3000 } else { 800 });
     let mut skeleton_buffers = Buffers::new(n, variant);
     for baseline_kind in Baseline::ALL {
         let (baseline_vars, baseline_grads) = candle_case::vars_and_grads(sizes);
@@ -325,7 +325,7 @@ fn burn_rows(case: String, sizes: &[usize], variant: Variant, threads: usize, ro
     let mut fused = burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init(), lr);
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
-    let budget = Duration::from_millis(if n >= 1 << 24 { 4000 } else { 800 });
+    let budget = Duration::from_millis(if n >= 1 << 24 { 3000 } else { 800 });
     let mut skeleton_buffers = Buffers::new(n, variant);
     let first = interleaved_medians(1, 2, &mut [&mut || baseline.step()]);
     let reps = reps_for(budget, first[0] * 2, 5, 100);

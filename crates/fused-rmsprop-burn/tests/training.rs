@@ -420,3 +420,28 @@ fn non_finite_gradients_follow_the_policy_on_both_routes() {
         }
     }
 }
+
+#[test]
+fn zero_elements_and_a_gradient_of_another_shape_are_handled() {
+    let device = Device::default();
+    let optim = FusedRmsPropConfig::new().build();
+
+    // Zero elements: a step that does nothing, on either route.
+    let empty = Tensor::<2>::zeros([0, 3], &device);
+    let (p, state) = optim.step(0.1, empty.clone(), empty.clone(), None);
+    assert_eq!(p.dims(), [0, 3]);
+    assert_eq!(state.unwrap().square_avg.dims(), [0, 3]);
+
+    // A gradient of another shape: refused, nothing written, reported.
+    let p = Tensor::<2>::ones([2, 3], &device);
+    let g = Tensor::<2>::ones([3, 2], &device);
+    let (after, state) = optim.step(0.1, p, g, None);
+    assert_eq!(to_vec(after), vec![1.0; 6]);
+    assert!(state.is_none());
+    let stats = optim.stats();
+    assert_eq!(stats.rejected_steps, 1);
+    assert!(matches!(
+        stats.last_error,
+        Some(fused_rmsprop::Error::LengthMismatch { .. })
+    ));
+}

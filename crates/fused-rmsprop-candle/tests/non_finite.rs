@@ -94,3 +94,19 @@ fn error_writes_nothing_across_dtypes() {
     assert_eq!(a.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
     assert_eq!(b.to_vec1::<f64>().unwrap(), [4.0, 5.0]);
 }
+
+/// Zero-element variables: accepted, stepped (nothing to do), saved and
+/// loaded like any other.
+#[test]
+fn zero_element_variables_step_and_round_trip() {
+    let empty = Var::from_tensor(&Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let (a, _) = vars();
+    let mut opt = RmsProp::new(vec![empty.clone(), a.clone()], ParamsRmsProp::default()).unwrap();
+    let loss = (a.as_tensor().sum_all().unwrap() + empty.as_tensor().sum_all().unwrap()).unwrap();
+    opt.backward_step(&loss).unwrap();
+    assert_eq!(empty.elem_count(), 0);
+    let path = std::env::temp_dir().join(format!("zero-{}.safetensors", std::process::id()));
+    opt.save(&path).unwrap();
+    opt.load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+}

@@ -61,6 +61,11 @@ pub trait Float:
     fn sqrt(self) -> Self;
     /// The raw bits, widened to `u64`, for bitwise comparisons in tests.
     fn to_bits_u64(self) -> u64;
+    /// Whether no element is NaN or infinite. On the bits: a value is
+    /// finite exactly when its magnitude bits are below those of infinity,
+    /// so one unsigned-max reduction over the magnitudes answers for the
+    /// slice; integer max is associative, so the compiler vectorizes it.
+    fn all_finite(xs: &[Self]) -> bool;
 
     /// A SIMD register of this type for instruction set `S`.
     type Lanes<S: Simd>: Copy;
@@ -112,6 +117,14 @@ macro_rules! impl_float {
             #[inline(always)]
             fn to_bits_u64(self) -> u64 {
                 self.to_bits() as u64
+            }
+            #[inline(always)]
+            fn all_finite(xs: &[Self]) -> bool {
+                const MAGNITUDE: $bits = !(1 << ($bits::BITS - 1));
+                let infinity = $ty::INFINITY.to_bits();
+                xs.iter()
+                    .fold(0, |max: $bits, x| max.max(x.to_bits() & MAGNITUDE))
+                    < infinity
             }
 
             type Lanes<S: Simd> = S::$lanes;

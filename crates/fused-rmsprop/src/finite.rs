@@ -5,32 +5,28 @@
 //! Both policies promise that a rejected tensor is left untouched, so the
 //! check must finish before the update writes anything: it is a read-only
 //! pass over the gradients, before the fused pass (4 bytes per `f32` element
-//! on top of the step's 20-36). It is written to vectorize without `unsafe`
-//! or intrinsics: `x * 0` is `±0` for every finite `x` and NaN for NaN and
-//! ±Inf, so summing `x * 0` into independent lanes leaves a NaN in some lane
-//! exactly when a non-finite value was seen; the compiler turns the lane
-//! array into vector registers.
+//! on top of the step's 20-36). It works on the bits ([`Float::all_finite`]:
+//! one unsigned-max reduction over the magnitudes), compiled through pulp's
+//! dispatch so that the reduction uses the widest vectors the CPU has.
 
 use rayon::prelude::*;
 
 use crate::{Float, PARALLEL_MIN_ELEMENTS, Threads};
 
-const LANES: usize = 16;
+/// Runs [`Float::all_finite`] compiled for the best instruction set.
+struct Check<'a, T>(&'a [T]);
 
-/// Whether every element of `xs` is finite.
+impl<T: Float> pulp::WithSimd for Check<'_, T> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> bool {
+        T::all_finite(self.0)
+    }
+}
+
 fn all_finite_serial<T: Float>(xs: &[T]) -> bool {
-    let mut acc = [T::ZERO; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(chunk) {
-            *a = *a + x * T::ZERO;
-        }
-    }
-    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
-        *a = *a + x * T::ZERO;
-    }
-    #[allow(clippy::eq_op)] // a == a is false only for NaN
-    acc.iter().all(|&a| a == a)
+    pulp::Arch::new().dispatch(Check(xs))
 }
 
 /// Whether every element of `xs` is finite, on rayon's pool for long slices
