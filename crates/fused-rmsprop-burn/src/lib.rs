@@ -80,6 +80,7 @@
 mod composed;
 mod config;
 mod flex;
+mod record;
 mod state;
 
 use std::sync::Arc;
@@ -94,6 +95,7 @@ use fused_rmsprop::{Execution, Hyper, RmsProp};
 pub use config::FusedRmsPropConfig;
 /// The non-finite gradient policy, re-exported from the kernel.
 pub use fused_rmsprop::NonFinite;
+pub use record::{RecordLoadError, load_record};
 pub use state::FusedRmsPropState;
 
 /// The fused RMSprop optimizer for burn: what [`FusedRmsPropConfig::build`]

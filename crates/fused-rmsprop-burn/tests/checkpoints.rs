@@ -272,3 +272,31 @@ fn a_learning_rate_scheduler_drives_the_step_as_for_burns_rmsprop() {
     });
     assert!(max_abs_diff(&fused, &constant) > 100.0 * TOL);
 }
+
+/// A record that parses but that burn 0.22.1's loader panics on (found by
+/// fuzzing): `load_record` returns an error instead, and the optimizer
+/// still takes a good record afterwards.
+#[test]
+fn load_record_refuses_what_burns_loader_panics_on() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/corpus/state_load/regression-burn-record-without-param-id"
+    );
+    let bad = std::fs::read(path).unwrap();
+    let mut net = Net::new();
+    let (mut a, mut b) = (fused_config().init(), fused_config().init());
+    for i in 0..2 {
+        net = train(&mut a, net.clone(), i, 0.01);
+        let _ = train(&mut b, net.clone(), i, 0.01);
+    }
+    let result = fused_rmsprop_burn::load_record(&mut a, Bytes::from_bytes_vec(bad));
+    assert!(
+        matches!(
+            result,
+            Err(fused_rmsprop_burn::RecordLoadError::Malformed(_))
+        ),
+        "{result:?}"
+    );
+    let good = b.into_bytes().unwrap();
+    fused_rmsprop_burn::load_record(&mut a, good).unwrap();
+}
