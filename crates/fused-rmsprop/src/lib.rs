@@ -106,6 +106,24 @@ pub use parallel::PARALLEL_MIN_ELEMENTS;
 pub use state::{State, StateSlices};
 
 use execution::ResolvedKernel;
+
+/// The index of the first NaN or infinity in `xs`, or `None` when every
+/// element is finite: the check behind [`NonFinite::Error`], for callers that
+/// must check gradients before a step of several dispatches writes anything.
+/// One vectorized read-only pass (threaded for long slices); a second,
+/// scalar pass only to find the index once one is known to exist.
+///
+/// ```
+/// assert_eq!(fused_rmsprop::find_non_finite(&[1.0f32, 2.0]), None);
+/// assert_eq!(fused_rmsprop::find_non_finite(&[1.0f32, f32::INFINITY]), Some(1));
+/// ```
+pub fn find_non_finite<T: Float>(xs: &[T]) -> Option<usize> {
+    if finite::all_finite(xs, Threads::Auto) {
+        None
+    } else {
+        finite::first_non_finite(xs)
+    }
+}
 use step::{Chunk, Coefficients};
 
 /// What a step did beyond updating: which tensors it skipped under

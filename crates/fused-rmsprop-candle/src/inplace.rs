@@ -1,0 +1,200 @@
+//! How the update reaches candle's storage: in-place ops nested a bounded
+//! number deep, each holding one variable's write lock.
+//!
+//! candle lends a tensor's storage mutably only inside an in-place custom op
+//! ([`Tensor::inplace_op1`]), which holds that storage's write lock for the
+//! duration of the op's `cpu_fwd`. To step many variables in one kernel
+//! dispatch, the ops are nested: the op of the first variable, given its
+//! storage, runs the op of the second inside it, and so on; the innermost one
+//! holds a mutable slice of every variable of the batch at once and calls
+//! [`fused_rmsprop::RmsProp::step_many`], which splits their work across
+//! rayon's pool. Each nesting level costs a few stack frames, so a step cuts
+//! its variables into batches of at most [`VARS_PER_DISPATCH`]: the stack
+//! depth is bounded whatever the number of variables (the tests step 100,000
+//! variables on a thread with a 256 KiB stack), at the price of one kernel
+//! dispatch per batch.
+//!
+//! It is sound without `unsafe`: each slice is borrowed from a storage whose
+//! write lock is held by an enclosing op for as long as the slice lives, and
+//! the borrow checker sees that. No lock is taken twice: the caller
+//! guarantees that no two variables share a storage and that no gradient
+//! shares a storage with a variable (see `RmsProp::step`); gradients are read
+//! under read locks taken before the nesting starts.
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, Layout, Tensor, Var};
+use fused_rmsprop::{Group, State, StateSlices, StepReport};
+
+use crate::Result;
+use crate::optimizer::kernel_error;
+use crate::storage::{CpuFloat, cpu_slice};
+
+/// The most variables one nested dispatch holds. Each level of nesting costs
+/// about 1.6 KiB of stack, so a batch needs about 50 KiB; a step of many
+/// small variables pays one kernel dispatch (a few microseconds) per batch.
+pub const VARS_PER_DISPATCH: usize = 32;
+
+/// One variable to step: its index among the optimizer's variables, the
+/// variable, its contiguous gradient (sharing no storage with any variable),
+/// its state.
+pub(crate) type Entry<'a, T> = (usize, &'a Var, Tensor, &'a mut State<T>);
+
+/// Steps `entries` (all of dtype `T`) in batches of nested in-place ops;
+/// returns the indices of the variables skipped for a non-finite gradient.
+/// Errors name the variable by its index among the optimizer's.
+///
+/// Under `NonFinite::Error` the caller has checked every gradient already
+/// (a batch cannot see the next batch's gradients before it writes).
+pub(crate) fn step_all<T: CpuFloat>(
+    kernel: &fused_rmsprop::RmsProp,
+    lr: f64,
+    entries: Vec<Entry<'_, T>>,
+) -> Result<Vec<usize>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let indices: Vec<usize> = entries.iter().map(|e| e.0).collect();
+    let (targets, grads): (Vec<_>, Vec<_>) =
+        entries.into_iter().map(|(_, v, g, s)| ((v, s), g)).unzip();
+    // Read locks on every gradient, held for the whole step.
+    let guards: Vec<_> = grads.iter().map(Tensor::storage_and_layout).collect();
+    let mut grad_slices = Vec::with_capacity(guards.len());
+    for (guard, layout) in &guards {
+        grad_slices.push(cpu_slice::<T>(guard, layout)?);
+    }
+    let mut pending = targets
+        .into_iter()
+        .zip(grad_slices)
+        .map(|((var, state), grad)| Pending {
+            var,
+            grad,
+            state: &mut state.square_avg,
+            grad_avg: state.grad_avg.as_deref_mut(),
+            momentum_buf: state.momentum_buf.as_deref_mut(),
+            step: &mut state.step,
+        });
+    let mut skipped = Vec::new();
+    let mut first = 0;
+    loop {
+        let batch: Vec<Pending<'_, T>> = pending.by_ref().take(VARS_PER_DISPATCH).collect();
+        if batch.is_empty() {
+            return Ok(skipped);
+        }
+        let batch_len = batch.len();
+        let report = RefCell::new(Ok(StepReport::default()));
+        nest(
+            kernel,
+            lr,
+            batch.into_iter(),
+            Vec::with_capacity(batch_len),
+            &mut Vec::with_capacity(batch_len),
+            &report,
+        )?;
+        match report.into_inner() {
+            Ok(report) => skipped.extend(report.skipped().iter().map(|&g| indices[first + g])),
+            Err(fused_rmsprop::Error::NonFiniteGradient { group, index }) => {
+                return Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {
+                    group: indices[first + group],
+                    index,
+                }));
+            }
+            Err(err) => return Err(kernel_error(err)),
+        }
+        first += batch_len;
+    }
+}
+
+/// Where the innermost nested op leaves the kernel's answer.
+type ReportCell = RefCell<std::result::Result<StepReport, fused_rmsprop::Error>>;
+
+/// A variable whose storage is not locked yet, with its gradient and state.
+struct Pending<'a, T> {
+    var: &'a Var,
+    grad: &'a [T],
+    state: &'a mut [T],
+    grad_avg: Option<&'a mut [T]>,
+    momentum_buf: Option<&'a mut [T]>,
+    step: &'a mut u64,
+}
+
+/// Locks the next pending variable's storage (through an in-place op) and
+/// recurses inside it; with none left, steps every group at once.
+fn nest<'a, T: CpuFloat>(
+    kernel: &fused_rmsprop::RmsProp,
+    lr: f64,
+    mut pending: std::vec::IntoIter<Pending<'a, T>>,
+    groups: Vec<Group<'a, T>>,
+    counters: &mut Vec<&'a mut u64>,
+    report: &ReportCell,
+) -> Result<()> {
+    let Some(next) = pending.next() else {
+        let result = kernel.step_many(lr, groups);
+        if let Ok(r) = &result {
+            for (group, step) in counters.iter_mut().enumerate() {
+                if !r.is_skipped(group) {
+                    **step += 1;
+                }
+            }
+        }
+        *report.borrow_mut() = result;
+        return Ok(());
+    };
+    let var = next.var;
+    let op = NestedStep {
+        payload: RefCell::new(Some((
+            kernel,
+            lr,
+            next,
+            pending,
+            groups,
+            std::mem::take(counters),
+        ))),
+        report,
+    };
+    var.inplace_op1(&op)
+}
+
+type Payload<'a, 'k, T> = (
+    &'k fused_rmsprop::RmsProp,
+    f64,
+    Pending<'a, T>,
+    std::vec::IntoIter<Pending<'a, T>>,
+    Vec<Group<'a, T>>,
+    Vec<&'a mut u64>,
+);
+
+/// The in-place op that holds one variable's storage while the rest nest.
+struct NestedStep<'a, 'k, T> {
+    payload: RefCell<Option<Payload<'a, 'k, T>>>,
+    report: &'k ReportCell,
+}
+
+impl<T: CpuFloat> candle_core::InplaceOp1 for NestedStep<'_, '_, T> {
+    fn name(&self) -> &'static str {
+        "fused-rmsprop-step"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let (kernel, lr, this, pending, mut groups, mut counters) = self
+            .payload
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| candle_core::Error::msg("fused RMSprop: nested step ran twice"))?;
+        let data = T::slice_mut(storage).ok_or_else(|| {
+            candle_core::Error::msg(format!("fused RMSprop: expected {:?} storage", T::DTYPE))
+        })?;
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::msg("fused RMSprop: variable is not contiguous"))?;
+        let params = data
+            .get_mut(start..end)
+            .ok_or_else(|| candle_core::Error::msg("fused RMSprop: layout outside its storage"))?;
+        let mut state = StateSlices::new(this.state);
+        state.grad_avg = this.grad_avg;
+        state.momentum_buf = this.momentum_buf;
+        groups.push(Group::new(params, this.grad, state));
+        counters.push(this.step);
+        nest(kernel, lr, pending, groups, &mut counters, self.report)
+    }
+}

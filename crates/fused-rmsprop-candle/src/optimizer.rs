@@ -1,0 +1,240 @@
+//! [`RmsProp`]: the `candle_nn::Optimizer`, its variables and their state.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use fused_rmsprop::{Hyper, NonFinite, State};
+
+use crate::inplace::step_all;
+use crate::storage::storage_key;
+use crate::{ParamsRmsProp, Result};
+
+/// One variable's state, in the variable's dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum VarState {
+    F32(State<f32>),
+    F64(State<f64>),
+}
+
+/// RMSprop over candle `Var`s, stepped in place by the fused kernel.
+///
+/// Cost of a step: one pass over each variable's parameters, gradient and
+/// state; one kernel dispatch per [`VARS_PER_DISPATCH`](crate::VARS_PER_DISPATCH)
+/// variables of one dtype (spread over rayon's pool when the batch is
+/// larger than [`fused_rmsprop::PARALLEL_MIN_ELEMENTS`]); a few small vectors
+/// of slice descriptors and a hash set of storage addresses (the aliasing
+/// check). No tensor is allocated, except a copy of a gradient that shares
+/// storage with a variable.
+///
+/// ```
+/// use candle_core::{Device, Var};
+/// use candle_nn::Optimizer;
+/// use fused_rmsprop_candle::{ParamsRmsProp, RmsProp};
+/// let v = Var::zeros(4, candle_core::DType::F64, &Device::Cpu)?;
+/// let mut opt = RmsProp::new(vec![v], ParamsRmsProp::default())?;
+/// opt.set_learning_rate(0.1);
+/// assert_eq!(opt.learning_rate(), 0.1);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct RmsProp {
+    pub(crate) vars: Vec<(Var, VarState)>,
+    pub(crate) params: ParamsRmsProp,
+    pub(crate) kernel: fused_rmsprop::RmsProp,
+    last_skipped: Vec<usize>,
+}
+
+pub(crate) fn kernel_error(e: fused_rmsprop::Error) -> candle_core::Error {
+    candle_core::Error::wrap(e)
+}
+
+fn state_for(var: &Var, index: usize, hyper: &Hyper) -> Result<VarState> {
+    if !var.device().is_cpu() {
+        return Err(candle_core::Error::msg(format!(
+            "fused RMSprop: variable {index} is on {:?}; only CPU variables are supported",
+            var.device().location()
+        )));
+    }
+    let n = var.elem_count();
+    match var.dtype() {
+        DType::F32 => Ok(VarState::F32(State::new(n, hyper))),
+        DType::F64 => Ok(VarState::F64(State::new(n, hyper))),
+        other => Err(candle_core::Error::msg(format!(
+            "fused RMSprop: variable {index} has dtype {other:?}; only f32 and f64 are supported"
+        ))),
+    }
+}
+
+impl candle_nn::Optimizer for RmsProp {
+    type Config = ParamsRmsProp;
+
+    /// Validates the hyper-parameters and makes zeroed state for every float
+    /// variable (integer ones are skipped; a variable listed twice is kept
+    /// once). Errors: an invalid hyper-parameter, a variable not on the CPU,
+    /// a float variable that is not `f32` or `f64`.
+    fn new(vars: Vec<Var>, params: ParamsRmsProp) -> Result<Self> {
+        let hyper = params.hyper();
+        let kernel = fused_rmsprop::RmsProp::new(hyper).map_err(kernel_error)?;
+        let mut seen = HashSet::new();
+        let vars = vars
+            .into_iter()
+            .filter(|v| v.dtype().is_float() && seen.insert(v.id()))
+            .enumerate()
+            .map(|(i, v)| state_for(&v, i, &hyper).map(|s| (v, s)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            vars,
+            params,
+            kernel,
+            last_skipped: Vec::new(),
+        })
+    }
+
+    /// Steps every variable that has a gradient in `grads`; the others are
+    /// left alone. Everything is checked first (gradient shape and dtype,
+    /// the learning rate, two variables sharing one storage, and under
+    /// [`NonFinite::Error`] every gradient's values): on error nothing is
+    /// written.
+    ///
+    /// A gradient that shares storage with a variable of this optimizer (its
+    /// own or another's, as in `grads.insert(w, w.clone())`) is copied first,
+    /// so the step reads the gradient as it was before the step and never
+    /// waits on a lock it holds itself.
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let lr = self.params.lr;
+        fused_rmsprop::Hyper::validate(&self.kernel.hyper().with_lr(lr)).map_err(kernel_error)?;
+        // The storage of every variable to step: each is write-locked once.
+        let mut owners = HashMap::with_capacity(self.vars.len());
+        let mut with_grad = Vec::with_capacity(self.vars.len());
+        for (index, (var, state)) in self.vars.iter_mut().enumerate() {
+            let Some(grad) = grads.get(var) else { continue };
+            if grad.shape() != var.shape() || grad.dtype() != var.dtype() {
+                return Err(candle_core::Error::msg(format!(
+                    "fused RMSprop: gradient of variable {index} is {:?} {:?}, the variable is {:?} {:?}",
+                    grad.dtype(),
+                    grad.shape(),
+                    var.dtype(),
+                    var.shape()
+                )));
+            }
+            if let Some(key) = storage_key(var.as_tensor())
+                && let Some(other) = owners.insert(key, index)
+            {
+                return Err(candle_core::Error::msg(format!(
+                    "fused RMSprop: variables {other} and {index} share one storage; \
+                     each variable must own its storage to be stepped in place"
+                )));
+            }
+            with_grad.push((index, &*var, grad, state));
+        }
+        // Gradients, contiguous, and sharing no storage with any variable.
+        let mut entries = Vec::with_capacity(with_grad.len());
+        let mut empty = Vec::new();
+        for (index, var, grad, state) in with_grad {
+            let aliased = storage_key(grad).is_some_and(|key| owners.contains_key(&key));
+            let grad = if aliased {
+                grad.copy()?.contiguous()?
+            } else {
+                grad.contiguous()?
+            };
+            if var.elem_count() == 0 {
+                // Nothing to lock or compute; the step still counts.
+                empty.push(state);
+            } else {
+                entries.push((index, var, grad, state));
+            }
+        }
+        if self.params.non_finite == NonFinite::Error {
+            check_all_finite(&entries)?;
+        }
+
+        let (mut f32s, mut f64s) = (Vec::new(), Vec::new());
+        for (index, var, grad, state) in entries {
+            match state {
+                VarState::F32(s) => f32s.push((index, var, grad, s)),
+                VarState::F64(s) => f64s.push((index, var, grad, s)),
+            }
+        }
+        let mut skipped = step_all(&self.kernel, lr, f32s)?;
+        skipped.extend(step_all(&self.kernel, lr, f64s)?);
+        skipped.sort_unstable();
+        for state in empty {
+            match state {
+                VarState::F32(s) => s.step += 1,
+                VarState::F64(s) => s.step += 1,
+            }
+        }
+        self.last_skipped = skipped;
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.params.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.params.lr = lr;
+    }
+}
+
+/// Under [`NonFinite::Error`]: the first gradient holding a NaN or an
+/// infinity, as the kernel's error, before any batch writes.
+fn check_all_finite(entries: &[(usize, &Var, Tensor, &mut VarState)]) -> Result<()> {
+    fn first<T: crate::storage::CpuFloat>(grad: &Tensor) -> Result<Option<usize>> {
+        let (storage, layout) = grad.storage_and_layout();
+        Ok(fused_rmsprop::find_non_finite(crate::storage::cpu_slice::<
+            T,
+        >(&storage, layout)?))
+    }
+    for (group, _, grad, state) in entries {
+        let found = match state {
+            VarState::F32(_) => first::<f32>(grad)?,
+            VarState::F64(_) => first::<f64>(grad)?,
+        };
+        if let Some(index) = found {
+            return Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {
+                group: *group,
+                index,
+            }));
+        }
+    }
+    Ok(())
+}
+
+impl RmsProp {
+    /// The variables the last step left untouched because their gradient
+    /// held a NaN or an infinity (only under [`NonFinite::Skip`]).
+    ///
+    /// ```
+    /// use candle_core::{Device, Var};
+    /// use candle_nn::Optimizer;
+    /// use fused_rmsprop::NonFinite;
+    /// use fused_rmsprop_candle::{ParamsRmsProp, RmsProp};
+    ///
+    /// let w = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+    /// let params = ParamsRmsProp { non_finite: NonFinite::Skip, ..Default::default() };
+    /// let mut opt = RmsProp::new(vec![w.clone()], params)?;
+    /// let loss = (w.as_tensor().sqr()?.sum_all()? * f64::INFINITY)?;
+    /// opt.backward_step(&loss)?;
+    /// assert_eq!(opt.last_skipped().len(), 1);
+    /// assert_eq!(w.to_vec1::<f32>()?, [1.0, 2.0]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn last_skipped(&self) -> Vec<&Var> {
+        self.last_skipped.iter().map(|&i| &self.vars[i].0).collect()
+    }
+
+    /// The hyper-parameters.
+    ///
+    /// ```
+    /// # use candle_nn::Optimizer;
+    /// # use fused_rmsprop_candle::{ParamsRmsProp, RmsProp};
+    /// let opt = RmsProp::new(vec![], ParamsRmsProp::default())?;
+    /// assert_eq!(opt.params().alpha, 0.99);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn params(&self) -> &ParamsRmsProp {
+        &self.params
+    }
+}

@@ -1,0 +1,97 @@
+//! [`ParamsRmsProp`]: the optimizer's settings, with candle-optimisers' names.
+
+use fused_rmsprop::{EpsPlacement, Hyper, NonFinite, WeightDecay};
+
+/// Hyper-parameters, with candle-optimisers' field names and types plus the
+/// fused kernel's options. `Default` is PyTorch's: lr 0.01, alpha 0.99,
+/// eps 1e-8, everything else off.
+///
+/// ```
+/// use fused_rmsprop_candle::ParamsRmsProp;
+/// let p = ParamsRmsProp { momentum: Some(0.9), centered: true, ..Default::default() };
+/// assert_eq!(p.alpha, 0.99);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamsRmsProp {
+    /// Learning rate.
+    pub lr: f64,
+    /// Smoothing constant of the square average.
+    pub alpha: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Weight decay (coupled, as PyTorch, unless `decoupled_weight_decay`).
+    pub weight_decay: Option<f64>,
+    /// Momentum factor.
+    pub momentum: Option<f64>,
+    /// Centered RMSprop.
+    pub centered: bool,
+    /// Apply `weight_decay` as `p *= 1 - lr * wd` (AdamW-style).
+    pub decoupled_weight_decay: bool,
+    /// Where eps enters the denominator.
+    pub eps_placement: EpsPlacement,
+    /// Starting value of the square average (Optax `initial_scale`).
+    pub initial_square_avg: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Clamp a negative centered variance estimate to zero.
+    pub clamp_centered_variance: bool,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+    /// What a step does with a gradient holding NaN or Inf: propagate it
+    /// (PyTorch), skip that variable (see [`RmsProp::last_skipped`]), or
+    /// return an error and write nothing.
+    pub non_finite: NonFinite,
+}
+
+impl Default for ParamsRmsProp {
+    fn default() -> Self {
+        let h = Hyper::default();
+        Self {
+            lr: h.lr,
+            alpha: h.alpha,
+            eps: h.eps,
+            weight_decay: None,
+            momentum: None,
+            centered: false,
+            decoupled_weight_decay: false,
+            eps_placement: h.eps_placement,
+            initial_square_avg: h.initial_square_avg,
+            nesterov: false,
+            clamp_centered_variance: false,
+            maximize: false,
+            non_finite: NonFinite::Propagate,
+        }
+    }
+}
+
+impl ParamsRmsProp {
+    /// The kernel's hyper-parameters for these settings.
+    ///
+    /// ```
+    /// # use fused_rmsprop_candle::ParamsRmsProp;
+    /// let h = ParamsRmsProp { momentum: Some(0.9), ..Default::default() }.hyper();
+    /// assert_eq!(h.momentum, 0.9);
+    /// ```
+    pub fn hyper(&self) -> Hyper {
+        Hyper {
+            lr: self.lr,
+            alpha: self.alpha,
+            eps: self.eps,
+            eps_placement: self.eps_placement,
+            initial_square_avg: self.initial_square_avg,
+            centered: self.centered,
+            clamp_centered_variance: self.clamp_centered_variance,
+            momentum: self.momentum.unwrap_or(0.0),
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay.map(|wd| {
+                if self.decoupled_weight_decay {
+                    WeightDecay::Decoupled(wd)
+                } else {
+                    WeightDecay::Coupled(wd)
+                }
+            }),
+            maximize: self.maximize,
+            non_finite: self.non_finite,
+        }
+    }
+}

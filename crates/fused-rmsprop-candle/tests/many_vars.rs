@@ -1,0 +1,159 @@
+//! Models of many variables and gradients that alias variables: the step
+//! neither overflows a small stack nor waits on a lock it holds itself.
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::Optimizer;
+use fused_rmsprop_candle::{ParamsRmsProp, RmsProp, TensorOpsRmsProp};
+
+/// `count` variables of `len` elements each, with distinct values, and a
+/// gradient for each.
+fn model(count: usize, len: usize) -> candle_core::Result<(Vec<Var>, GradStore)> {
+    let mut vars = Vec::with_capacity(count);
+    let mut grads = GradStore::default();
+    for v in 0..count {
+        let values: Vec<f32> = (0..len)
+            .map(|i| ((v * len + i) as f32 * 0.37).sin())
+            .collect();
+        let var = Var::from_vec(values, len, &Device::Cpu)?;
+        let grad: Vec<f32> = (0..len)
+            .map(|i| ((v * 3 + i) as f32 * 0.11).cos())
+            .collect();
+        grads.insert(var.as_tensor(), Tensor::from_vec(grad, len, &Device::Cpu)?);
+        vars.push(var);
+    }
+    Ok((vars, grads))
+}
+
+fn values(vars: &[Var]) -> Vec<Vec<f32>> {
+    vars.iter().map(|v| v.to_vec1().unwrap()).collect()
+}
+
+/// Two steps of 100,000 variables with the fused optimizer on a thread with
+/// `stack` bytes of stack, against the tensor-op formulation on a copy.
+fn many_vars_on_a_small_stack(stack: usize) {
+    let params = ParamsRmsProp {
+        lr: 0.01,
+        momentum: Some(0.9),
+        ..Default::default()
+    };
+    let (vars, grads) = model(100_000, 4).unwrap();
+    let (reference, reference_grads) = model(100_000, 4).unwrap();
+    let fused = std::thread::Builder::new()
+        .stack_size(stack)
+        .spawn(move || {
+            let mut opt = RmsProp::new(vars.clone(), params).unwrap();
+            opt.step(&grads).unwrap();
+            opt.step(&grads).unwrap();
+            values(&vars)
+        })
+        .unwrap()
+        .join()
+        .expect("the step ran on the small stack");
+    let mut opt = TensorOpsRmsProp::new(reference.clone(), params).unwrap();
+    let reference_grads: GradStore = {
+        let mut g = GradStore::default();
+        for var in &reference {
+            g.insert(var.as_tensor(), reference_grads.get(var).unwrap().clone());
+        }
+        g
+    };
+    opt.step(&reference_grads).unwrap();
+    opt.step(&reference_grads).unwrap();
+    for (v, (got, want)) in fused.iter().zip(values(&reference)).enumerate() {
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "variable {v}: fused {g}, tensor ops {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn steps_100_000_vars_on_a_2_mib_stack() {
+    many_vars_on_a_small_stack(2 << 20);
+}
+
+#[test]
+fn steps_100_000_vars_on_a_256_kib_stack() {
+    many_vars_on_a_small_stack(256 << 10);
+}
+
+/// One step of `vars` with `grads`, run on a thread so that a deadlock fails
+/// the test (after 20 s) instead of hanging it.
+fn step_or_hang(vars: Vec<Var>, grads: GradStore) -> candle_core::Result<()> {
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut opt = RmsProp::new(vars, ParamsRmsProp::default()).unwrap();
+        let _ = done.send(opt.step(&grads));
+    });
+    wait.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the step finished instead of waiting on its own lock")
+}
+
+#[test]
+fn a_gradient_that_is_its_own_variable_is_copied_first() {
+    let w = Var::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap();
+    let mut grads = GradStore::default();
+    grads.insert(w.as_tensor(), w.as_tensor().clone());
+    step_or_hang(vec![w.clone()], grads).unwrap();
+
+    // The same step with the gradient as a separate copy of the values.
+    let reference = Var::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap();
+    let mut grads = GradStore::default();
+    grads.insert(reference.as_tensor(), reference.as_tensor().copy().unwrap());
+    step_or_hang(vec![reference.clone()], grads).unwrap();
+    assert_eq!(
+        w.to_vec1::<f32>().unwrap(),
+        reference.to_vec1::<f32>().unwrap()
+    );
+    assert_ne!(w.to_vec1::<f32>().unwrap(), [1.0, -2.0, 3.0]);
+}
+
+#[test]
+fn a_gradient_that_is_another_variable_is_copied_first() {
+    let a = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+    let b = Var::new(&[0.5f32, -0.5], &Device::Cpu).unwrap();
+    let mut grads = GradStore::default();
+    // a's gradient is b, and b's gradient is a narrowed view of a.
+    grads.insert(a.as_tensor(), b.as_tensor().clone());
+    grads.insert(b.as_tensor(), a.as_tensor().narrow(0, 0, 2).unwrap());
+    step_or_hang(vec![a.clone(), b.clone()], grads).unwrap();
+
+    let (ra, rb) = (
+        Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap(),
+        Var::new(&[0.5f32, -0.5], &Device::Cpu).unwrap(),
+    );
+    let mut grads = GradStore::default();
+    grads.insert(
+        ra.as_tensor(),
+        Tensor::new(&[0.5f32, -0.5], &Device::Cpu).unwrap(),
+    );
+    grads.insert(
+        rb.as_tensor(),
+        Tensor::new(&[1.0f32, 2.0], &Device::Cpu).unwrap(),
+    );
+    step_or_hang(vec![ra.clone(), rb.clone()], grads).unwrap();
+    assert_eq!(a.to_vec1::<f32>().unwrap(), ra.to_vec1::<f32>().unwrap());
+    assert_eq!(b.to_vec1::<f32>().unwrap(), rb.to_vec1::<f32>().unwrap());
+}
+
+#[test]
+fn many_vars_of_both_dtypes_and_an_empty_one_step_together() {
+    let (mut vars, mut grads) = model(200, 3).unwrap();
+    let wide = Var::from_vec(vec![1.0f64; 5], 5, &Device::Cpu).unwrap();
+    grads.insert(
+        wide.as_tensor(),
+        Tensor::ones(5, DType::F64, &Device::Cpu).unwrap(),
+    );
+    let empty = Var::from_vec(Vec::<f32>::new(), 0, &Device::Cpu).unwrap();
+    grads.insert(empty.as_tensor(), empty.as_tensor().clone());
+    vars.extend([wide.clone(), empty]);
+    let before = values(&vars[..200]);
+    step_or_hang(vars.clone(), grads).unwrap();
+    assert!(wide.to_vec1::<f64>().unwrap().iter().all(|&x| x < 1.0));
+    for (v, b) in vars[..200].iter().zip(before) {
+        assert_ne!(v.to_vec1::<f32>().unwrap(), b);
+    }
+}
