@@ -20,7 +20,8 @@ use burn::tensor::{Bytes, Device as BurnDevice, Tensor as BurnTensor, TensorData
 use candle_core::{Device as CandleDevice, Tensor as CandleTensor, Var};
 use candle_nn::Optimizer as _;
 use fused_rmsprop::{
-    EpsPlacement, Execution, Hyper, Isa, Kernel, NonFinite, RmsProp, State, Threads, WeightDecay,
+    EpsPlacement, Execution, Hyper, Isa, Kernel, NonFinite, RmsProp, Rounding, State, Threads,
+    WeightDecay,
 };
 use fused_rmsprop_burn::FusedRmsPropConfig;
 use fused_rmsprop_candle::ParamsRmsProp;
@@ -68,6 +69,14 @@ fn raw_hyper(input: &mut Input<'_>) -> Hyper {
             1 => NonFinite::Skip,
             _ => NonFinite::Error,
         },
+        rounding: if input.flag() {
+            Rounding::Stochastic {
+                seed: u64::from(input.byte()),
+            }
+        } else {
+            Rounding::Nearest
+        },
+        master_weights: input.flag(),
     }
 }
 

@@ -165,6 +165,7 @@ fn take_state<T: CpuFloat>(
         square_avg,
         grad_avg,
         momentum_buf,
+        master: None,
         step: u64::try_from(step)
             .map_err(|_| candle_core::Error::msg(format!("fused RMSprop: {key:?} is negative")))?,
     })

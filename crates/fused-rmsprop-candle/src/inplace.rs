@@ -165,7 +165,7 @@ type Payload<'a, 'k, T> = (
 );
 
 /// The in-place op that holds one variable's storage while the rest nest.
-struct NestedStep<'a, 'k, T> {
+struct NestedStep<'a, 'k, T: CpuFloat> {
     payload: RefCell<Option<Payload<'a, 'k, T>>>,
     report: &'k ReportCell,
 }

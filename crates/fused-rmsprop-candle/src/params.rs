@@ -92,6 +92,7 @@ impl ParamsRmsProp {
             }),
             maximize: self.maximize,
             non_finite: self.non_finite,
+            ..Hyper::default()
         }
     }
 }

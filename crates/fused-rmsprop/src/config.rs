@@ -44,6 +44,41 @@ pub enum NonFinite {
     Error,
 }
 
+/// How a step rounds a 16-bit parameter (`bf16`, `f16`) back from the `f32`
+/// it computes in. `f32` and `f64` parameters are never rounded.
+///
+/// Memory per element of a 16-bit parameter: 2 bytes for the parameter, 4
+/// for `square_avg` (plus 4 each for `grad_avg` and `momentum_buf` when
+/// used), whichever rounding; [`Hyper::master_weights`] adds 4.
+///
+/// ```
+/// use fused_rmsprop::{Hyper, Rounding};
+/// let h = Hyper::default().with_rounding(Rounding::Stochastic { seed: 7 });
+/// assert_eq!(Hyper::default().rounding, Rounding::Nearest);
+/// # let _ = h;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Rounding {
+    /// To nearest, ties to even (`half`'s `from_f32`). An update smaller
+    /// than half an ulp of the parameter is lost: with `lr = 1e-4`, a `bf16`
+    /// parameter of magnitude 1 (ulp `2^-7`) never moves.
+    #[default]
+    Nearest,
+    /// `bf16` only (an `f16` parameter is rounded to nearest): rounded up
+    /// in magnitude with probability equal to the distance to the lower
+    /// neighbour, so small updates survive on average. The random bits come
+    /// from a counter-based generator keyed by `seed`, the step number and
+    /// stream of the tensor ([`Group::step`](crate::Group::step),
+    /// [`Group::stream`](crate::Group::stream)) and the element's index in
+    /// the tensor: never by thread, chunk or path, so every path writes the
+    /// same bits and a run is reproducible from its seed.
+    Stochastic {
+        /// The generator's seed.
+        seed: u64,
+    },
+}
+
 /// How weight decay is applied.
 ///
 /// ```
@@ -139,6 +174,15 @@ pub struct Hyper {
     /// What to do with a gradient holding NaN or Inf; see [`NonFinite`].
     /// The check costs one extra read of the gradients (`Skip`, `Error`).
     pub non_finite: NonFinite,
+    /// How a 16-bit parameter is rounded after the step.
+    pub rounding: Rounding,
+    /// Keep an `f32` master copy of each 16-bit parameter in the state
+    /// ([`StateSlices::master`](crate::StateSlices::master)): the step
+    /// updates the copy and writes its rounded value to the parameter, which
+    /// it no longer reads (mixed-precision training as PyTorch AMP and
+    /// DeepSpeed do it). Costs 4 bytes per element; a plain step then moves
+    /// 20 bytes per element instead of 14. Ignored for `f32`/`f64`.
+    pub master_weights: bool,
 }
 
 impl Default for Hyper {
@@ -156,6 +200,8 @@ impl Default for Hyper {
             weight_decay: None,
             maximize: false,
             non_finite: NonFinite::Propagate,
+            rounding: Rounding::Nearest,
+            master_weights: false,
         }
     }
 }
@@ -207,6 +253,10 @@ builder! {
     with_maximize: maximize: bool,
     /// Sets [`Hyper::non_finite`].
     with_non_finite: non_finite: NonFinite,
+    /// Sets [`Hyper::rounding`].
+    with_rounding: rounding: Rounding,
+    /// Sets [`Hyper::master_weights`].
+    with_master_weights: master_weights: bool,
 }
 
 impl Hyper {

@@ -19,7 +19,8 @@ mod sealed {
     impl Sealed for f64 {}
 }
 
-/// A floating-point type the RMSprop kernel runs on: `f32` or `f64`.
+/// A floating-point type the RMSprop kernel computes in: `f32` or `f64`
+/// (every [`Param`](crate::Param) type's state is one of them).
 ///
 /// The trait is sealed; it exists so that every public step function is
 /// written once for both widths.
@@ -27,10 +28,11 @@ mod sealed {
 /// ```
 /// use fused_rmsprop::Float;
 /// assert_eq!(<f32 as Float>::from_f64(0.5), 0.5f32);
-/// assert!(<f64 as Float>::CANONICAL_NAN.is_nan());
+/// assert_eq!(<f64 as Float>::ZERO, 0.0);
 /// ```
 pub trait Float:
     sealed::Sealed
+    + crate::Param<State = Self>
     + Copy
     + Debug
     + Default
@@ -47,11 +49,6 @@ pub trait Float:
 {
     /// `0.0`.
     const ZERO: Self;
-    /// The one NaN every path writes (`0x7FC0_0000` for `f32`): see
-    /// [the numerics contract](crate#the-numerics-contract).
-    const CANONICAL_NAN: Self;
-    /// The type's name, for error messages (`"f32"`).
-    const NAME: &'static str;
 
     /// Rounds an `f64` hyper-parameter to this type (round to nearest even).
     fn from_f64(value: f64) -> Self;
@@ -59,13 +56,6 @@ pub trait Float:
     fn to_f64(self) -> f64;
     /// The IEEE square root (correctly rounded).
     fn sqrt(self) -> Self;
-    /// The raw bits, widened to `u64`, for bitwise comparisons in tests.
-    fn to_bits_u64(self) -> u64;
-    /// Whether no element is NaN or infinite. On the bits: a value is
-    /// finite exactly when its magnitude bits are below those of infinity,
-    /// so one unsigned-max reduction over the magnitudes answers for the
-    /// slice; integer max is associative, so the compiler vectorizes it.
-    fn all_finite(xs: &[Self]) -> bool;
 
     /// A SIMD register of this type for instruction set `S`.
     type Lanes<S: Simd>: Copy;
@@ -94,13 +84,11 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($ty:ident, $bits:ident, $lanes:ident, $name:literal,
+    ($ty:ident, $lanes:ident,
      $as_simd:ident, $as_mut_simd:ident, $splat:ident, $add:ident, $sub:ident, $mul:ident,
      $div:ident, $sqrt:ident, $neg:ident, $less:ident, $equal:ident, $select:ident) => {
         impl Float for $ty {
             const ZERO: Self = 0.0;
-            const CANONICAL_NAN: Self = $ty::NAN;
-            const NAME: &'static str = $name;
 
             #[inline(always)]
             fn from_f64(value: f64) -> Self {
@@ -113,18 +101,6 @@ macro_rules! impl_float {
             #[inline(always)]
             fn sqrt(self) -> Self {
                 $ty::sqrt(self)
-            }
-            #[inline(always)]
-            fn to_bits_u64(self) -> u64 {
-                self.to_bits() as u64
-            }
-            #[inline(always)]
-            fn all_finite(xs: &[Self]) -> bool {
-                const MAGNITUDE: $bits = !(1 << ($bits::BITS - 1));
-                let infinity = $ty::INFINITY.to_bits();
-                xs.iter()
-                    .fold(0, |max: $bits, x| max.max(x.to_bits() & MAGNITUDE))
-                    < infinity
             }
 
             type Lanes<S: Simd> = S::$lanes;
@@ -179,9 +155,7 @@ macro_rules! impl_float {
 
 impl_float!(
     f32,
-    u32,
     f32s,
-    "f32",
     as_simd_f32s,
     as_mut_simd_f32s,
     splat_f32s,
@@ -197,9 +171,7 @@ impl_float!(
 );
 impl_float!(
     f64,
-    u64,
     f64s,
-    "f64",
     as_simd_f64s,
     as_mut_simd_f64s,
     splat_f64s,

@@ -196,21 +196,22 @@ impl ResolvedKernel {
 
     /// Runs the kernel on one chunk, on the calling thread.
     #[inline]
-    pub fn run<T: crate::Float>(
+    pub fn run<P: crate::Param>(
         self,
-        c: &crate::step::Coefficients<T>,
-        chunk: crate::step::Chunk<'_, T>,
+        c: &crate::step::Coefficients<P::State>,
+        chunk: crate::step::Chunk<'_, P>,
     ) {
-        use crate::{scalar, simd};
         match self {
-            ResolvedKernel::Scalar => scalar::step(c, chunk),
-            ResolvedKernel::Simd(SimdToken::Fallback) => simd::step(pulp::Scalar::new(), c, chunk),
+            ResolvedKernel::Scalar => crate::scalar::step(c, chunk),
+            ResolvedKernel::Simd(SimdToken::Fallback) => {
+                P::step_simd(pulp::Scalar::new(), c, chunk)
+            }
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            ResolvedKernel::Simd(SimdToken::Avx2(v3)) => simd::step(v3, c, chunk),
+            ResolvedKernel::Simd(SimdToken::Avx2(v3)) => P::step_simd(v3, c, chunk),
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            ResolvedKernel::Simd(SimdToken::Avx512(v4)) => simd::step(v4, c, chunk),
+            ResolvedKernel::Simd(SimdToken::Avx512(v4)) => P::step_simd(v4, c, chunk),
             #[cfg(target_arch = "aarch64")]
-            ResolvedKernel::Simd(SimdToken::Neon(neon)) => simd::step(neon, c, chunk),
+            ResolvedKernel::Simd(SimdToken::Neon(neon)) => P::step_simd(neon, c, chunk),
         }
     }
 }

@@ -11,12 +11,12 @@
 
 use rayon::prelude::*;
 
-use crate::{Float, PARALLEL_MIN_ELEMENTS, Threads};
+use crate::{Float, PARALLEL_MIN_ELEMENTS, Param, Threads};
 
 /// Runs [`Float::all_finite`] compiled for the best instruction set.
 struct Check<'a, T>(&'a [T]);
 
-impl<T: Float> pulp::WithSimd for Check<'_, T> {
+impl<T: Param> pulp::WithSimd for Check<'_, T> {
     type Output = bool;
 
     #[inline(always)]
@@ -25,13 +25,13 @@ impl<T: Float> pulp::WithSimd for Check<'_, T> {
     }
 }
 
-fn all_finite_serial<T: Float>(xs: &[T]) -> bool {
+fn all_finite_serial<T: Param>(xs: &[T]) -> bool {
     pulp::Arch::new().dispatch(Check(xs))
 }
 
 /// Whether every element of `xs` is finite, on rayon's pool for long slices
 /// (unless `threads` is `Single`).
-pub(crate) fn all_finite<T: Float>(xs: &[T], threads: Threads) -> bool {
+pub(crate) fn all_finite<T: Param>(xs: &[T], threads: Threads) -> bool {
     if threads == Threads::Single || xs.len() < 4 * PARALLEL_MIN_ELEMENTS {
         all_finite_serial(xs)
     } else {
@@ -41,9 +41,9 @@ pub(crate) fn all_finite<T: Float>(xs: &[T], threads: Threads) -> bool {
 
 /// The index of the first non-finite element (for the error message; only
 /// called once one is known to exist).
-pub(crate) fn first_non_finite<T: Float>(xs: &[T]) -> Option<usize> {
+pub(crate) fn first_non_finite<T: Param>(xs: &[T]) -> Option<usize> {
     xs.iter().position(|&x| {
-        let y = x * T::ZERO;
+        let y = x.widen() * T::State::ZERO;
         #[allow(clippy::eq_op)]
         let nan = y != y;
         nan

@@ -41,6 +41,37 @@
 //!
 //! [`Execution`] forces a path and a thread count.
 //!
+//! # Mixed precision: `bf16` and `f16` parameters
+//!
+//! Every entry point is generic over the parameter type ([`Param`]): `f32`
+//! and `f64` keep their state in their own type; [`bf16`] and [`f16`]
+//! parameters and gradients keep `f32` state. Each 16-bit element is widened
+//! to `f32` (exact), stepped with the `f32` formula and constants, and
+//! rounded back ([`Rounding`]): to nearest even (the default; `half`'s
+//! `from_f32`, NaN canonical), or stochastically for `bf16` (keyed by seed,
+//! step, stream and element index, so every path writes the same bits). With
+//! [`Hyper::master_weights`] the state also keeps an `f32` copy of the
+//! parameters, which the step updates and rounds into the parameter.
+//!
+//! ```
+//! use fused_rmsprop::{bf16, Hyper, RmsProp, Rounding, State};
+//! let hyper = Hyper::default().with_rounding(Rounding::Stochastic { seed: 1 });
+//! let opt = RmsProp::new(hyper)?;
+//! let mut params = vec![bf16::from_f32(1.0); 4];
+//! let mut state = State::for_params(&params, &hyper); // f32 state
+//! opt.step(&mut params, &[bf16::from_f32(0.5); 4], &mut state)?;
+//! assert!(params.iter().all(|p| p.to_f32() < 1.0));
+//! # Ok::<(), fused_rmsprop::Error>(())
+//! ```
+//!
+//! Memory and traffic per element (plain RMSprop): `f32` 8 bytes kept, 20
+//! moved; `bf16`/`f16` 6 kept (2 parameter + 4 square average), 14 moved
+//! (read 2 + 2 + 4, write 2 + 4); with master weights 10 kept, 20 moved (the
+//! parameter is written, no longer read). Centered and momentum add 4 bytes
+//! kept and 8 moved each, as for `f32`. One call steps one parameter type:
+//! a model with tensors of several types makes one [`RmsProp::step_many`]
+//! call per type (the adapters do).
+//!
 //! # The numerics contract
 //!
 //! Every path — scalar, SIMD with each instruction set, threaded with any
@@ -62,14 +93,21 @@
 //!   square-root/divide unit, not by multiply-add throughput;
 //! - no reciprocal or reciprocal-square-root estimates, no flush-to-zero:
 //!   subnormals are computed as IEEE says;
-//! - **every NaN written is the canonical quiet NaN** ([`Float::CANONICAL_NAN`],
+//! - **every NaN written is the canonical quiet NaN** ([`Param::CANONICAL_NAN`],
 //!   `0x7FC0_0000` for `f32`). Which NaN an IEEE operation returns when both
 //!   operands are NaN depends on operand order, which the compiler is free to
 //!   commute; canonicalizing the outputs (one compare and one blend per
 //!   written value) makes that invisible. A NaN in the inputs still flows into
 //!   the outputs exactly where the formula puts it; only its payload is fixed.
 //!
-//! The tests (`tests/paths.rs`) check the contract with proptest on arbitrary
+//! For 16-bit parameters the contract extends unchanged: the SIMD path does
+//! the widening and rounding in vector registers, with integer and `f32`
+//! lane operations that the tests hold equal to `half` on all 65,536 bit
+//! patterns (widening) and on every value near each of them (rounding), on
+//! every instruction set; `f16` and `bf16` outputs that are NaN are the
+//! canonical `0x7E00` and `0x7FC0`.
+//!
+//! The tests (`tests/paths.rs`, `tests/half_paths.rs`) check the contract with proptest on arbitrary
 //! bit patterns and realistic values, every variant, lengths 0 to a few
 //! thousand and unaligned sub-slices, for every instruction set the machine
 //! has.
@@ -89,20 +127,26 @@ mod error;
 mod execution;
 mod finite;
 mod parallel;
+mod param;
 #[allow(unsafe_code)]
 mod prefetch;
+mod rounding;
 mod scalar;
 mod simd;
+mod simd_half;
 mod state;
 mod step;
 #[cfg(feature = "proptest")]
 pub mod testing;
 
-pub use config::{EpsPlacement, Hyper, NonFinite, WeightDecay};
+pub use config::{EpsPlacement, Hyper, NonFinite, Rounding, WeightDecay};
 pub use element::Float;
 pub use error::Error;
 pub use execution::{Execution, Isa, Kernel, Threads};
+/// The 16-bit float types the kernel steps, re-exported from `half`.
+pub use half::{bf16, f16};
 pub use parallel::PARALLEL_MIN_ELEMENTS;
+pub use param::Param;
 pub use state::{State, StateSlices};
 
 use execution::ResolvedKernel;
@@ -117,7 +161,7 @@ use execution::ResolvedKernel;
 /// assert_eq!(fused_rmsprop::find_non_finite(&[1.0f32, 2.0]), None);
 /// assert_eq!(fused_rmsprop::find_non_finite(&[1.0f32, f32::INFINITY]), Some(1));
 /// ```
-pub fn find_non_finite<T: Float>(xs: &[T]) -> Option<usize> {
+pub fn find_non_finite<T: Param>(xs: &[T]) -> Option<usize> {
     if finite::all_finite(xs, Threads::Auto) {
         None
     } else {
@@ -191,7 +235,7 @@ pub struct RmsProp {
 }
 
 /// One parameter tensor of a multi-tensor step: its parameters, gradients
-/// and state, as slices.
+/// and state, as slices; for stochastic rounding, its step number and stream.
 ///
 /// ```
 /// use fused_rmsprop::{Group, StateSlices};
@@ -200,16 +244,24 @@ pub struct RmsProp {
 /// # let _ = group;
 /// ```
 #[derive(Debug)]
-pub struct Group<'a, T> {
+pub struct Group<'a, P: Param> {
     /// The parameters, updated in place.
-    pub params: &'a mut [T],
+    pub params: &'a mut [P],
     /// The gradients, read only.
-    pub grads: &'a [T],
+    pub grads: &'a [P],
     /// The state, updated in place.
-    pub state: StateSlices<'a, T>,
+    pub state: StateSlices<'a, P::State>,
+    /// The step number that keys [`Rounding::Stochastic`]'s random bits
+    /// (pass the state's step count, so each step draws new bits); 0 by
+    /// default. Unused when rounding to nearest.
+    pub step: u64,
+    /// Which tensor, for [`Rounding::Stochastic`]: tensors stepped with the
+    /// same seed and step number draw independent bits when their streams
+    /// differ (an adapter passes the parameter's index); 0 by default.
+    pub stream: u64,
 }
 
-impl<'a, T> Group<'a, T> {
+impl<'a, P: Param> Group<'a, P> {
     /// Bundles one tensor's slices.
     ///
     /// ```
@@ -217,12 +269,29 @@ impl<'a, T> Group<'a, T> {
     /// let (mut p, mut v) = ([0.0f64; 1], [0.0f64; 1]);
     /// let _ = Group::new(&mut p, &[1.0], StateSlices::new(&mut v));
     /// ```
-    pub fn new(params: &'a mut [T], grads: &'a [T], state: StateSlices<'a, T>) -> Self {
+    pub fn new(params: &'a mut [P], grads: &'a [P], state: StateSlices<'a, P::State>) -> Self {
         Self {
             params,
             grads,
             state,
+            step: 0,
+            stream: 0,
         }
+    }
+
+    /// Sets the step number and stream that key stochastic rounding.
+    ///
+    /// ```
+    /// # use fused_rmsprop::{Group, StateSlices};
+    /// let (mut p, mut v) = ([0.0f32; 1], [0.0f32; 1]);
+    /// let g = Group::new(&mut p, &[1.0], StateSlices::new(&mut v)).with_rounding_key(3, 1);
+    /// assert_eq!((g.step, g.stream), (3, 1));
+    /// ```
+    #[must_use]
+    pub fn with_rounding_key(mut self, step: u64, stream: u64) -> Self {
+        self.step = step;
+        self.stream = stream;
+        self
     }
 }
 
@@ -306,11 +375,11 @@ impl RmsProp {
     /// assert_eq!(s.step, 1);
     /// # Ok::<(), fused_rmsprop::Error>(())
     /// ```
-    pub fn step<T: Float>(
+    pub fn step<P: Param>(
         &self,
-        params: &mut [T],
-        grads: &[T],
-        state: &mut State<T>,
+        params: &mut [P],
+        grads: &[P],
+        state: &mut State<P::State>,
     ) -> Result<StepReport, Error> {
         self.step_with_lr(self.hyper.lr, params, grads, state)
     }
@@ -331,14 +400,16 @@ impl RmsProp {
     /// assert_eq!(p, [1.0; 3]);
     /// # Ok::<(), fused_rmsprop::Error>(())
     /// ```
-    pub fn step_with_lr<T: Float>(
+    pub fn step_with_lr<P: Param>(
         &self,
         lr: f64,
-        params: &mut [T],
-        grads: &[T],
-        state: &mut State<T>,
+        params: &mut [P],
+        grads: &[P],
+        state: &mut State<P::State>,
     ) -> Result<StepReport, Error> {
-        let report = self.step_slices(lr, params, grads, state.slices_mut())?;
+        let step = state.step;
+        let group = Group::new(params, grads, state.slices_mut()).with_rounding_key(step, 0);
+        let report = self.step_many(lr, [group])?;
         if !report.is_skipped(0) {
             state.step += 1;
         }
@@ -359,12 +430,12 @@ impl RmsProp {
     /// assert!(v[0] > 0.0);
     /// # Ok::<(), fused_rmsprop::Error>(())
     /// ```
-    pub fn step_slices<T: Float>(
+    pub fn step_slices<P: Param>(
         &self,
         lr: f64,
-        params: &mut [T],
-        grads: &[T],
-        state: StateSlices<'_, T>,
+        params: &mut [P],
+        grads: &[P],
+        state: StateSlices<'_, P::State>,
     ) -> Result<StepReport, Error> {
         self.step_many(lr, [Group::new(params, grads, state)])
     }
@@ -390,16 +461,23 @@ impl RmsProp {
     /// assert!(w[0] < 1.0 && b[0] < 0.0);
     /// # Ok::<(), fused_rmsprop::Error>(())
     /// ```
-    pub fn step_many<'a, T: Float>(
+    pub fn step_many<'a, P: Param>(
         &self,
         lr: f64,
-        groups: impl IntoIterator<Item = Group<'a, T>>,
+        groups: impl IntoIterator<Item = Group<'a, P>>,
     ) -> Result<StepReport, Error> {
-        let coefficients = Coefficients::<T>::new(&self.hyper, lr)?;
+        let coefficients = Coefficients::<P::State>::new(&self.hyper, lr, P::NARROWS)?;
+        let seed = match self.hyper.rounding {
+            Rounding::Stochastic { seed } if coefficients.stochastic => Some(seed),
+            _ => None,
+        };
         let mut chunks = groups
             .into_iter()
             .enumerate()
-            .map(|(i, g)| Chunk::new(i, &coefficients, g.params, g.grads, g.state))
+            .map(|(i, g)| {
+                let key = seed.map_or(0, |seed| rounding::key(seed, g.step, g.stream));
+                Chunk::new(i, &coefficients, g.params, g.grads, g.state, key)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut report = StepReport::default();
         if self.hyper.non_finite != NonFinite::Propagate {
@@ -411,11 +489,11 @@ impl RmsProp {
 
     /// The chunks whose gradients are all finite; the others are skipped
     /// (listed in `report`) or, under [`NonFinite::Error`], the error.
-    fn keep_finite<'a, T: Float>(
+    fn keep_finite<'a, P: Param>(
         &self,
-        chunks: Vec<Chunk<'a, T>>,
+        chunks: Vec<Chunk<'a, P>>,
         report: &mut StepReport,
-    ) -> Result<Vec<Chunk<'a, T>>, Error> {
+    ) -> Result<Vec<Chunk<'a, P>>, Error> {
         let mut kept = Vec::with_capacity(chunks.len());
         for (group, chunk) in chunks.into_iter().enumerate() {
             if finite::all_finite(chunk.grads, self.execution.threads) {

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::execution::ResolvedKernel;
 use crate::step::{Chunk, Coefficients};
-use crate::{Float, Threads};
+use crate::{Param, Threads};
 
 /// Below this many elements in one call, [`Threads::Auto`] stays on the
 /// calling thread. Measured with the `threshold` group of
@@ -32,11 +32,11 @@ const TASK_ALIGN_ELEMENTS: usize = 64;
 const TASKS_PER_THREAD: usize = 4;
 
 /// Runs `chunks` with `kernel` on the threads `threads` asks for.
-pub(crate) fn run<T: Float>(
+pub(crate) fn run<P: Param>(
     kernel: ResolvedKernel,
     threads: Threads,
-    c: &Coefficients<T>,
-    chunks: Vec<Chunk<'_, T>>,
+    c: &Coefficients<P::State>,
+    chunks: Vec<Chunk<'_, P>>,
 ) {
     let total: usize = chunks.iter().map(Chunk::len).sum();
     let (tasks, align) = match threads {
@@ -70,12 +70,12 @@ pub(crate) fn run<T: Float>(
 /// Packs `chunks` (`total` elements) into at most `tasks` tasks of about
 /// equal element count (a multiple of `align`), cutting chunks where a task
 /// fills up.
-fn pack<'a, T>(
-    chunks: Vec<Chunk<'a, T>>,
+fn pack<'a, P: Param>(
+    chunks: Vec<Chunk<'a, P>>,
     total: usize,
     tasks: usize,
     align: usize,
-) -> Vec<Vec<Chunk<'a, T>>> {
+) -> Vec<Vec<Chunk<'a, P>>> {
     let per_task = total.div_ceil(tasks).next_multiple_of(align).max(1);
     let mut packed = Vec::with_capacity(tasks + 1);
     let mut current = Vec::new();
@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn pack_cuts_large_tensors_and_groups_small_ones_by_elements() {
-        let c = Coefficients::<f32>::new(&Hyper::default(), 0.01).unwrap();
+        let c = Coefficients::<f32>::new(&Hyper::default(), 0.01, false).unwrap();
         let sizes = [300, 10, 10, 20];
         let mut buffers: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = sizes
             .iter()
@@ -124,7 +124,7 @@ mod tests {
         let chunks: Vec<_> = buffers
             .iter_mut()
             .enumerate()
-            .map(|(i, (p, g, v))| Chunk::new(i, &c, p, g, StateSlices::new(v)).unwrap())
+            .map(|(i, (p, g, v))| Chunk::new(i, &c, p, g, StateSlices::new(v), 0).unwrap())
             .collect();
         let tasks = pack(chunks, 340, 3, 64);
         // 340 / 3 rounds up to 114, then to a multiple of 64: 128 per task.

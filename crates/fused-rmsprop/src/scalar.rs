@@ -7,17 +7,22 @@
 //! No operation here is fused: Rust never contracts `a * b + c` into an FMA,
 //! and the SIMD kernel uses separate multiply and add instructions to match.
 
-use crate::Float;
 use crate::step::{Chunk, Coefficients};
+use crate::{Float, Param, rounding};
 
-/// Steps every element of `chunk`, in order.
-pub(crate) fn step<T: Float>(c: &Coefficients<T>, chunk: Chunk<'_, T>) {
+/// Steps every element of `chunk`, in order. A 16-bit parameter is widened
+/// to `f32` (or read from its master copy), stepped in `f32`, and rounded
+/// back; for `f32` and `f64` both conversions are the identity.
+pub(crate) fn step<P: Param>(c: &Coefficients<P::State>, chunk: Chunk<'_, P>) {
     let Chunk {
         params,
         grads,
         square_avg,
         grad_avg,
         momentum_buf,
+        master,
+        offset,
+        key,
     } = chunk;
     for i in 0..params.len() {
         let grad_avg = if c.centered {
@@ -30,32 +35,46 @@ pub(crate) fn step<T: Float>(c: &Coefficients<T>, chunk: Chunk<'_, T>) {
         } else {
             None
         };
-        update_element(
+        let p = if c.master {
+            master[i]
+        } else {
+            params[i].widen()
+        };
+        let p = update_element(
             c,
-            &mut params[i],
-            grads[i],
+            p,
+            grads[i].widen(),
             &mut square_avg[i],
             grad_avg,
             momentum_buf,
         );
+        if c.master {
+            master[i] = p;
+        }
+        params[i] = if c.stochastic {
+            P::round_stochastic(p, rounding::random_bits(key, offset + i as u64))
+        } else {
+            P::round_nearest(p)
+        };
     }
 }
 
 /// The RMSprop update of one element: the formula of [`Hyper`](crate::Hyper).
+/// Returns the new parameter value (NaN canonical).
 #[inline(always)]
 fn update_element<T: Float>(
     c: &Coefficients<T>,
-    param: &mut T,
+    param: T,
     grad: T,
     square_avg: &mut T,
     grad_avg: Option<&mut T>,
     momentum_buf: Option<&mut T>,
-) {
+) -> T {
     let mut g = grad;
     if c.maximize {
         g = -g;
     }
-    let mut p = *param;
+    let mut p = param;
     if let Some(wd) = c.coupled_weight_decay {
         g = g + wd * p;
     }
@@ -89,10 +108,10 @@ fn update_element<T: Float>(
         step = if c.nesterov { step + momentum * b } else { b };
     }
 
-    *param = canonical(p - c.lr * step);
+    canonical(p - c.lr * step)
 }
 
-/// Every NaN becomes [`Float::CANONICAL_NAN`], so that which NaN an operation
+/// Every NaN becomes [`Param::CANONICAL_NAN`], so that which NaN an operation
 /// propagates (which the compiler may change by commuting operands) never
 /// shows in the output.
 #[inline(always)]

@@ -9,37 +9,45 @@
 
 use pulp::{Simd, WithSimd};
 
-use crate::Float;
 use crate::step::{Chunk, Coefficients};
+use crate::{Float, Param};
 use crate::{prefetch, scalar};
 
 /// Steps `chunk` with instruction set `simd`.
 #[inline(always)]
-pub(crate) fn step<T: Float, S: Simd>(simd: S, c: &Coefficients<T>, chunk: Chunk<'_, T>) {
+pub(crate) fn step<T: Float + Param<State = T>, S: Simd>(
+    simd: S,
+    c: &Coefficients<T>,
+    chunk: Chunk<'_, T>,
+) {
     simd.vectorize(Kernel {
         coefficients: c,
         chunk,
     });
 }
 
-struct Kernel<'a, 'c, T> {
+struct Kernel<'a, 'c, T: Param> {
     coefficients: &'c Coefficients<T>,
     chunk: Chunk<'a, T>,
 }
 
-impl<T: Float> WithSimd for Kernel<'_, '_, T> {
+impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let c = self.coefficients;
+        let width = core::mem::size_of::<T::Lanes<S>>() / core::mem::size_of::<T>();
+        let whole = self.chunk.len() / width * width;
+        let (head, tail) = self.chunk.split_at(whole);
         let Chunk {
             params,
             grads,
             square_avg,
             grad_avg,
             momentum_buf,
-        } = self.chunk;
+            ..
+        } = head;
         let (params_head, params_tail) = T::as_lanes_mut::<S>(params);
         let (grads_head, grads_tail) = T::as_lanes::<S>(grads);
         let (square_head, square_tail) = T::as_lanes_mut::<S>(square_avg);
@@ -64,33 +72,27 @@ impl<T: Float> WithSimd for Kernel<'_, '_, T> {
             } else {
                 None
             };
-            update_lanes(
+            params_head[i] = update_lanes(
                 simd,
                 c,
                 &lanes,
-                &mut params_head[i],
+                params_head[i],
                 grads_head[i],
                 &mut square_head[i],
                 grad_avg,
                 momentum_buf,
             );
         }
+        debug_assert!(params_tail.is_empty() && grads_tail.is_empty());
+        debug_assert!(square_tail.is_empty() && grad_avg_tail.is_empty());
+        debug_assert!(momentum_tail.is_empty());
 
-        scalar::step(
-            c,
-            Chunk {
-                params: params_tail,
-                grads: grads_tail,
-                square_avg: square_tail,
-                grad_avg: grad_avg_tail,
-                momentum_buf: momentum_tail,
-            },
-        );
+        scalar::step(c, tail);
     }
 }
 
 /// The coefficients broadcast to every lane, once per chunk.
-struct LaneCoefficients<L> {
+pub(crate) struct LaneCoefficients<L> {
     lr: L,
     alpha: L,
     one_minus_alpha: L,
@@ -102,7 +104,7 @@ struct LaneCoefficients<L> {
 
 impl<L: Copy> LaneCoefficients<L> {
     #[inline(always)]
-    fn splat<T: Float<Lanes<S> = L>, S: Simd>(simd: S, c: &Coefficients<T>) -> Self {
+    pub(crate) fn splat<T: Float<Lanes<S> = L>, S: Simd>(simd: S, c: &Coefficients<T>) -> Self {
         let splat = |x: T| T::lanes_splat(simd, x);
         Self {
             lr: splat(c.lr),
@@ -116,19 +118,20 @@ impl<L: Copy> LaneCoefficients<L> {
     }
 }
 
-/// [`scalar::update_element`](crate::scalar), on a register of lanes.
+/// [`scalar::update_element`](crate::scalar), on a register of lanes:
+/// returns the new parameters (NaN canonical).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn update_lanes<T: Float, S: Simd>(
+pub(crate) fn update_lanes<T: Float, S: Simd>(
     simd: S,
     c: &Coefficients<T>,
     k: &LaneCoefficients<T::Lanes<S>>,
-    param: &mut T::Lanes<S>,
+    param: T::Lanes<S>,
     grad: T::Lanes<S>,
     square_avg: &mut T::Lanes<S>,
     grad_avg: Option<&mut T::Lanes<S>>,
     momentum_buf: Option<&mut T::Lanes<S>>,
-) {
+) -> T::Lanes<S> {
     let add = |a, b| T::lanes_add(simd, a, b);
     let sub = |a, b| T::lanes_sub(simd, a, b);
     let mul = |a, b| T::lanes_mul(simd, a, b);
@@ -138,7 +141,7 @@ fn update_lanes<T: Float, S: Simd>(
     if c.maximize {
         g = T::lanes_neg(simd, g);
     }
-    let mut p = *param;
+    let mut p = param;
     if c.coupled_weight_decay.is_some() {
         g = add(g, mul(k.coupled_weight_decay, p));
     }
@@ -176,5 +179,5 @@ fn update_lanes<T: Float, S: Simd>(
         };
     }
 
-    *param = canonical(sub(p, mul(k.lr, step)));
+    canonical(sub(p, mul(k.lr, step)))
 }

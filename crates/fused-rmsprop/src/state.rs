@@ -1,12 +1,10 @@
 //! Optimizer state: owned ([`State`]) or borrowed from a framework's tensors
 //! ([`StateSlices`]).
 //!
-//! The state's element type is a parameter of its own (`S`), separate from
-//! the parameter's: today both are `f32` or both `f64`; a mixed-precision step
-//! (bf16 params and grads, f32 state, as DeepSpeed's CPU Adam) would keep
-//! these types and add a parameter-storage type that converts on load/store.
+//! The state's element type is the parameter's [`Param::State`]: `f32` for
+//! `f32`, `bf16` and `f16` parameters, `f64` for `f64`.
 
-use crate::{Float, Hyper};
+use crate::{Float, Hyper, Param};
 
 /// The state of one parameter tensor, owned: the buffers the hyper-parameters
 /// need, and the number of steps taken.
@@ -30,6 +28,9 @@ pub struct State<S: Float> {
     pub grad_avg: Option<Vec<S>>,
     /// Momentum buffer (momentum > 0 only).
     pub momentum_buf: Option<Vec<S>>,
+    /// The `f32` master copy of a 16-bit parameter
+    /// ([`Hyper::master_weights`] only; made by [`State::for_params`]).
+    pub master: Option<Vec<S>>,
     /// Successful steps taken with this state.
     pub step: u64,
 }
@@ -48,8 +49,30 @@ impl<S: Float> State<S> {
             square_avg: vec![S::from_f64(hyper.initial_square_avg); len],
             grad_avg: hyper.needs_grad_avg().then(|| vec![S::ZERO; len]),
             momentum_buf: hyper.needs_momentum_buf().then(|| vec![S::ZERO; len]),
+            master: None,
             step: 0,
         }
+    }
+
+    /// Fresh state for `params`: as [`State::new`], plus the master copy
+    /// (the parameters widened, exactly) when `hyper.master_weights` is on
+    /// and the parameters are 16-bit.
+    ///
+    /// ```
+    /// use fused_rmsprop::{Hyper, State};
+    /// use half::bf16;
+    /// let params = [bf16::from_f32(0.5), bf16::from_f32(-2.0)];
+    /// let s = State::for_params(&params, &Hyper::default().with_master_weights(true));
+    /// assert_eq!(s.master, Some(vec![0.5f32, -2.0]));
+    /// let plain = State::for_params(&[1.0f32], &Hyper::default().with_master_weights(true));
+    /// assert_eq!(plain.master, None);
+    /// ```
+    pub fn for_params<P: Param<State = S>>(params: &[P], hyper: &Hyper) -> Self {
+        let mut state = Self::new(params.len(), hyper);
+        if P::NARROWS && hyper.master_weights {
+            state.master = Some(params.iter().map(|p| p.widen()).collect());
+        }
+        state
     }
 
     /// Borrows the buffers as a [`StateSlices`] view.
@@ -64,6 +87,7 @@ impl<S: Float> State<S> {
             square_avg: &mut self.square_avg,
             grad_avg: self.grad_avg.as_deref_mut(),
             momentum_buf: self.momentum_buf.as_deref_mut(),
+            master: self.master.as_deref_mut(),
         }
     }
 }
@@ -86,6 +110,9 @@ pub struct StateSlices<'a, S> {
     pub grad_avg: Option<&'a mut [S]>,
     /// Momentum buffer (needed when momentum > 0).
     pub momentum_buf: Option<&'a mut [S]>,
+    /// `f32` master copy of a 16-bit parameter (needed with
+    /// [`Hyper::master_weights`] on a 16-bit parameter).
+    pub master: Option<&'a mut [S]>,
 }
 
 impl<'a, S> StateSlices<'a, S> {
@@ -101,6 +128,7 @@ impl<'a, S> StateSlices<'a, S> {
             square_avg,
             grad_avg: None,
             momentum_buf: None,
+            master: None,
         }
     }
 
@@ -127,6 +155,19 @@ impl<'a, S> StateSlices<'a, S> {
     #[must_use]
     pub fn with_momentum_buf(mut self, momentum_buf: &'a mut [S]) -> Self {
         self.momentum_buf = Some(momentum_buf);
+        self
+    }
+
+    /// Adds a `master` buffer.
+    ///
+    /// ```
+    /// # use fused_rmsprop::StateSlices;
+    /// let (mut v, mut m) = ([0.0f32; 2], [0.5f32; 2]);
+    /// assert!(StateSlices::new(&mut v).with_master(&mut m).master.is_some());
+    /// ```
+    #[must_use]
+    pub fn with_master(mut self, master: &'a mut [S]) -> Self {
+        self.master = Some(master);
         self
     }
 }

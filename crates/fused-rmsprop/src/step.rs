@@ -7,7 +7,7 @@
 //! constant differently from another.
 
 use crate::config::validate_lr;
-use crate::{EpsPlacement, Error, Float, Hyper, StateSlices, WeightDecay};
+use crate::{EpsPlacement, Error, Float, Hyper, Param, Rounding, StateSlices, WeightDecay};
 
 /// The per-step constants of the update, in the element type.
 #[derive(Clone, Copy, Debug)]
@@ -27,12 +27,20 @@ pub(crate) struct Coefficients<T> {
     /// `Some(momentum)` when momentum > 0.
     pub momentum: Option<T>,
     pub nesterov: bool,
+    /// The parameter is read from (and the new value kept in) an `f32`
+    /// master copy: master weights on a 16-bit parameter.
+    pub master: bool,
+    /// 16-bit parameters are rounded stochastically (keyed by each chunk's
+    /// [`Chunk::key`]).
+    pub stochastic: bool,
 }
 
 impl<T: Float> Coefficients<T> {
     /// The constants for one step of `hyper` (already validated) at
     /// learning rate `lr`.
-    pub fn new(hyper: &Hyper, lr: f64) -> Result<Self, Error> {
+    /// `narrows` says whether the parameter type is narrower than `T`
+    /// ([`Param::NARROWS`]): only then do rounding and master weights apply.
+    pub fn new(hyper: &Hyper, lr: f64, narrows: bool) -> Result<Self, Error> {
         validate_lr(lr)?;
         Ok(Self {
             lr: T::from_f64(lr),
@@ -55,31 +63,42 @@ impl<T: Float> Coefficients<T> {
                 .needs_momentum_buf()
                 .then(|| T::from_f64(hyper.momentum)),
             nesterov: hyper.nesterov,
+            master: narrows && hyper.master_weights,
+            stochastic: narrows && matches!(hyper.rounding, Rounding::Stochastic { .. }),
         })
     }
 }
 
 /// Equal-length slices of one parameter (or a piece of one): the unit every
 /// path works on. `grad_avg` is empty unless centered, `momentum_buf` empty
-/// unless momentum is on; [`Chunk::new`] guarantees both.
+/// unless momentum is on, `master` empty unless master weights apply;
+/// [`Chunk::new`] guarantees all three.
 #[derive(Debug)]
-pub(crate) struct Chunk<'a, T> {
-    pub params: &'a mut [T],
-    pub grads: &'a [T],
-    pub square_avg: &'a mut [T],
-    pub grad_avg: &'a mut [T],
-    pub momentum_buf: &'a mut [T],
+pub(crate) struct Chunk<'a, P: Param> {
+    pub params: &'a mut [P],
+    pub grads: &'a [P],
+    pub square_avg: &'a mut [P::State],
+    pub grad_avg: &'a mut [P::State],
+    pub momentum_buf: &'a mut [P::State],
+    pub master: &'a mut [P::State],
+    /// The index of the first element within its tensor (stochastic
+    /// rounding is keyed by it).
+    pub offset: u64,
+    /// The tensor's stochastic-rounding key (seed, step, stream); 0 when
+    /// rounding to nearest.
+    pub key: u64,
 }
 
-impl<'a, T> Chunk<'a, T> {
+impl<'a, P: Param> Chunk<'a, P> {
     /// Checks every length against the parameter's, and that the buffers the
     /// coefficients need are present. Writes nothing.
-    pub fn new<C>(
+    pub fn new(
         group: usize,
-        coefficients: &Coefficients<C>,
-        params: &'a mut [T],
-        grads: &'a [T],
-        state: StateSlices<'a, T>,
+        coefficients: &Coefficients<P::State>,
+        params: &'a mut [P],
+        grads: &'a [P],
+        state: StateSlices<'a, P::State>,
+        key: u64,
     ) -> Result<Self, Error> {
         let expected = params.len();
         let check_len = |buffer: &'static str, actual: usize| {
@@ -94,13 +113,14 @@ impl<'a, T> Chunk<'a, T> {
                 })
             }
         };
-        let required = |buffer: &'static str, needed: bool, slice: Option<&'a mut [T]>| match (
-            needed, slice,
-        ) {
-            (false, _) => Ok(Default::default()),
-            (true, None) => Err(Error::MissingState { group, buffer }),
-            (true, Some(slice)) => check_len(buffer, slice.len()).map(|()| slice),
-        };
+        let required =
+            |buffer: &'static str, needed: bool, slice: Option<&'a mut [P::State]>| match (
+                needed, slice,
+            ) {
+                (false, _) => Ok(Default::default()),
+                (true, None) => Err(Error::MissingState { group, buffer }),
+                (true, Some(slice)) => check_len(buffer, slice.len()).map(|()| slice),
+            };
         check_len("grads", grads.len())?;
         check_len("square_avg", state.square_avg.len())?;
         let grad_avg = required("grad_avg", coefficients.centered, state.grad_avg)?;
@@ -109,12 +129,16 @@ impl<'a, T> Chunk<'a, T> {
             coefficients.momentum.is_some(),
             state.momentum_buf,
         )?;
+        let master = required("master", coefficients.master, state.master)?;
         Ok(Self {
             params,
             grads,
             square_avg: state.square_avg,
             grad_avg,
             momentum_buf,
+            master,
+            offset: 0,
+            key,
         })
     }
 
@@ -138,6 +162,7 @@ impl<'a, T> Chunk<'a, T> {
         let (square_a, square_b) = self.square_avg.split_at_mut(mid);
         let (grad_avg_a, grad_avg_b) = split(self.grad_avg, mid);
         let (momentum_a, momentum_b) = split(self.momentum_buf, mid);
+        let (master_a, master_b) = split(self.master, mid);
         (
             Chunk {
                 params: params_a,
@@ -145,6 +170,9 @@ impl<'a, T> Chunk<'a, T> {
                 square_avg: square_a,
                 grad_avg: grad_avg_a,
                 momentum_buf: momentum_a,
+                master: master_a,
+                offset: self.offset,
+                key: self.key,
             },
             Chunk {
                 params: params_b,
@@ -152,6 +180,9 @@ impl<'a, T> Chunk<'a, T> {
                 square_avg: square_b,
                 grad_avg: grad_avg_b,
                 momentum_buf: momentum_b,
+                master: master_b,
+                offset: self.offset + mid as u64,
+                key: self.key,
             },
         )
     }

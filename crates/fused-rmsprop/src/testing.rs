@@ -12,7 +12,7 @@
 
 use proptest::prelude::*;
 
-use crate::{EpsPlacement, Float, Hyper, NonFinite, WeightDecay};
+use crate::{EpsPlacement, Float, Hyper, NonFinite, Param, Rounding, WeightDecay, bf16, f16};
 
 /// Values that break naive kernels: signed zeros, infinities, NaNs of both
 /// signs and with payloads, the smallest subnormal, the largest finite
@@ -131,6 +131,59 @@ pub fn hyper() -> impl Strategy<Value = Hyper> {
                 weight_decay,
                 maximize,
                 non_finite: NonFinite::Propagate,
+                ..Hyper::default()
             },
         )
+}
+
+/// Valid hyper-parameters as [`hyper`], with every rounding option for
+/// 16-bit parameters: nearest or stochastic (with a drawn seed), with or
+/// without master weights.
+pub fn half_hyper() -> impl Strategy<Value = Hyper> {
+    let rounding = prop_oneof![
+        Just(Rounding::Nearest),
+        any::<u64>().prop_map(|seed| Rounding::Stochastic { seed }),
+    ];
+    (hyper(), rounding, any::<bool>()).prop_map(|(hyper, rounding, master_weights)| {
+        hyper
+            .with_rounding(rounding)
+            .with_master_weights(master_weights)
+    })
+}
+
+/// A 16-bit parameter type proptest can draw: `bf16` or `f16`.
+pub trait Arbitrary16: Param<State = f32> {
+    /// Any bit pattern of the type.
+    fn any_bits() -> BoxedStrategy<Self>;
+    /// `x` rounded to nearest.
+    fn from_f32(x: f32) -> Self;
+}
+
+impl Arbitrary16 for bf16 {
+    fn any_bits() -> BoxedStrategy<Self> {
+        any::<u16>().prop_map(bf16::from_bits).boxed()
+    }
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+}
+
+impl Arbitrary16 for f16 {
+    fn any_bits() -> BoxedStrategy<Self> {
+        any::<u16>().prop_map(f16::from_bits).boxed()
+    }
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+}
+
+/// One 16-bit element: [`element`]'s mix of realistic, special and
+/// arbitrary values, rounded to the type, plus arbitrary bit patterns of
+/// the type itself (its NaNs with payloads, its subnormals).
+pub fn half_element<H: Arbitrary16>() -> BoxedStrategy<H> {
+    prop_oneof![
+        4 => element::<f32>().prop_map(H::from_f32),
+        1 => H::any_bits(),
+    ]
+    .boxed()
 }

@@ -184,6 +184,40 @@ fn step_counts_only_successful_steps() {
 fn zero_length_step_is_a_no_op() {
     let opt = RmsProp::new(Hyper::default().with_momentum(0.9).with_centered(true)).unwrap();
     let mut s = State::<f32>::new(0, opt.hyper());
-    opt.step(&mut [], &[], &mut s).unwrap();
+    opt.step::<f32>(&mut [], &[], &mut s).unwrap();
     assert_eq!(s.step, 1);
+}
+
+/// One plain step of a 16-bit parameter, by hand: p = 1, g = 0.5, lr 0.01,
+/// alpha 0.99, eps 1e-8. v = 0.01 * 0.25 = 0.0025, sqrt(v) = 0.05, the step
+/// is 0.5 / 0.05 = 10 (less 2e-7 from eps), p = 1 - 0.1 = 0.9 in f32. In
+/// bf16 (8 bits of precision, ulp 2^-8 in [0.5, 1)) 0.9 lies between
+/// 230 * 2^-8 = 0.8984375 and 231 * 2^-8 = 0.90234375, nearer the first; in
+/// f16 (ulp 2^-11) between 1843 * 2^-11 = 0.89990234375 and 1844 * 2^-11,
+/// nearer the first. The state keeps v in f32.
+#[test]
+fn half_precision_step_matches_hand_computed_values() {
+    let opt = RmsProp::new(Hyper::default()).unwrap();
+    let mut p = [fused_rmsprop::bf16::from_f32(1.0)];
+    let mut s = State::new(1, opt.hyper());
+    opt.step(&mut p, &[fused_rmsprop::bf16::from_f32(0.5)], &mut s)
+        .unwrap();
+    assert_eq!(p[0].to_f64(), 0.8984375);
+    assert_eq!(s.square_avg[0], 0.0025f32);
+
+    let mut p = [fused_rmsprop::f16::from_f32(1.0)];
+    let mut s = State::new(1, opt.hyper());
+    opt.step(&mut p, &[fused_rmsprop::f16::from_f32(0.5)], &mut s)
+        .unwrap();
+    assert_eq!(p[0].to_f64(), 1843.0 / 2048.0);
+
+    // With master weights the f32 value is kept: 0.9 less rounding of f32.
+    let master = Hyper::default().with_master_weights(true);
+    let opt = RmsProp::new(master).unwrap();
+    let mut p = [fused_rmsprop::bf16::from_f32(1.0)];
+    let mut s = State::for_params(&p, &master);
+    opt.step(&mut p, &[fused_rmsprop::bf16::from_f32(0.5)], &mut s)
+        .unwrap();
+    assert!((s.master.as_ref().unwrap()[0] - 0.9).abs() < 1e-6);
+    assert_eq!(p[0].to_f64(), 0.8984375);
 }

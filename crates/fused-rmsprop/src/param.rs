@@ -1,0 +1,617 @@
+//! The parameter types a step updates: `f32` and `f64`, computed in their
+//! own type, and the 16-bit `bf16` and `f16`, widened to `f32` (their state
+//! is `f32`) and rounded back.
+//!
+//! A 16-bit element is stepped in three moves, the same on every path:
+//! widen the parameter (or read its `f32` master copy) and the gradient to
+//! `f32`, which is exact; run the spec's formula in `f32`; round the new
+//! value back to the parameter type, to nearest even or stochastically
+//! ([`Rounding`](crate::Rounding)). The conversions here come in two forms
+//! that the tests hold equal on every bit pattern: one element at a time
+//! (the spec, with `half` as the reference) and a register of `u32` lanes at
+//! a time (integer and `f32` operations only, so every instruction set runs
+//! the same sequence).
+
+// The sealed supertrait's kernels take the crate's private chunk types; the
+// trait cannot be named (or implemented) outside the crate, so nothing
+// private leaks, but the lint sees the impls as reachable.
+#![allow(private_interfaces)]
+
+use core::fmt::Debug;
+
+use half::{bf16, f16};
+use pulp::Simd;
+
+use crate::Float;
+
+pub(crate) mod sealed {
+    use crate::step::{Chunk, Coefficients};
+
+    /// The per-type kernels: not part of the public API.
+    pub trait Sealed: Sized {
+        /// Steps `chunk` on instruction set `simd`.
+        fn step_simd<S: pulp::Simd>(
+            simd: S,
+            c: &Coefficients<<Self as super::Param>::State>,
+            chunk: Chunk<'_, Self>,
+        ) where
+            Self: super::Param;
+    }
+}
+
+/// A parameter (and gradient) type the kernel steps: `f32`, `f64`,
+/// [`half::bf16`] or [`half::f16`].
+///
+/// The state is kept in [`Param::State`]: the type itself for `f32` and
+/// `f64`, `f32` for the 16-bit types. The trait is sealed.
+///
+/// ```
+/// use fused_rmsprop::Param;
+/// use half::bf16;
+/// assert_eq!(bf16::from_f32(1.5).widen(), 1.5f32);
+/// assert_eq!(<bf16 as Param>::round_nearest(1.0 + 1.0 / 512.0), bf16::from_f32(1.0));
+/// assert!(<f32 as Param>::CANONICAL_NAN.is_nan());
+/// ```
+pub trait Param:
+    sealed::Sealed + Copy + Debug + Default + PartialEq + Send + Sync + 'static
+{
+    /// The type the step computes in and keeps state in.
+    type State: Float;
+    /// The type's name, for messages (`"bf16"`).
+    const NAME: &'static str;
+    /// Whether the type is narrower than its state (`bf16`, `f16`): only
+    /// then do [`Rounding`](crate::Rounding) and master weights apply.
+    const NARROWS: bool;
+    /// The one NaN every path writes: `0x7FC0` for `bf16`, `0x7E00` for
+    /// `f16` (what `half` rounds the canonical `f32` NaN to).
+    const CANONICAL_NAN: Self;
+
+    /// The value in the state type (exact).
+    fn widen(self) -> Self::State;
+    /// `x` rounded to this type, to nearest, ties to even; every NaN becomes
+    /// [`Param::CANONICAL_NAN`]. For the other values the same bits as
+    /// `half`'s `from_f32`.
+    fn round_nearest(x: Self::State) -> Self;
+    /// `x` rounded to this type stochastically with the 32 random bits
+    /// `random`. For `bf16`: the 16 bits `x` loses are added to `random`'s
+    /// low 16 bits, and `x` is rounded away from zero on a carry, so it is
+    /// rounded up in magnitude with probability equal to its distance from
+    /// the lower neighbour in ulps. `f16` and the wide types round to
+    /// nearest (see [`Rounding::Stochastic`](crate::Rounding::Stochastic)).
+    fn round_stochastic(x: Self::State, random: u32) -> Self;
+    /// The raw bits, widened to `u64`, for bitwise comparisons.
+    fn to_bits_u64(self) -> u64;
+    /// Whether no element is NaN or infinite.
+    fn all_finite(xs: &[Self]) -> bool;
+}
+
+macro_rules! wide_param {
+    ($ty:ident, $bits:ident, $name:literal) => {
+        impl sealed::Sealed for $ty {
+            #[inline(always)]
+            fn step_simd<S: Simd>(
+                simd: S,
+                c: &crate::step::Coefficients<$ty>,
+                chunk: crate::step::Chunk<'_, $ty>,
+            ) {
+                crate::simd::step(simd, c, chunk)
+            }
+        }
+
+        impl Param for $ty {
+            type State = $ty;
+            const NAME: &'static str = $name;
+            const NARROWS: bool = false;
+            const CANONICAL_NAN: Self = $ty::NAN;
+
+            #[inline(always)]
+            fn widen(self) -> $ty {
+                self
+            }
+            #[inline(always)]
+            fn round_nearest(x: $ty) -> Self {
+                x
+            }
+            #[inline(always)]
+            fn round_stochastic(x: $ty, _random: u32) -> Self {
+                x
+            }
+            #[inline(always)]
+            fn to_bits_u64(self) -> u64 {
+                u64::from(self.to_bits())
+            }
+            /// On the bits: a value is finite exactly when its magnitude
+            /// bits are below those of infinity, so one unsigned-max
+            /// reduction over the magnitudes answers for the slice; integer
+            /// max is associative, so the compiler vectorizes it.
+            #[inline(always)]
+            fn all_finite(xs: &[Self]) -> bool {
+                const MAGNITUDE: $bits = !(1 << ($bits::BITS - 1));
+                let infinity = $ty::INFINITY.to_bits();
+                xs.iter()
+                    .fold(0, |max: $bits, x| max.max(x.to_bits() & MAGNITUDE))
+                    < infinity
+            }
+        }
+    };
+}
+
+wide_param!(f32, u32, "f32");
+wide_param!(f64, u64, "f64");
+
+/// The 16-bit types: their bits as `u16`, and their conversions on a
+/// register of `u32` lanes (one element in the low 16 bits of each lane).
+pub(crate) trait Half: Param<State = f32> {
+    fn to_bits(self) -> u16;
+    fn from_bits(bits: u16) -> Self;
+    /// [`Param::widen`] on every lane.
+    fn widen_lanes<S: Simd>(simd: S, bits: S::u32s) -> S::f32s;
+    /// [`Param::round_nearest`] on every lane.
+    fn round_nearest_lanes<S: Simd>(simd: S, x: S::f32s) -> S::u32s;
+    /// [`Param::round_stochastic`] on every lane.
+    fn round_stochastic_lanes<S: Simd>(simd: S, x: S::f32s, random: S::u32s) -> S::u32s;
+}
+
+/// `f32` bits of a NaN: the magnitude above infinity's.
+const F32_INFINITY_BITS: u32 = 0x7F80_0000;
+const F32_MAGNITUDE: u32 = 0x7FFF_FFFF;
+
+#[inline(always)]
+fn splat<S: Simd>(simd: S, x: u32) -> S::u32s {
+    simd.splat_u32s(x)
+}
+
+#[inline(always)]
+fn shr<S: Simd>(simd: S, x: S::u32s, amount: u32) -> S::u32s {
+    simd.wrapping_dyn_shr_u32s(x, simd.splat_u32s(amount))
+}
+
+#[inline(always)]
+fn shl<S: Simd>(simd: S, x: S::u32s, amount: u32) -> S::u32s {
+    simd.wrapping_dyn_shl_u32s(x, simd.splat_u32s(amount))
+}
+
+/// Lanes whose `f32` bits are a NaN (magnitude above infinity's; every
+/// magnitude is below `2^31`, so the signed comparison is exact).
+#[inline(always)]
+fn is_nan_lanes<S: Simd>(simd: S, bits: S::u32s) -> S::m32s {
+    let magnitude = simd.and_u32s(bits, splat(simd, F32_MAGNITUDE));
+    simd.greater_than_i32s(
+        simd.transmute_i32s_u32s(magnitude),
+        simd.splat_i32s(F32_INFINITY_BITS as i32),
+    )
+}
+
+/// The [`Param`] impl of a 16-bit type: `f32` state, the SIMD kernel of
+/// `simd_half`, `half`'s conversions with canonical NaNs.
+macro_rules! half_param {
+    ($ty:ident, $name:literal, nan: $nan:literal, infinity: $infinity:literal,
+     stochastic: $stochastic:expr) => {
+        impl sealed::Sealed for $ty {
+            #[inline(always)]
+            fn step_simd<S: Simd>(
+                simd: S,
+                c: &crate::step::Coefficients<f32>,
+                chunk: crate::step::Chunk<'_, $ty>,
+            ) {
+                crate::simd_half::step(simd, c, chunk)
+            }
+        }
+
+        impl Param for $ty {
+            type State = f32;
+            const NAME: &'static str = $name;
+            const NARROWS: bool = true;
+            const CANONICAL_NAN: Self = $ty::from_bits($nan);
+
+            #[inline(always)]
+            fn widen(self) -> f32 {
+                self.to_f32()
+            }
+            #[inline(always)]
+            fn round_nearest(x: f32) -> Self {
+                if x.is_nan() {
+                    Self::CANONICAL_NAN
+                } else {
+                    $ty::from_f32(x)
+                }
+            }
+            #[inline(always)]
+            fn round_stochastic(x: f32, random: u32) -> Self {
+                if x.is_nan() {
+                    Self::CANONICAL_NAN
+                } else {
+                    $stochastic(x, random)
+                }
+            }
+            #[inline(always)]
+            fn to_bits_u64(self) -> u64 {
+                u64::from(self.to_bits())
+            }
+            #[inline(always)]
+            fn all_finite(xs: &[Self]) -> bool {
+                xs.iter().fold(0u16, |max, x| max.max(x.to_bits() & 0x7FFF)) < $infinity
+            }
+        }
+    };
+}
+
+half_param!(bf16, "bf16", nan: 0x7FC0, infinity: 0x7F80, stochastic: |x: f32, random: u32| {
+    // A carry out of the low 16 bits moves the magnitude up one ulp;
+    // infinities have zero low bits and stay infinite.
+    bf16::from_bits((x.to_bits().wrapping_add(random & 0xFFFF) >> 16) as u16)
+});
+half_param!(f16, "f16", nan: 0x7E00, infinity: 0x7C00, stochastic: |x: f32, _random: u32| {
+    f16::from_f32(x)
+});
+
+impl Half for bf16 {
+    #[inline(always)]
+    fn to_bits(self) -> u16 {
+        bf16::to_bits(self)
+    }
+    #[inline(always)]
+    fn from_bits(bits: u16) -> Self {
+        bf16::from_bits(bits)
+    }
+    #[inline(always)]
+    fn widen_lanes<S: Simd>(simd: S, bits: S::u32s) -> S::f32s {
+        // The bits move up by 16; a NaN gets its quiet bit, as in `half`.
+        let wide = shl(simd, bits, 16);
+        let quiet = simd.select_u32s(
+            is_nan_lanes(simd, wide),
+            splat(simd, 0x0040_0000),
+            splat(simd, 0),
+        );
+        simd.transmute_f32s_u32s(simd.or_u32s(wide, quiet))
+    }
+    #[inline(always)]
+    fn round_nearest_lanes<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
+        // (bits + 0x7FFF + lsb) >> 16: ties go to the even neighbour.
+        let bits = simd.transmute_u32s_f32s(x);
+        let lsb = simd.and_u32s(shr(simd, bits, 16), splat(simd, 1));
+        let rounded = shr(
+            simd,
+            simd.add_u32s(simd.add_u32s(bits, splat(simd, 0x7FFF)), lsb),
+            16,
+        );
+        simd.select_u32s(is_nan_lanes(simd, bits), splat(simd, 0x7FC0), rounded)
+    }
+    #[inline(always)]
+    fn round_stochastic_lanes<S: Simd>(simd: S, x: S::f32s, random: S::u32s) -> S::u32s {
+        let bits = simd.transmute_u32s_f32s(x);
+        let noise = simd.and_u32s(random, splat(simd, 0xFFFF));
+        let rounded = shr(simd, simd.add_u32s(bits, noise), 16);
+        simd.select_u32s(is_nan_lanes(simd, bits), splat(simd, 0x7FC0), rounded)
+    }
+}
+
+/// `2^112`: moves an `f16` exponent (bias 15) placed in an `f32` exponent
+/// field (bias 127) to its value.
+const F16_EXPONENT_SHIFT: f32 = 5.192_297e33;
+
+impl Half for f16 {
+    #[inline(always)]
+    fn to_bits(self) -> u16 {
+        f16::to_bits(self)
+    }
+    #[inline(always)]
+    fn from_bits(bits: u16) -> Self {
+        f16::from_bits(bits)
+    }
+    #[inline(always)]
+    fn widen_lanes<S: Simd>(simd: S, bits: S::u32s) -> S::f32s {
+        // Exponent and mantissa shifted into place, then scaled by 2^112:
+        // exact for normals, and for subnormals too (an f32 subnormal times
+        // a power of two that lands in range is exact). Infinities and NaNs
+        // take all-ones exponents; a NaN gets its quiet bit, as in `half`.
+        let sign = shl(simd, simd.and_u32s(bits, splat(simd, 0x8000)), 16);
+        let magnitude = simd.and_u32s(bits, splat(simd, 0x7FFF));
+        let shifted = shl(simd, magnitude, 13);
+        let finite = simd.transmute_u32s_f32s(simd.mul_f32s(
+            simd.transmute_f32s_u32s(shifted),
+            simd.splat_f32s(F16_EXPONENT_SHIFT),
+        ));
+        let is_nan =
+            simd.greater_than_i32s(simd.transmute_i32s_u32s(magnitude), simd.splat_i32s(0x7C00));
+        let quiet = simd.select_u32s(is_nan, splat(simd, 0x0040_0000), splat(simd, 0));
+        let special = simd.or_u32s(simd.or_u32s(shifted, splat(simd, F32_INFINITY_BITS)), quiet);
+        let is_special =
+            simd.greater_than_i32s(simd.transmute_i32s_u32s(magnitude), simd.splat_i32s(0x7BFF));
+        simd.transmute_f32s_u32s(simd.or_u32s(sign, simd.select_u32s(is_special, special, finite)))
+    }
+    #[inline(always)]
+    fn round_nearest_lanes<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
+        // Three ranges of the magnitude (F. Giesen's float_to_half_fast3_rtne):
+        // overflow to infinity, subnormal results (rounded by an f32 add of
+        // 0.5, whose ulp is the f16 subnormal ulp), and normals (rebias and
+        // round on the bits, ties to even).
+        let bits = simd.transmute_u32s_f32s(x);
+        let sign = shr(simd, simd.and_u32s(bits, splat(simd, 0x8000_0000)), 16);
+        let magnitude = simd.and_u32s(bits, splat(simd, F32_MAGNITUDE));
+        let signed = |v: S::u32s| simd.transmute_i32s_u32s(v);
+
+        let overflow = simd.greater_than_i32s(signed(magnitude), simd.splat_i32s(0x477F_FFFF));
+        let subnormal = simd.less_than_i32s(signed(magnitude), simd.splat_i32s(0x3880_0000));
+
+        let half_magic = splat(simd, 0x3F00_0000);
+        let sum = simd.add_f32s(
+            simd.transmute_f32s_u32s(magnitude),
+            simd.transmute_f32s_u32s(half_magic),
+        );
+        let from_subnormal = simd.sub_u32s(simd.transmute_u32s_f32s(sum), half_magic);
+
+        let odd = simd.and_u32s(shr(simd, magnitude, 13), splat(simd, 1));
+        let rebias = 0u32.wrapping_sub(112 << 23).wrapping_add(0xFFF);
+        let from_normal = shr(
+            simd,
+            simd.add_u32s(simd.add_u32s(magnitude, splat(simd, rebias)), odd),
+            13,
+        );
+
+        let finite = simd.select_u32s(subnormal, from_subnormal, from_normal);
+        let infinity = splat(simd, 0x7C00);
+        let rounded = simd.or_u32s(sign, simd.select_u32s(overflow, infinity, finite));
+        simd.select_u32s(is_nan_lanes(simd, bits), splat(simd, 0x7E00), rounded)
+    }
+    #[inline(always)]
+    fn round_stochastic_lanes<S: Simd>(simd: S, x: S::f32s, _random: S::u32s) -> S::u32s {
+        Self::round_nearest_lanes(simd, x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Exhaustive checks of the lane conversions against the spec's
+    //! (`half`), on every instruction set this machine has.
+    use super::*;
+
+    #[test]
+    fn f16_exponent_shift_is_two_to_the_112() {
+        assert_eq!(F16_EXPONENT_SHIFT, 2f32.powi(112));
+    }
+
+    /// Every `f32` a step could round to `H`'s bit pattern `bits` or its
+    /// neighbours: the value, the midpoints to both neighbours, one `f32`
+    /// ulp either side of each, and the same around a few NaN payloads.
+    fn near<H: Half>(bits: u16) -> Vec<f32> {
+        let x = H::from_bits(bits).widen();
+        let next = H::from_bits(bits.wrapping_add(1)).widen();
+        let mut out = vec![x];
+        if x.is_finite() && next.is_finite() {
+            let mid = (x as f64 + next as f64) / 2.0;
+            let mid = mid as f32;
+            for m in [mid, x, next] {
+                out.extend([m, f32::from_bits(m.to_bits().wrapping_add(1))]);
+                out.push(f32::from_bits(m.to_bits().wrapping_sub(1)));
+            }
+        }
+        out
+    }
+
+    struct Widen<'a, H>(&'a [u16], core::marker::PhantomData<H>);
+
+    impl<H: Half> pulp::WithSimd for Widen<'_, H> {
+        type Output = Vec<u32>;
+        fn with_simd<S: Simd>(self, simd: S) -> Vec<u32> {
+            let width = core::mem::size_of::<S::u32s>() / 4;
+            let mut out = Vec::new();
+            for chunk in self.0.chunks(width) {
+                let mut lanes: S::u32s = bytemuck::Zeroable::zeroed();
+                let l = bytemuck::cast_slice_mut::<S::u32s, u32>(core::slice::from_mut(&mut lanes));
+                for (l, b) in l.iter_mut().zip(chunk) {
+                    *l = u32::from(*b);
+                }
+                let wide = simd.transmute_u32s_f32s(H::widen_lanes(simd, lanes));
+                out.extend_from_slice(
+                    &bytemuck::cast_slice::<S::u32s, u32>(&[wide])[..chunk.len()],
+                );
+            }
+            out
+        }
+    }
+
+    struct Narrow<'a, H>(&'a [f32], Option<&'a [u32]>, core::marker::PhantomData<H>);
+
+    impl<H: Half> pulp::WithSimd for Narrow<'_, H> {
+        type Output = Vec<u16>;
+        fn with_simd<S: Simd>(self, simd: S) -> Vec<u16> {
+            let width = core::mem::size_of::<S::u32s>() / 4;
+            let mut out = Vec::new();
+            for (c, chunk) in self.0.chunks(width).enumerate() {
+                let mut x: S::f32s = bytemuck::Zeroable::zeroed();
+                bytemuck::cast_slice_mut::<S::f32s, f32>(core::slice::from_mut(&mut x))
+                    [..chunk.len()]
+                    .copy_from_slice(chunk);
+                let rounded = match self.1 {
+                    None => H::round_nearest_lanes(simd, x),
+                    Some(random) => {
+                        let mut r: S::u32s = bytemuck::Zeroable::zeroed();
+                        let start = c * width;
+                        bytemuck::cast_slice_mut::<S::u32s, u32>(core::slice::from_mut(&mut r))
+                            [..chunk.len()]
+                            .copy_from_slice(&random[start..start + chunk.len()]);
+                        H::round_stochastic_lanes(simd, x, r)
+                    }
+                };
+                let lanes = bytemuck::cast_slice::<S::u32s, u32>(core::slice::from_ref(&rounded));
+                for lane in &lanes[..chunk.len()] {
+                    assert!(*lane <= 0xFFFF, "lane {lane:#x} does not fit 16 bits");
+                    out.push(*lane as u16);
+                }
+            }
+            out
+        }
+    }
+
+    /// Every instruction set of this machine, as a function that runs `op`.
+    fn each_isa<Op: pulp::WithSimd + Clone>(op: Op, mut check: impl FnMut(&str, Op::Output)) {
+        check("fallback", pulp::Scalar::new().vectorize(op.clone()));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                check("avx2", Simd::vectorize(v3, op.clone()));
+            }
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                check("avx512", Simd::vectorize(v4, op.clone()));
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(neon) = pulp::aarch64::Neon::try_new() {
+            check("neon", Simd::vectorize(neon, op.clone()));
+        }
+    }
+
+    impl<H> Clone for Widen<'_, H> {
+        fn clone(&self) -> Self {
+            Widen(self.0, core::marker::PhantomData)
+        }
+    }
+    impl<H> Clone for Narrow<'_, H> {
+        fn clone(&self) -> Self {
+            Narrow(self.0, self.1, core::marker::PhantomData)
+        }
+    }
+
+    fn every_bit_pattern_widens_as_half_does<H: Half>() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let want: Vec<u32> = all
+            .iter()
+            .map(|&b| H::from_bits(b).widen().to_bits())
+            .collect();
+        each_isa(Widen::<H>(&all, core::marker::PhantomData), |isa, got| {
+            for ((b, g), w) in all.iter().zip(&got).zip(&want) {
+                assert_eq!(
+                    g,
+                    w,
+                    "{} {b:#06x} on {isa}: {g:#010x}, half {w:#010x}",
+                    H::NAME
+                );
+            }
+        });
+    }
+
+    fn every_neighbourhood_rounds_as_half_does<H: Reference>() {
+        let mut inputs: Vec<f32> = (0..=u16::MAX).flat_map(near::<H>).collect();
+        inputs.extend([
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7F80_0001),
+            f32::from_bits(0xFFC0_1234),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            f32::from_bits(1),
+            f32::from_bits(0x8000_0001),
+            65_519.996,
+            65_520.0,
+            65_536.0,
+            1e-10,
+            -0.0,
+        ]);
+        let want: Vec<u16> = inputs
+            .iter()
+            .map(|&x| H::round_nearest(x).to_bits())
+            .collect();
+        // The spec itself is `half` except for NaN, which is canonical.
+        for (x, w) in inputs.iter().zip(&want) {
+            if x.is_nan() {
+                assert_eq!(*w, H::CANONICAL_NAN.to_bits());
+            } else {
+                assert_eq!(*w, H::round_nearest_reference(*x), "{} from {x:e}", H::NAME);
+            }
+        }
+        each_isa(
+            Narrow::<H>(&inputs, None, core::marker::PhantomData),
+            |isa, got| {
+                for ((x, g), w) in inputs.iter().zip(&got).zip(&want) {
+                    assert_eq!(
+                        g,
+                        w,
+                        "{} from {x:e} ({:#010x}) on {isa}",
+                        H::NAME,
+                        x.to_bits()
+                    );
+                }
+            },
+        );
+        // Stochastic rounding: lanes == spec for every input and a spread of
+        // random bits, including all-zeros and all-ones.
+        let random: Vec<u32> = (0..inputs.len() as u64)
+            .map(|i| match i % 4 {
+                0 => 0,
+                1 => u32::MAX,
+                _ => crate::rounding::random_bits(9, i),
+            })
+            .collect();
+        let want: Vec<u16> = inputs
+            .iter()
+            .zip(&random)
+            .map(|(&x, &r)| H::round_stochastic(x, r).to_bits())
+            .collect();
+        each_isa(
+            Narrow::<H>(&inputs, Some(&random), core::marker::PhantomData),
+            |isa, got| {
+                for ((x, g), w) in inputs.iter().zip(&got).zip(&want) {
+                    assert_eq!(g, w, "{} stochastic from {x:e} on {isa}", H::NAME);
+                }
+            },
+        );
+    }
+
+    trait Reference: Half {
+        fn round_nearest_reference(x: f32) -> u16;
+    }
+    impl Reference for bf16 {
+        fn round_nearest_reference(x: f32) -> u16 {
+            bf16::from_f32(x).to_bits()
+        }
+    }
+    impl Reference for f16 {
+        fn round_nearest_reference(x: f32) -> u16 {
+            f16::from_f32(x).to_bits()
+        }
+    }
+
+    #[test]
+    fn bf16_widens_exactly_on_every_isa() {
+        every_bit_pattern_widens_as_half_does::<bf16>();
+    }
+
+    #[test]
+    fn f16_widens_exactly_on_every_isa() {
+        every_bit_pattern_widens_as_half_does::<f16>();
+    }
+
+    #[test]
+    fn bf16_rounds_as_half_on_every_isa() {
+        every_neighbourhood_rounds_as_half_does::<bf16>();
+    }
+
+    #[test]
+    fn f16_rounds_as_half_on_every_isa() {
+        every_neighbourhood_rounds_as_half_does::<f16>();
+    }
+
+    #[test]
+    fn bf16_stochastic_rounding_rounds_up_by_the_lost_fraction() {
+        // 1 + 2^-9 lies a quarter of the way from 1 to the next bf16
+        // (1 + 2^-7): low 16 bits 0x4000.
+        let x = 1.0f32 + 2f32.powi(-9);
+        assert_eq!(x.to_bits() & 0xFFFF, 0x4000);
+        assert_eq!(bf16::round_stochastic(x, 0xBFFF).to_f32(), 1.0);
+        assert_eq!(
+            bf16::round_stochastic(x, 0xC000).to_f32(),
+            1.0 + 2f32.powi(-7)
+        );
+        assert_eq!(
+            bf16::round_stochastic(-x, 0xC000).to_f32(),
+            -(1.0 + 2f32.powi(-7))
+        );
+        assert_eq!(
+            bf16::round_stochastic(f32::INFINITY, u32::MAX).to_f32(),
+            f32::INFINITY
+        );
+    }
+}

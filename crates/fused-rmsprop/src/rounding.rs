@@ -1,0 +1,117 @@
+//! The random bits of stochastic rounding: a counter-based generator, a pure
+//! function of (seed, step, stream, element index), so that which thread,
+//! chunk or instruction set steps an element never changes its bits.
+//!
+//! Per tensor and step, [`key`] mixes the seed, the step number and the
+//! tensor's stream into 64 bits (SplitMix64's finalizer). Per element,
+//! [`random_bits`] hashes the element's index with that key through two
+//! rounds of a 32-bit integer hash (C. Wellons' `lowbias32`, a bijection with
+//! low bias); [`random_lanes`] computes the same on a register of lanes with
+//! `u32` operations only.
+
+use pulp::Simd;
+
+/// SplitMix64's output function: a bijection of 64 bits.
+fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The key of one tensor's step.
+pub(crate) fn key(seed: u64, step: u64, stream: u64) -> u64 {
+    mix64(mix64(mix64(seed) ^ step) ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+#[inline(always)]
+fn lowbias32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7FEB_352D);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846C_A68B);
+    x ^ (x >> 16)
+}
+
+/// The 32 random bits of element `index` of a tensor stepped with `key`.
+#[inline(always)]
+pub(crate) fn random_bits(key: u64, index: u64) -> u32 {
+    let low = lowbias32(index as u32 ^ key as u32);
+    lowbias32(low ^ (index >> 32) as u32 ^ (key >> 32) as u32)
+}
+
+#[inline(always)]
+fn lowbias32_lanes<S: Simd>(simd: S, x: S::u32s) -> S::u32s {
+    let shr = |x, n: u32| simd.wrapping_dyn_shr_u32s(x, simd.splat_u32s(n));
+    let x = simd.xor_u32s(x, shr(x, 16));
+    let x = simd.mul_u32s(x, simd.splat_u32s(0x7FEB_352D));
+    let x = simd.xor_u32s(x, shr(x, 15));
+    let x = simd.mul_u32s(x, simd.splat_u32s(0x846C_A68B));
+    simd.xor_u32s(x, shr(x, 16))
+}
+
+/// `0, 1, 2, …` in the lanes of a register.
+#[inline(always)]
+pub(crate) fn iota<S: Simd>() -> S::u32s {
+    let mut lanes: S::u32s = bytemuck::Zeroable::zeroed();
+    for (i, lane) in bytemuck::cast_slice_mut::<S::u32s, u32>(core::slice::from_mut(&mut lanes))
+        .iter_mut()
+        .enumerate()
+    {
+        *lane = i as u32;
+    }
+    lanes
+}
+
+/// [`random_bits`] of elements `first, first + 1, …` in the lanes of a
+/// register; `iota` is [`iota`]`::<S>()`, computed once per chunk.
+#[inline(always)]
+pub(crate) fn random_lanes<S: Simd>(simd: S, key: u64, first: u64, iota: S::u32s) -> S::u32s {
+    let lanes = core::mem::size_of::<S::u32s>() / 4;
+    let low = simd.add_u32s(simd.splat_u32s(first as u32), iota);
+    let high = if (first as u32).checked_add(lanes as u32 - 1).is_some() {
+        simd.splat_u32s((first >> 32) as u32)
+    } else {
+        // The low halves wrap inside this register: the lanes past the wrap
+        // belong to the next 2^32 block.
+        let wrapped = simd.less_than_u32s(low, simd.splat_u32s(first as u32));
+        simd.select_u32s(
+            wrapped,
+            simd.splat_u32s(((first >> 32) as u32).wrapping_add(1)),
+            simd.splat_u32s((first >> 32) as u32),
+        )
+    };
+    let x = lowbias32_lanes(simd, simd.xor_u32s(low, simd.splat_u32s(key as u32)));
+    let x = simd.xor_u32s(x, simd.xor_u32s(high, simd.splat_u32s((key >> 32) as u32)));
+    lowbias32_lanes(simd, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_match_the_scalar_bits_across_a_2_pow_32_boundary() {
+        let simd = pulp::Scalar::new();
+        for first in [0u64, 1, (1 << 32) - 1, 1 << 32, u64::MAX - 1] {
+            let got: u32 = random_lanes(simd, 42, first, iota::<pulp::Scalar>());
+            assert_eq!(got, random_bits(42, first));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(v3) = pulp::x86::V3::try_new() {
+            struct Check;
+            impl pulp::WithSimd for Check {
+                type Output = ();
+                fn with_simd<S: Simd>(self, simd: S) {
+                    for first in [0u64, (1 << 32) - 3, (1 << 32) - 8, 77 << 32] {
+                        let got = random_lanes(simd, 7, first, iota::<S>());
+                        let got: &[u32] = bytemuck::cast_slice(core::slice::from_ref(&got));
+                        for (i, bits) in got.iter().enumerate() {
+                            assert_eq!(*bits, random_bits(7, first + i as u64), "{first} + {i}");
+                        }
+                    }
+                }
+            }
+            pulp::Simd::vectorize(v3, Check);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The vectorized kernel for 16-bit parameters: the [scalar
+//! specification](crate::scalar) on registers of `f32` lanes, with the
+//! parameter and gradient widened from 16 bits and the result rounded back
+//! inside the registers ([`Half`](crate::param::Half)'s lane conversions).
+//!
+//! Each register's 16-bit elements are moved to and from the low halves of
+//! `u32` lanes by a fixed-length copy (zero-extension on load, truncation on
+//! store) that the compiler turns into the instruction set's widening and
+//! narrowing moves (`vpmovzxwd`/`vpmovdw` on AVX-512); the arithmetic itself
+//! — exponent rebias, rounding, NaN handling, the random bits of stochastic
+//! rounding — is integer and `f32` lane operations, the same sequence on
+//! every instruction set. The `f32` state is contiguous, so it is read as
+//! whole registers as in the `f32` kernel. Elements that do not fill a
+//! register go through the scalar specification itself.
+
+use pulp::{Simd, WithSimd};
+
+use crate::param::Half;
+use crate::simd::{LaneCoefficients, update_lanes};
+use crate::step::{Chunk, Coefficients};
+use crate::{prefetch, rounding, scalar};
+
+/// Steps `chunk` with instruction set `simd`.
+#[inline(always)]
+pub(crate) fn step<H: Half, S: Simd>(simd: S, c: &Coefficients<f32>, chunk: Chunk<'_, H>) {
+    simd.vectorize(Kernel {
+        coefficients: c,
+        chunk,
+    });
+}
+
+struct Kernel<'a, 'c, H: Half> {
+    coefficients: &'c Coefficients<f32>,
+    chunk: Chunk<'a, H>,
+}
+
+/// `src` (one register's worth of elements) in the low halves of `u32` lanes.
+#[inline(always)]
+fn load<H: Half, S: Simd>(src: &[H]) -> S::u32s {
+    let mut lanes: S::u32s = bytemuck::Zeroable::zeroed();
+    let wide = bytemuck::cast_slice_mut::<S::u32s, u32>(core::slice::from_mut(&mut lanes));
+    for (lane, x) in wide.iter_mut().zip(src) {
+        *lane = u32::from(x.to_bits());
+    }
+    lanes
+}
+
+/// The low halves of `lanes` (each below `2^16`) stored to `dst`.
+#[inline(always)]
+fn store<H: Half, S: Simd>(dst: &mut [H], lanes: S::u32s) {
+    let wide = bytemuck::cast_slice::<S::u32s, u32>(core::slice::from_ref(&lanes));
+    for (x, lane) in dst.iter_mut().zip(wide) {
+        *x = H::from_bits(*lane as u16);
+    }
+}
+
+impl<H: Half> WithSimd for Kernel<'_, '_, H> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let c = self.coefficients;
+        let width = core::mem::size_of::<S::f32s>() / core::mem::size_of::<f32>();
+        let whole = self.chunk.len() / width * width;
+        let (head, tail) = self.chunk.split_at(whole);
+        let Chunk {
+            params,
+            grads,
+            square_avg,
+            grad_avg,
+            momentum_buf,
+            master,
+            offset,
+            key,
+        } = head;
+        let (square_head, _) = S::as_mut_simd_f32s(square_avg);
+        let (grad_avg_head, _) = S::as_mut_simd_f32s(grad_avg);
+        let (momentum_head, _) = S::as_mut_simd_f32s(momentum_buf);
+        let (master_head, _) = S::as_mut_simd_f32s(master);
+
+        let lanes = LaneCoefficients::splat(simd, c);
+        let iota = rounding::iota::<S>();
+        let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<S::f32s>();
+        for (i, (params16, grads16)) in params
+            .chunks_exact_mut(width)
+            .zip(grads.chunks_exact(width))
+            .enumerate()
+        {
+            prefetch::prefetch(grads, (i + ahead) * width);
+            prefetch::prefetch(square_head, i + ahead);
+            prefetch::prefetch(grad_avg_head, i + ahead);
+            prefetch::prefetch(momentum_head, i + ahead);
+            prefetch::prefetch(master_head, i + ahead);
+            let p = if c.master {
+                master_head[i]
+            } else {
+                H::widen_lanes(simd, load::<H, S>(params16))
+            };
+            let g = H::widen_lanes(simd, load::<H, S>(grads16));
+            let grad_avg = if c.centered {
+                Some(&mut grad_avg_head[i])
+            } else {
+                None
+            };
+            let momentum_buf = if c.momentum.is_some() {
+                Some(&mut momentum_head[i])
+            } else {
+                None
+            };
+            let p = update_lanes(
+                simd,
+                c,
+                &lanes,
+                p,
+                g,
+                &mut square_head[i],
+                grad_avg,
+                momentum_buf,
+            );
+            if c.master {
+                master_head[i] = p;
+            }
+            let rounded = if c.stochastic {
+                let first = offset + (i * width) as u64;
+                let random = rounding::random_lanes(simd, key, first, iota);
+                H::round_stochastic_lanes(simd, p, random)
+            } else {
+                H::round_nearest_lanes(simd, p)
+            };
+            store::<H, S>(params16, rounded);
+        }
+
+        scalar::step(c, tail);
+    }
+}
