@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fused_rmsprop::{Execution, Isa, Kernel, NonFinite, RmsProp, Threads};
-use fused_rmsprop_benches::workload::{Buffers, Variant, size_label};
+use fused_rmsprop_benches::workload::{
+    Buffers, From16, HalfBuffers, HalfMode, Variant, size_label,
+};
 use fused_rmsprop_benches::{naive, roofline};
 
 const DEFAULT_SIZES: [usize; 5] = [1 << 12, 1 << 16, 1 << 20, 1 << 24, 1 << 26];
@@ -141,6 +143,87 @@ fn non_finite(c: &mut Criterion) {
     }
 }
 
+/// 16-bit parameters with `f32` state (plain variant): `bf16` and `f16`,
+/// each rounding mode, the scalar spec and the widest SIMD on one thread and
+/// the default path, against the `f32` step and the 16-bit skeleton (same
+/// loads and stores) of the same number of elements.
+fn half(c: &mut Criterion) {
+    let sizes = std::env::var("FUSED_RMSPROP_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1 << 16, 1 << 20, 1 << 24]);
+    for n in sizes {
+        half_of::<fused_rmsprop::bf16>(c, "bf16", n);
+        half_of::<fused_rmsprop::f16>(c, "f16", n);
+    }
+}
+
+fn half_of<H>(c: &mut Criterion, name: &str, n: usize)
+where
+    H: fused_rmsprop::Param<State = f32> + From16,
+{
+    let variant = Variant::Plain;
+    let pool = rayon::current_num_threads();
+    for mode in HalfMode::ALL {
+        let hyper = mode.apply(variant.hyper());
+        let mut group = c.benchmark_group(format!("half/{}/{name}/{}", size_label(n), mode.name()));
+        group.throughput(Throughput::Bytes(
+            (n * mode.bytes_per_element(variant)) as u64,
+        ));
+        let mut buffers = HalfBuffers::<H>::new(n, &hyper);
+        let opt = RmsProp::new(hyper).unwrap();
+        let best = Isa::detect();
+        for (path, execution) in [
+            (
+                "scalar",
+                Execution {
+                    kernel: Kernel::Scalar,
+                    threads: Threads::Single,
+                },
+            ),
+            (
+                &format!("simd-{}", best.name()),
+                Execution {
+                    kernel: Kernel::Simd(best),
+                    threads: Threads::Single,
+                },
+            ),
+            ("auto", Execution::default()),
+        ] {
+            let opt = opt.with_execution(execution).unwrap();
+            group.bench_function(path, |b| b.iter(|| buffers.step(&opt)));
+        }
+        let mut wide = Buffers::new(n, variant);
+        let wide_opt = RmsProp::new(variant.hyper()).unwrap();
+        group.bench_function("f32-step-auto", |b| b.iter(|| wide.step(&wide_opt)));
+        let mut params = vec![0x3F80u16; n];
+        let grads = vec![0x3C00u16; n];
+        let mut square_avg = vec![0.01f32; n];
+        let mut master = (mode == HalfMode::Master).then(|| vec![0.5f32; n]);
+        for threads in [1, pool] {
+            for prefetch in [false, true] {
+                let name = format!(
+                    "skeleton-{threads}t{}",
+                    if prefetch { "-prefetch" } else { "" }
+                );
+                group.bench_function(name, |b| {
+                    b.iter(|| {
+                        roofline::skeleton16(
+                            black_box(&mut params),
+                            &grads,
+                            &mut square_avg,
+                            master.as_deref_mut(),
+                            threads,
+                            prefetch,
+                        )
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -151,6 +234,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = kernel, threshold, non_finite
+    targets = kernel, threshold, non_finite, half
 }
 criterion_main!(benches);

@@ -138,3 +138,134 @@ pub fn triad(a: &mut [f32], b: &[f32], c: &[f32], threads: usize) {
         .zip(c.par_chunks(per_task))
         .for_each(|((a, b), c)| Arch::new().dispatch(Triad { a, b, c }));
 }
+
+/// Hints the CPU to load the cache line of `slice[index]` (nothing past the
+/// end), as the kernel's software prefetch does, so that the skeleton's
+/// streams are fetched as the kernel's are.
+#[inline(always)]
+fn prefetch<T>(slice: &[T], index: usize) {
+    if index < slice.len() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `_mm_prefetch` is a hint that never faults and never
+        // writes, whatever the address (here one inside `slice`); it needs
+        // only SSE, which every x86_64 CPU has. Exercised by every skeleton16
+        // run (`cargo bench -- --test` in CI).
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                slice[index..].as_ptr().cast::<i8>(),
+            );
+        }
+    }
+}
+
+/// How far ahead the skeleton prefetches, in elements of `f32` state: the
+/// kernel's 2 KiB.
+const PREFETCH_ELEMENTS: usize = 512;
+
+/// The skeleton of a 16-bit step: the loads and stores of the kernel on
+/// 16-bit parameters and gradients with `f32` state, trivial arithmetic,
+/// and the kernel's software prefetch of the state and gradient streams
+/// (without it, the 5-stream master-weights skeleton is slower than the
+/// kernel it bounds).
+struct Skeleton16<'a> {
+    params: &'a mut [u16],
+    grads: &'a [u16],
+    state: Vec<&'a mut [f32]>,
+    /// Master weights: the parameter is written, not read.
+    master: bool,
+    /// Prefetch the state and gradient streams as the kernel does.
+    prefetch: bool,
+}
+
+impl WithSimd for Skeleton16<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        // Plain loops over equal-length slices: the compiler vectorizes
+        // them with the instruction set this is compiled for.
+        let Skeleton16 {
+            params,
+            grads,
+            mut state,
+            master,
+            prefetch: hint,
+        } = self;
+        // One block of 64 elements at a time: the inner loops stay plain
+        // (vectorized), the hints go once per cache line of state.
+        const BLOCK: usize = 64;
+        let n = params.len();
+        let mut start = 0;
+        while start < n {
+            let end = (start + BLOCK).min(n);
+            if hint {
+                for line in (start..end).step_by(16) {
+                    prefetch(grads, line + PREFETCH_ELEMENTS);
+                    for s in state.iter() {
+                        prefetch(s, line + PREFETCH_ELEMENTS);
+                    }
+                }
+            }
+            let (p, g) = (&mut params[start..end], &grads[start..end]);
+            match (state.as_mut_slice(), master) {
+                ([v], false) => {
+                    for ((p, &g), v) in p.iter_mut().zip(g).zip(v[start..end].iter_mut()) {
+                        *p = p.wrapping_add(g);
+                        *v += f32::from(g);
+                    }
+                }
+                ([v, m], true) => {
+                    for (((p, &g), v), m) in p
+                        .iter_mut()
+                        .zip(g)
+                        .zip(v[start..end].iter_mut())
+                        .zip(m[start..end].iter_mut())
+                    {
+                        *v += f32::from(g);
+                        *m += f32::from(g);
+                        *p = g.wrapping_add(1);
+                    }
+                }
+                _ => unreachable!("the 16-bit skeleton covers the plain variant"),
+            }
+            start = end;
+        }
+    }
+}
+
+/// Runs the 16-bit skeleton (plain variant: `square_avg`, and `master` when
+/// `master` is some) on `threads` tasks, with or without software prefetch.
+/// Which of the two is faster depends on the streams and the machine: the
+/// limit is the faster of both (see `compare`).
+pub fn skeleton16(
+    params: &mut [u16],
+    grads: &[u16],
+    square_avg: &mut [f32],
+    master: Option<&mut [f32]>,
+    threads: usize,
+    prefetch: bool,
+) {
+    let n = params.len();
+    let per_task = n.div_ceil(threads.max(1)).next_multiple_of(64).max(64);
+    let has_master = master.is_some();
+    let mut state_chunks: Vec<_> = std::iter::once(square_avg)
+        .chain(master)
+        .map(|s| s.chunks_mut(per_task))
+        .collect();
+    let tasks: Vec<Skeleton16<'_>> = params
+        .chunks_mut(per_task)
+        .zip(grads.chunks(per_task))
+        .map(|(params, grads)| Skeleton16 {
+            params,
+            grads,
+            state: state_chunks.iter_mut().map(|c| c.next().unwrap()).collect(),
+            master: has_master,
+            prefetch,
+        })
+        .collect();
+    if threads <= 1 {
+        tasks.into_iter().for_each(|t| Arch::new().dispatch(t));
+    } else {
+        tasks.into_par_iter().for_each(|t| Arch::new().dispatch(t));
+    }
+}

@@ -1,6 +1,6 @@
 //! The benchmark variants and their buffers.
 
-use fused_rmsprop::{Hyper, RmsProp, State, WeightDecay};
+use fused_rmsprop::{Hyper, Param, RmsProp, State, WeightDecay};
 
 /// The three variants every benchmark reports: they differ in how many
 /// buffers a step streams (20, 28 and 36 bytes per `f32` element).
@@ -130,5 +130,105 @@ pub fn bench_cases() -> Vec<(String, Vec<usize>)> {
                 (format!("model-{}", model.len()), model),
             ]
         }
+    }
+}
+
+/// How a 16-bit step rounds: the three options of the kernel, as the
+/// benchmark rows name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HalfMode {
+    /// Round to nearest even.
+    Nearest,
+    /// Stochastic rounding (bf16; f16 rounds to nearest).
+    Stochastic,
+    /// f32 master weights, rounded to nearest.
+    Master,
+}
+
+impl HalfMode {
+    /// All modes.
+    pub const ALL: [HalfMode; 3] = [HalfMode::Nearest, HalfMode::Stochastic, HalfMode::Master];
+
+    /// The name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            HalfMode::Nearest => "nearest",
+            HalfMode::Stochastic => "stochastic",
+            HalfMode::Master => "master",
+        }
+    }
+
+    /// `hyper` with this mode's rounding options.
+    pub fn apply(self, hyper: Hyper) -> Hyper {
+        match self {
+            HalfMode::Nearest => hyper,
+            HalfMode::Stochastic => {
+                hyper.with_rounding(fused_rmsprop::Rounding::Stochastic { seed: 1 })
+            }
+            HalfMode::Master => hyper.with_master_weights(true),
+        }
+    }
+
+    /// Bytes a plain step streams per element: read 2 + 2 + 4 and write
+    /// 2 + 4 (14), or with master weights read 2 + 4 + 4 and write 2 + 4 + 4
+    /// (20: the parameter is written, not read).
+    pub fn bytes_per_element(self, variant: Variant) -> usize {
+        let state = variant.hyper().bytes_per_element(4) - 12; // f32 state beyond square_avg
+        let base = match self {
+            HalfMode::Master => 20,
+            _ => 14,
+        };
+        base + state
+    }
+}
+
+/// Parameters and gradients of a 16-bit type `H` with `f32` state.
+#[derive(Clone, Debug)]
+pub struct HalfBuffers<H: Param<State = f32>> {
+    /// The parameters.
+    pub params: Vec<H>,
+    /// The gradients.
+    pub grads: Vec<H>,
+    /// The optimizer state (with the master copy when the mode keeps one).
+    pub state: State<f32>,
+}
+
+impl<H: Param<State = f32> + From16> HalfBuffers<H> {
+    /// `len` elements with the same values as [`Buffers::new`], rounded to
+    /// `H`; every page written.
+    pub fn new(len: usize, hyper: &Hyper) -> Self {
+        let wide = Buffers::new(len, Variant::Plain);
+        let params: Vec<H> = wide.params.iter().map(|&x| H::from_f32(x)).collect();
+        let mut state = State::for_params(&params, hyper);
+        state.square_avg = wide.state.square_avg;
+        Self {
+            grads: wide.grads.iter().map(|&x| H::from_f32(x)).collect(),
+            params,
+            state,
+        }
+    }
+
+    /// One fused step of `opt` on these buffers.
+    pub fn step(&mut self, opt: &RmsProp) {
+        opt.step(&mut self.params, &self.grads, &mut self.state)
+            .expect("benchmark buffers are valid for their mode");
+    }
+}
+
+/// The 16-bit types the benchmarks build from `f32` values.
+pub trait From16: Copy {
+    /// `x` rounded to nearest.
+    fn from_f32(x: f32) -> Self;
+}
+
+impl From16 for fused_rmsprop::bf16 {
+    fn from_f32(x: f32) -> Self {
+        fused_rmsprop::bf16::from_f32(x)
+    }
+}
+
+impl From16 for fused_rmsprop::f16 {
+    fn from_f32(x: f32) -> Self {
+        fused_rmsprop::f16::from_f32(x)
     }
 }

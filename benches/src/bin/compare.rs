@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
 use fused_rmsprop_benches::timing::{interleaved_medians, reps_for};
-use fused_rmsprop_benches::workload::{Buffers, Variant, size_label};
+use fused_rmsprop_benches::workload::{self, Buffers, HalfBuffers, HalfMode, Variant, size_label};
 use fused_rmsprop_benches::{burn_case, candle_case, naive, report, roofline};
 
 struct Options {
@@ -243,6 +243,120 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
     }
 }
 
+/// 16-bit parameters with `f32` state: the fused step of `bf16` and `f16`
+/// (each rounding mode) against the `f32` step on the same number of
+/// elements (the baseline: the speedup is what the narrower types buy), with
+/// the 16-bit skeleton (same loads and stores) as the limit. Plain variant;
+/// nearest on one thread and on `threads`, the other modes on `threads`.
+fn half_kernel_rows(n: usize, threads: usize, rows: &mut Vec<Row>) {
+    use fused_rmsprop::{bf16, f16};
+    half_rows_of::<bf16>("bf16", n, threads, rows);
+    half_rows_of::<f16>("f16", n, threads, rows);
+}
+
+fn half_rows_of<H>(name: &str, n: usize, threads: usize, rows: &mut Vec<Row>)
+where
+    H: fused_rmsprop::Param<State = f32> + workload::From16,
+{
+    let variant = Variant::Plain;
+    let best = Isa::detect();
+    let mut cases = vec![(HalfMode::Nearest, 1)];
+    cases.extend(HalfMode::ALL.map(|mode| (mode, threads)));
+    let budget = Duration::from_millis(if n >= 1 << 24 { 1000 } else { 400 });
+    for (mode, t) in cases {
+        let hyper = mode.apply(variant.hyper());
+        let execution = Execution {
+            kernel: Kernel::Simd(best),
+            threads: if t == 1 {
+                Threads::Single
+            } else {
+                Threads::Exactly(std::num::NonZeroUsize::new(t).unwrap())
+            },
+        };
+        let opt = RmsProp::new(hyper)
+            .unwrap()
+            .with_execution(execution)
+            .unwrap();
+        let wide_opt = RmsProp::new(variant.hyper())
+            .unwrap()
+            .with_execution(execution)
+            .unwrap();
+        let mut half = HalfBuffers::<H>::new(n, &hyper);
+        let mut wide = Buffers::new(n, variant);
+        let mut skeleton_params: Vec<u16> = vec![0x3F80; n];
+        let skeleton_grads: Vec<u16> = vec![0x3C00; n];
+        let mut skeleton_square_avg = vec![0.01f32; n];
+        let mut skeleton_master = (mode == HalfMode::Master).then(|| vec![0.5f32; n]);
+        let mut skeleton_params_b = skeleton_params.clone();
+        let mut skeleton_square_avg_b = skeleton_square_avg.clone();
+        let mut skeleton_master_b = skeleton_master.clone();
+        let mut run_half = || half.step(&opt);
+        let mut run_wide = || wide.step(&wide_opt);
+        let mut run_skeleton = || {
+            roofline::skeleton16(
+                &mut skeleton_params,
+                &skeleton_grads,
+                &mut skeleton_square_avg,
+                skeleton_master.as_deref_mut(),
+                t,
+                false,
+            )
+        };
+        let mut run_skeleton_prefetch = || {
+            roofline::skeleton16(
+                &mut skeleton_params_b,
+                &skeleton_grads,
+                &mut skeleton_square_avg_b,
+                skeleton_master_b.as_deref_mut(),
+                t,
+                true,
+            )
+        };
+        let first = interleaved_medians(1, 3, &mut [&mut run_half]);
+        let reps = reps_for(budget, first[0] * 4, 5, 200);
+        let times = interleaved_medians(
+            1,
+            reps,
+            &mut [
+                &mut run_wide,
+                &mut run_half,
+                &mut run_skeleton,
+                &mut run_skeleton_prefetch,
+            ],
+        );
+        // The limit: the faster skeleton, with or without prefetch.
+        let [wide_t, half_t, skeleton_t] =
+            [times[0], times[1], times[2].min(times[3])].map(|d| d.as_secs_f64());
+        let bytes = (n * mode.bytes_per_element(variant)) as f64;
+        rows.push(Row {
+            framework: "kernel",
+            baseline: format!(
+                "f32 step, same n{}",
+                if t == 1 { "" } else { " and threads" }
+            ),
+            case: format!("{} {name} {}", size_label(n), mode.name()),
+            variant,
+            elements: n,
+            threads: t,
+            baseline_ns: wide_t * 1e9,
+            fused: format!(
+                "{name}-{} simd-{}{}",
+                mode.name(),
+                best.name(),
+                if t == 1 {
+                    String::new()
+                } else {
+                    format!(" x{t}")
+                }
+            ),
+            fused_ns: half_t * 1e9,
+            gbps: Some(bytes / half_t / 1e9),
+            roofline_fraction: Some(skeleton_t / half_t),
+            max_abs_diff: None,
+        });
+    }
+}
+
 /// Candle: the fused optimizer against the same update in candle tensor ops
 /// (as candle-optimisers writes it), candle-nn's `AdamW` (its built-in
 /// adaptive optimizer) and `SGD` (the cheapest built-in step), on `Var`s of
@@ -439,6 +553,9 @@ fn main() {
         for &variant in &options.variants {
             progress.set_message(format!("{} {}", size_label(n), variant.name()));
             kernel_rows(n, variant, options.threads, &mut rows);
+            if variant == Variant::Plain {
+                half_kernel_rows(n, options.threads, &mut rows);
+            }
             candle_rows(size_label(n), &[n], variant, options.threads, &mut rows);
             burn_rows(size_label(n), &[n], variant, options.threads, &mut rows);
             progress.inc(1);

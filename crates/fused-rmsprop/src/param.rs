@@ -152,6 +152,17 @@ pub(crate) trait Half: Param<State = f32> {
     fn round_stochastic_lanes<S: Simd>(simd: S, x: S::f32s, random: S::u32s) -> S::u32s;
 }
 
+/// The AVX-512 token when `S` is AVX-512: the concrete token that pulp's
+/// safe intrinsics need. `S` is a type, so the compiler decides the
+/// downcast when it monomorphizes the kernel: no run-time cost.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn avx512<S: Simd>(simd: &S) -> Option<pulp::x86::V4> {
+    (simd as &dyn core::any::Any)
+        .downcast_ref::<pulp::x86::V4>()
+        .copied()
+}
+
 /// `f32` bits of a NaN: the magnitude above infinity's.
 const F32_INFINITY_BITS: u32 = 0x7F80_0000;
 const F32_MAGNITUDE: u32 = 0x7FFF_FFFF;
@@ -301,6 +312,19 @@ impl Half for f16 {
     }
     #[inline(always)]
     fn widen_lanes<S: Simd>(simd: S, bits: S::u32s) -> S::f32s {
+        // AVX-512F converts f16 in hardware (`vcvtph2ps`): exact for every
+        // bit pattern, NaNs quieted as `half` does (the exhaustive tests
+        // check this on every bit pattern).
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(v4), Ok(wide)) = (
+            avx512(&simd),
+            bytemuck::try_cast::<S::u32s, core::arch::x86_64::__m512i>(bits),
+        ) {
+            let packed = v4.avx512f._mm512_cvtepi32_epi16(wide);
+            if let Ok(out) = bytemuck::try_cast(v4.avx512f._mm512_cvtph_ps(packed)) {
+                return out;
+            }
+        }
         // Exponent and mantissa shifted into place, then scaled by 2^112:
         // exact for normals, and for subnormals too (an f32 subnormal times
         // a power of two that lands in range is exact). Infinities and NaNs
@@ -322,6 +346,25 @@ impl Half for f16 {
     }
     #[inline(always)]
     fn round_nearest_lanes<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
+        // AVX-512F rounds to f16 in hardware (`vcvtps2ph`, to nearest even,
+        // subnormal results and overflow to infinity as IEEE says); NaNs
+        // are made canonical first, and the canonical f32 NaN converts to
+        // the canonical f16 NaN 0x7E00.
+        #[cfg(target_arch = "x86_64")]
+        {
+            let canonical = simd.select_f32s(simd.equal_f32s(x, x), x, simd.splat_f32s(f32::NAN));
+            if let (Some(v4), Ok(wide)) = (
+                avx512(&simd),
+                bytemuck::try_cast::<S::f32s, core::arch::x86_64::__m512>(canonical),
+            ) {
+                use core::arch::x86_64::{_MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT};
+                const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+                let packed = v4.avx512f._mm512_cvtps_ph::<NEAREST>(wide);
+                if let Ok(out) = bytemuck::try_cast(v4.avx512f._mm512_cvtepu16_epi32(packed)) {
+                    return out;
+                }
+            }
+        }
         // Three ranges of the magnitude (F. Giesen's float_to_half_fast3_rtne):
         // overflow to infinity, subnormal results (rounded by an f32 add of
         // 0.5, whose ulp is the f16 subnormal ulp), and normals (rebias and

@@ -3,11 +3,16 @@
 //! chunk or instruction set steps an element never changes its bits.
 //!
 //! Per tensor and step, [`key`] mixes the seed, the step number and the
-//! tensor's stream into 64 bits (SplitMix64's finalizer). Per element,
-//! [`random_bits`] hashes the element's index with that key through two
-//! rounds of a 32-bit integer hash (C. Wellons' `lowbias32`, a bijection with
-//! low bias); [`random_lanes`] computes the same on a register of lanes with
-//! `u32` operations only.
+//! tensor's stream into 64 bits (SplitMix64's finalizer); per block of
+//! `2^32` elements, the key and the block number are mixed again into 32
+//! bits. Per element, [`random_bits`] hashes the low 32 bits of the
+//! element's index, xored with that block key, through one round of a
+//! 32-bit integer hash (C. Wellons' `lowbias32`: a bijection whose output
+//! bits each flip with probability within 0.2% of 1/2 when one input bit
+//! flips), so the elements of one tensor and step get distinct bits, and
+//! another seed, step or stream permutes them. [`random_lanes`] computes the
+//! same on a register of lanes with `u32` operations only (two multiplies
+//! per register).
 
 use pulp::Simd;
 
@@ -32,11 +37,16 @@ fn lowbias32(mut x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
+/// The key of the block of `2^32` elements number `block`.
+#[inline(always)]
+fn block_key(key: u64, block: u64) -> u32 {
+    mix64(key ^ block.wrapping_mul(0xD1B5_4A32_D192_ED03)) as u32
+}
+
 /// The 32 random bits of element `index` of a tensor stepped with `key`.
 #[inline(always)]
 pub(crate) fn random_bits(key: u64, index: u64) -> u32 {
-    let low = lowbias32(index as u32 ^ key as u32);
-    lowbias32(low ^ (index >> 32) as u32 ^ (key >> 32) as u32)
+    lowbias32(index as u32 ^ block_key(key, index >> 32))
 }
 
 #[inline(always)]
@@ -68,21 +78,20 @@ pub(crate) fn iota<S: Simd>() -> S::u32s {
 pub(crate) fn random_lanes<S: Simd>(simd: S, key: u64, first: u64, iota: S::u32s) -> S::u32s {
     let lanes = core::mem::size_of::<S::u32s>() / 4;
     let low = simd.add_u32s(simd.splat_u32s(first as u32), iota);
-    let high = if (first as u32).checked_add(lanes as u32 - 1).is_some() {
-        simd.splat_u32s((first >> 32) as u32)
+    let block = first >> 32;
+    let keys = if (first as u32).checked_add(lanes as u32 - 1).is_some() {
+        simd.splat_u32s(block_key(key, block))
     } else {
         // The low halves wrap inside this register: the lanes past the wrap
-        // belong to the next 2^32 block.
+        // belong to the next block.
         let wrapped = simd.less_than_u32s(low, simd.splat_u32s(first as u32));
         simd.select_u32s(
             wrapped,
-            simd.splat_u32s(((first >> 32) as u32).wrapping_add(1)),
-            simd.splat_u32s((first >> 32) as u32),
+            simd.splat_u32s(block_key(key, block.wrapping_add(1))),
+            simd.splat_u32s(block_key(key, block)),
         )
     };
-    let x = lowbias32_lanes(simd, simd.xor_u32s(low, simd.splat_u32s(key as u32)));
-    let x = simd.xor_u32s(x, simd.xor_u32s(high, simd.splat_u32s((key >> 32) as u32)));
-    lowbias32_lanes(simd, x)
+    lowbias32_lanes(simd, simd.xor_u32s(low, keys))
 }
 
 #[cfg(test)]

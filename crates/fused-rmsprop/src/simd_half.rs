@@ -39,6 +39,7 @@ struct Kernel<'a, 'c, H: Half> {
 fn load<H: Half, S: Simd>(src: &[H]) -> S::u32s {
     let mut lanes: S::u32s = bytemuck::Zeroable::zeroed();
     let wide = bytemuck::cast_slice_mut::<S::u32s, u32>(core::slice::from_mut(&mut lanes));
+    let src = &src[..wide.len()];
     for (lane, x) in wide.iter_mut().zip(src) {
         *lane = u32::from(x.to_bits());
     }
@@ -46,10 +47,48 @@ fn load<H: Half, S: Simd>(src: &[H]) -> S::u32s {
 }
 
 /// The low halves of `lanes` (each below `2^16`) stored to `dst`.
+///
+/// The compiler does not find a single narrowing store for the portable
+/// loop (it extracts and inserts words one by one), so on x86 the
+/// instruction set's own narrowing is used: `vpmovdw` on AVX-512,
+/// `vpackusdw` and a lane permute on AVX2 (exact, as every lane is below
+/// `2^16`). pulp's safe intrinsics need the concrete token: `S` is that
+/// token exactly when the downcast succeeds, which the compiler decides at
+/// monomorphization.
 #[inline(always)]
-fn store<H: Half, S: Simd>(dst: &mut [H], lanes: S::u32s) {
+fn store<H: Half, S: Simd>(simd: S, dst: &mut [H], lanes: S::u32s) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::any::Any;
+        use core::arch::x86_64::{__m256i, __m512i};
+        let token: &dyn Any = &simd;
+        if let (Some(v4), Ok(wide)) = (
+            crate::param::avx512(&simd),
+            bytemuck::try_cast::<S::u32s, __m512i>(lanes),
+        ) {
+            let narrow: [u16; 16] = bytemuck::cast(v4.avx512f._mm512_cvtepi32_epi16(wide));
+            for (x, bits) in dst[..16].iter_mut().zip(narrow) {
+                *x = H::from_bits(bits);
+            }
+            return;
+        }
+        if let (Some(v3), Ok(wide)) = (
+            token.downcast_ref::<pulp::x86::V3>(),
+            bytemuck::try_cast::<S::u32s, __m256i>(lanes),
+        ) {
+            // Packs within each 128-bit half, then gathers the two halves'
+            // low quadwords.
+            let packed = v3.avx2._mm256_packus_epi32(wide, wide);
+            let ordered = v3.avx2._mm256_permute4x64_epi64::<0b1000>(packed);
+            let narrow: [u16; 8] = bytemuck::cast(v3.avx._mm256_castsi256_si128(ordered));
+            for (x, bits) in dst[..8].iter_mut().zip(narrow) {
+                *x = H::from_bits(bits);
+            }
+            return;
+        }
+    }
     let wide = bytemuck::cast_slice::<S::u32s, u32>(core::slice::from_ref(&lanes));
-    for (x, lane) in dst.iter_mut().zip(wide) {
+    for (x, lane) in dst[..wide.len()].iter_mut().zip(wide) {
         *x = H::from_bits(*lane as u16);
     }
 }
@@ -127,7 +166,7 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
             } else {
                 H::round_nearest_lanes(simd, p)
             };
-            store::<H, S>(params16, rounded);
+            store::<H, S>(simd, params16, rounded);
         }
 
         scalar::step(c, tail);
