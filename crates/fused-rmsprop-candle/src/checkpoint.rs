@@ -8,15 +8,28 @@ use candle_core::{DType, Tensor, Var};
 use fused_rmsprop::{Hyper, State};
 
 use crate::optimizer::VarState;
-use crate::storage::CpuFloat;
+use fused_rmsprop::{Float, bf16, f16};
+
+use crate::optimizer::half_state;
 use crate::{Result, RmsProp};
 
 impl RmsProp {
     /// Saves the state of every variable as safetensors: `{i}.square_avg`,
-    /// `{i}.grad_avg`, `{i}.momentum_buf` (each in the variable's shape and
-    /// dtype) and `{i}.step`, where `i` is the variable's position in the
-    /// list given to [`RmsProp::new`](candle_nn::Optimizer::new). A restart that builds the optimizer
-    /// from the same model's variables loads it back.
+    /// `{i}.grad_avg`, `{i}.momentum_buf` (each in the variable's shape, in
+    /// its dtype for `f32`/`f64` variables and in `f32` for `bf16`/`f16`
+    /// ones), `{i}.master` (the `f32` master copy of a 16-bit variable under
+    /// master weights) and `{i}.step`, where `i` is the variable's position
+    /// in the list given to [`RmsProp::new`](candle_nn::Optimizer::new). A
+    /// restart that builds the optimizer from the same model's variables
+    /// loads it back.
+    ///
+    /// Rounding options may change between save and load: a file without
+    /// master copies loaded under master weights starts each copy from the
+    /// variable's current value (as a fresh optimizer does); a file with
+    /// master copies loaded without master weights drops them (the variable
+    /// keeps its rounded value; the sub-ulp remainder the copy held is lost).
+    /// The rounding mode itself is not saved: stochastic rounding continues
+    /// from the saved step counts, under the loading optimizer's seed.
     ///
     /// ```
     /// # use candle_core::{Device, Var};
@@ -37,7 +50,9 @@ impl RmsProp {
             let shape = var.shape();
             let cpu = &candle_core::Device::Cpu;
             match state {
-                VarState::F32(s) => insert_state(&mut tensors, i, shape, s, cpu)?,
+                VarState::F32(s) | VarState::BF16(s) | VarState::F16(s) => {
+                    insert_state(&mut tensors, i, shape, s, cpu)?
+                }
                 VarState::F64(s) => insert_state(&mut tensors, i, shape, s, cpu)?,
             }
         }
@@ -74,8 +89,16 @@ impl RmsProp {
         let mut loaded = Vec::with_capacity(self.vars.len());
         for (i, (var, state)) in self.vars.iter().enumerate() {
             loaded.push(match state {
-                VarState::F32(_) => VarState::F32(take_state(&mut tensors, i, var, hyper)?),
-                VarState::F64(_) => VarState::F64(take_state(&mut tensors, i, var, hyper)?),
+                VarState::F32(_) => VarState::F32(take_state(&mut tensors, i, var, hyper, None)?),
+                VarState::F64(_) => VarState::F64(take_state(&mut tensors, i, var, hyper, None)?),
+                VarState::BF16(_) => {
+                    let fresh = half_state::<bf16>(var, hyper)?;
+                    VarState::BF16(take_state(&mut tensors, i, var, hyper, Some(fresh))?)
+                }
+                VarState::F16(_) => {
+                    let fresh = half_state::<f16>(var, hyper)?;
+                    VarState::F16(take_state(&mut tensors, i, var, hyper, Some(fresh))?)
+                }
             });
         }
         if let Some(extra) = tensors.keys().min() {
@@ -90,7 +113,7 @@ impl RmsProp {
     }
 }
 
-fn insert_state<T: CpuFloat>(
+fn insert_state<T: Float + candle_core::WithDType>(
     tensors: &mut HashMap<String, Tensor>,
     i: usize,
     shape: &candle_core::Shape,
@@ -110,16 +133,24 @@ fn insert_state<T: CpuFloat>(
             Tensor::from_slice(b, shape, cpu)?,
         );
     }
+    if let Some(m) = &s.master {
+        tensors.insert(format!("{i}.master"), Tensor::from_slice(m, shape, cpu)?);
+    }
     tensors.insert(format!("{i}.step"), Tensor::new(&[s.step as i64], cpu)?);
     Ok(())
 }
 
-fn take_state<T: CpuFloat>(
+/// The state of variable `i` from `tensors`, all checked. `fresh` is the
+/// fresh state of a 16-bit variable (its master copy, under master weights,
+/// stands in for one the file lacks).
+fn take_state<T: Float + candle_core::WithDType>(
     tensors: &mut HashMap<String, Tensor>,
     i: usize,
     var: &Var,
     hyper: &Hyper,
+    fresh: Option<State<T>>,
 ) -> Result<State<T>> {
+    let has_master = tensors.contains_key(&format!("{i}.master"));
     let mut take = |name: &str, needed: bool| -> Result<Option<Vec<T>>> {
         let key = format!("{i}.{name}");
         match (tensors.remove(&key), needed) {
@@ -145,6 +176,21 @@ fn take_state<T: CpuFloat>(
     let square_avg = take("square_avg", true)?.unwrap_or_default();
     let grad_avg = take("grad_avg", hyper.needs_grad_avg())?;
     let momentum_buf = take("momentum_buf", hyper.needs_momentum_buf())?;
+    let master = match fresh {
+        Some(fresh) => {
+            let saved = if has_master {
+                take("master", true)?
+            } else {
+                None
+            };
+            if hyper.master_weights {
+                saved.or(fresh.master)
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
     let key = format!("{i}.step");
     let step = match tensors.remove(&key) {
         Some(t) if t.dtype() == DType::I64 && t.elem_count() == 1 => {
@@ -165,7 +211,7 @@ fn take_state<T: CpuFloat>(
         square_avg,
         grad_avg,
         momentum_buf,
-        master: None,
+        master,
         step: u64::try_from(step)
             .map_err(|_| candle_core::Error::msg(format!("fused RMSprop: {key:?} is negative")))?,
     })

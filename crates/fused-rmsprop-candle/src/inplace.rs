@@ -24,11 +24,11 @@
 use std::cell::RefCell;
 
 use candle_core::{CpuStorage, Layout, Tensor, Var};
-use fused_rmsprop::{Group, State, StateSlices, StepReport};
+use fused_rmsprop::{Group, Param, State, StateSlices, StepReport};
 
 use crate::Result;
 use crate::optimizer::kernel_error;
-use crate::storage::{CpuFloat, cpu_slice};
+use crate::storage::{CpuParam, cpu_slice};
 
 /// The most variables one nested dispatch holds. Each level of nesting costs
 /// about 1.6 KiB of stack, so a batch needs about 50 KiB; a step of many
@@ -38,7 +38,7 @@ pub const VARS_PER_DISPATCH: usize = 32;
 /// One variable to step: its index among the optimizer's variables, the
 /// variable, its contiguous gradient (sharing no storage with any variable),
 /// its state.
-pub(crate) type Entry<'a, T> = (usize, &'a Var, Tensor, &'a mut State<T>);
+pub(crate) type Entry<'a, T> = (usize, &'a Var, Tensor, &'a mut State<<T as Param>::State>);
 
 /// Steps `entries` (all of dtype `T`) in batches of nested in-place ops;
 /// returns the indices of the variables skipped for a non-finite gradient.
@@ -46,7 +46,7 @@ pub(crate) type Entry<'a, T> = (usize, &'a Var, Tensor, &'a mut State<T>);
 ///
 /// Under `NonFinite::Error` the caller has checked every gradient already
 /// (a batch cannot see the next batch's gradients before it writes).
-pub(crate) fn step_all<T: CpuFloat>(
+pub(crate) fn step_all<T: CpuParam>(
     kernel: &fused_rmsprop::RmsProp,
     lr: f64,
     entries: Vec<Entry<'_, T>>,
@@ -55,8 +55,10 @@ pub(crate) fn step_all<T: CpuFloat>(
         return Ok(Vec::new());
     }
     let indices: Vec<usize> = entries.iter().map(|e| e.0).collect();
-    let (targets, grads): (Vec<_>, Vec<_>) =
-        entries.into_iter().map(|(_, v, g, s)| ((v, s), g)).unzip();
+    let (targets, grads): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .map(|(i, v, g, s)| ((i, v, s), g))
+        .unzip();
     // Read locks on every gradient, held for the whole step.
     let guards: Vec<_> = grads.iter().map(Tensor::storage_and_layout).collect();
     let mut grad_slices = Vec::with_capacity(guards.len());
@@ -66,12 +68,14 @@ pub(crate) fn step_all<T: CpuFloat>(
     let mut pending = targets
         .into_iter()
         .zip(grad_slices)
-        .map(|((var, state), grad)| Pending {
+        .map(|((index, var, state), grad)| Pending {
+            index,
             var,
             grad,
             state: &mut state.square_avg,
             grad_avg: state.grad_avg.as_deref_mut(),
             momentum_buf: state.momentum_buf.as_deref_mut(),
+            master: state.master.as_deref_mut(),
             step: &mut state.step,
         });
     let mut skipped = Vec::new();
@@ -109,18 +113,22 @@ pub(crate) fn step_all<T: CpuFloat>(
 type ReportCell = RefCell<std::result::Result<StepReport, fused_rmsprop::Error>>;
 
 /// A variable whose storage is not locked yet, with its gradient and state.
-struct Pending<'a, T> {
+struct Pending<'a, T: Param> {
+    /// The variable's index among the optimizer's (its stochastic-rounding
+    /// stream).
+    index: usize,
     var: &'a Var,
     grad: &'a [T],
-    state: &'a mut [T],
-    grad_avg: Option<&'a mut [T]>,
-    momentum_buf: Option<&'a mut [T]>,
+    state: &'a mut [T::State],
+    grad_avg: Option<&'a mut [T::State]>,
+    momentum_buf: Option<&'a mut [T::State]>,
+    master: Option<&'a mut [T::State]>,
     step: &'a mut u64,
 }
 
 /// Locks the next pending variable's storage (through an in-place op) and
 /// recurses inside it; with none left, steps every group at once.
-fn nest<'a, T: CpuFloat>(
+fn nest<'a, T: CpuParam>(
     kernel: &fused_rmsprop::RmsProp,
     lr: f64,
     mut pending: std::vec::IntoIter<Pending<'a, T>>,
@@ -165,12 +173,12 @@ type Payload<'a, 'k, T> = (
 );
 
 /// The in-place op that holds one variable's storage while the rest nest.
-struct NestedStep<'a, 'k, T: CpuFloat> {
+struct NestedStep<'a, 'k, T: CpuParam> {
     payload: RefCell<Option<Payload<'a, 'k, T>>>,
     report: &'k ReportCell,
 }
 
-impl<T: CpuFloat> candle_core::InplaceOp1 for NestedStep<'_, '_, T> {
+impl<T: CpuParam> candle_core::InplaceOp1 for NestedStep<'_, '_, T> {
     fn name(&self) -> &'static str {
         "fused-rmsprop-step"
     }
@@ -193,7 +201,10 @@ impl<T: CpuFloat> candle_core::InplaceOp1 for NestedStep<'_, '_, T> {
         let mut state = StateSlices::new(this.state);
         state.grad_avg = this.grad_avg;
         state.momentum_buf = this.momentum_buf;
-        groups.push(Group::new(params, this.grad, state));
+        state.master = this.master;
+        groups.push(
+            Group::new(params, this.grad, state).with_rounding_key(*this.step, this.index as u64),
+        );
         counters.push(this.step);
         nest(kernel, lr, pending, groups, &mut counters, self.report)
     }

@@ -41,16 +41,31 @@
 //! a strided tensor into fresh storage, and `Var::set` itself refuses a
 //! non-contiguous variable), so the in-place route always applies.
 //!
-//! # Other devices and dtypes
+//! # Dtypes
+//! `f32` and `f64` variables keep their state in their own dtype; `bf16` and
+//! `f16` variables are stepped in place by the kernel's 16-bit step, with
+//! `f32` state owned by the optimizer (6 bytes per element for plain
+//! RMSprop: 2 for the variable and 4 for the square average). Their rounding
+//! back to 16 bits is [`ParamsRmsProp::rounding`]: to nearest even, or
+//! stochastically for `bf16` (each variable draws its own bits, keyed by the
+//! seed, its index in the optimizer and its step count);
+//! [`ParamsRmsProp::master_weights`] keeps an `f32` copy of each 16-bit
+//! variable (4 more bytes per element). A model with variables of several
+//! dtypes is stepped one kernel call per dtype, every gradient checked
+//! before any is written.
+//!
+//! # Other devices
 //! [`TensorOpsRmsProp`] is the same update written with candle tensor ops:
-//! it runs wherever candle runs (CUDA, Metal, bf16, f16), one new tensor per
-//! operation, and is what the fused optimizer is measured and tested against.
+//! it runs wherever candle runs (CUDA, Metal), one new tensor per
+//! operation, computing 16-bit variables in `f32` as the fused optimizer
+//! does, and is what the fused optimizer is measured and tested against.
 //!
 //! # What it refuses
-//! Variables on CUDA or Metal, and variables of dtype other than `f32` and
-//! `f64` (bf16, f16), are refused by [`RmsProp::new`](candle_nn::Optimizer::new) with an error naming
-//! the variable; the kernel has no mixed-precision step yet. Integer
-//! variables are skipped, as candle's own optimizers skip them.
+//! [`RmsProp::new`](candle_nn::Optimizer::new) refuses, with an error naming
+//! the variable, a variable on CUDA or Metal (use [`TensorOpsRmsProp`]) and a
+//! float variable of a dtype the kernel has no step for (candle's 8-bit and
+//! smaller float types). Integer variables are skipped, as candle's own
+//! optimizers skip them.
 
 mod checkpoint;
 mod inplace;

@@ -4,17 +4,30 @@ use std::collections::{HashMap, HashSet};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
-use fused_rmsprop::{Hyper, NonFinite, State};
+use fused_rmsprop::{Hyper, NonFinite, State, bf16, f16};
 
 use crate::inplace::step_all;
 use crate::storage::storage_key;
 use crate::{ParamsRmsProp, Result};
 
-/// One variable's state, in the variable's dtype.
+/// One variable's state: in the variable's dtype for `f32` and `f64`, in
+/// `f32` for `bf16` and `f16` (with the master copy under master weights).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum VarState {
     F32(State<f32>),
     F64(State<f64>),
+    BF16(State<f32>),
+    F16(State<f32>),
+}
+
+impl VarState {
+    /// The steps this state has taken.
+    pub(crate) fn step_mut(&mut self) -> &mut u64 {
+        match self {
+            VarState::F32(s) | VarState::BF16(s) | VarState::F16(s) => &mut s.step,
+            VarState::F64(s) => &mut s.step,
+        }
+    }
 }
 
 /// RMSprop over candle `Var`s, stepped in place by the fused kernel.
@@ -60,9 +73,26 @@ fn state_for(var: &Var, index: usize, hyper: &Hyper) -> Result<VarState> {
     match var.dtype() {
         DType::F32 => Ok(VarState::F32(State::new(n, hyper))),
         DType::F64 => Ok(VarState::F64(State::new(n, hyper))),
+        DType::BF16 => Ok(VarState::BF16(half_state::<bf16>(var, hyper)?)),
+        DType::F16 => Ok(VarState::F16(half_state::<f16>(var, hyper)?)),
         other => Err(candle_core::Error::msg(format!(
-            "fused RMSprop: variable {index} has dtype {other:?}; only f32 and f64 are supported"
+            "fused RMSprop: variable {index} has dtype {other:?}; \
+             the in-place route steps f32, f64, bf16 and f16"
         ))),
+    }
+}
+
+/// Fresh `f32` state for a 16-bit variable; under master weights, the
+/// master copy starts as the variable's values (one read of the variable).
+pub(crate) fn half_state<P>(var: &Var, hyper: &Hyper) -> Result<State<f32>>
+where
+    P: fused_rmsprop::Param<State = f32> + candle_core::WithDType,
+{
+    if hyper.master_weights {
+        let values = var.as_tensor().flatten_all()?.to_vec1::<P>()?;
+        Ok(State::for_params(&values, hyper))
+    } else {
+        Ok(State::new(var.elem_count(), hyper))
     }
 }
 
@@ -149,21 +179,24 @@ impl candle_nn::Optimizer for RmsProp {
             check_all_finite(&entries)?;
         }
 
-        let (mut f32s, mut f64s) = (Vec::new(), Vec::new());
+        // One kernel call per dtype (one parameter type per call).
+        let (mut f32s, mut f64s, mut bf16s, mut f16s) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (index, var, grad, state) in entries {
             match state {
                 VarState::F32(s) => f32s.push((index, var, grad, s)),
                 VarState::F64(s) => f64s.push((index, var, grad, s)),
+                VarState::BF16(s) => bf16s.push((index, var, grad, s)),
+                VarState::F16(s) => f16s.push((index, var, grad, s)),
             }
         }
-        let mut skipped = step_all(&self.kernel, lr, f32s)?;
-        skipped.extend(step_all(&self.kernel, lr, f64s)?);
+        let mut skipped = step_all::<f32>(&self.kernel, lr, f32s)?;
+        skipped.extend(step_all::<f64>(&self.kernel, lr, f64s)?);
+        skipped.extend(step_all::<bf16>(&self.kernel, lr, bf16s)?);
+        skipped.extend(step_all::<f16>(&self.kernel, lr, f16s)?);
         skipped.sort_unstable();
         for state in empty {
-            match state {
-                VarState::F32(s) => s.step += 1,
-                VarState::F64(s) => s.step += 1,
-            }
+            *state.step_mut() += 1;
         }
         self.last_skipped = skipped;
         Ok(())
@@ -181,7 +214,7 @@ impl candle_nn::Optimizer for RmsProp {
 /// Under [`NonFinite::Error`]: the first gradient holding a NaN or an
 /// infinity, as the kernel's error, before any batch writes.
 fn check_all_finite(entries: &[(usize, &Var, Tensor, &mut VarState)]) -> Result<()> {
-    fn first<T: crate::storage::CpuFloat>(grad: &Tensor) -> Result<Option<usize>> {
+    fn first<T: crate::storage::CpuParam>(grad: &Tensor) -> Result<Option<usize>> {
         let (storage, layout) = grad.storage_and_layout();
         Ok(fused_rmsprop::find_non_finite(crate::storage::cpu_slice::<
             T,
@@ -191,6 +224,8 @@ fn check_all_finite(entries: &[(usize, &Var, Tensor, &mut VarState)]) -> Result<
         let found = match state {
             VarState::F32(_) => first::<f32>(grad)?,
             VarState::F64(_) => first::<f64>(grad)?,
+            VarState::BF16(_) => first::<bf16>(grad)?,
+            VarState::F16(_) => first::<f16>(grad)?,
         };
         if let Some(index) = found {
             return Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {

@@ -1,6 +1,6 @@
 //! [`ParamsRmsProp`]: the optimizer's settings, with candle-optimisers' names.
 
-use fused_rmsprop::{EpsPlacement, Hyper, NonFinite, WeightDecay};
+use fused_rmsprop::{EpsPlacement, Hyper, NonFinite, Rounding, WeightDecay};
 
 /// Hyper-parameters, with candle-optimisers' field names and types plus the
 /// fused kernel's options. `Default` is PyTorch's: lr 0.01, alpha 0.99,
@@ -41,6 +41,14 @@ pub struct ParamsRmsProp {
     /// (PyTorch), skip that variable (see [`RmsProp::last_skipped`]), or
     /// return an error and write nothing.
     pub non_finite: NonFinite,
+    /// How `bf16`/`f16` variables are rounded after the step: to nearest
+    /// (default), or stochastically for `bf16` with a seed (each variable
+    /// draws its own bits, keyed by its index and step count).
+    pub rounding: Rounding,
+    /// Keep an `f32` master copy of each `bf16`/`f16` variable in the
+    /// optimizer (4 bytes per element): the step updates the copy and
+    /// writes its rounded value to the variable.
+    pub master_weights: bool,
 }
 
 impl Default for ParamsRmsProp {
@@ -60,6 +68,8 @@ impl Default for ParamsRmsProp {
             clamp_centered_variance: false,
             maximize: false,
             non_finite: NonFinite::Propagate,
+            rounding: Rounding::Nearest,
+            master_weights: false,
         }
     }
 }
@@ -92,7 +102,8 @@ impl ParamsRmsProp {
             }),
             maximize: self.maximize,
             non_finite: self.non_finite,
-            ..Hyper::default()
+            rounding: self.rounding,
+            master_weights: self.master_weights,
         }
     }
 }

@@ -2,19 +2,20 @@
 //! kernel steps, the slice a layout covers, and which storage a tensor uses.
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
-use fused_rmsprop::Float;
+use fused_rmsprop::{Param, bf16, f16};
 
 use crate::Result;
 
-/// A float type candle stores in a `CpuStorage` that the kernel steps.
-pub(crate) trait CpuFloat: Float + candle_core::WithDType {
+/// A float type candle stores in a `CpuStorage` that the kernel steps:
+/// `f32`, `f64`, `bf16`, `f16`.
+pub(crate) trait CpuParam: Param + candle_core::WithDType {
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
     fn slice_mut(storage: &mut CpuStorage) -> Option<&mut [Self]>;
 }
 
 macro_rules! impl_cpu_float {
     ($ty:ty, $variant:ident) => {
-        impl CpuFloat for $ty {
+        impl CpuParam for $ty {
             fn slice(storage: &CpuStorage) -> Option<&[Self]> {
                 match storage {
                     CpuStorage::$variant(v) => Some(v),
@@ -33,9 +34,11 @@ macro_rules! impl_cpu_float {
 
 impl_cpu_float!(f32, F32);
 impl_cpu_float!(f64, F64);
+impl_cpu_float!(bf16, BF16);
+impl_cpu_float!(f16, F16);
 
 /// The contiguous slice of a CPU tensor's storage that its layout covers.
-pub(crate) fn cpu_slice<'s, T: CpuFloat>(storage: &'s Storage, layout: &Layout) -> Result<&'s [T]> {
+pub(crate) fn cpu_slice<'s, T: CpuParam>(storage: &'s Storage, layout: &Layout) -> Result<&'s [T]> {
     let Storage::Cpu(cpu) = storage else {
         return Err(candle_core::Error::msg(
             "fused RMSprop: tensor is not on the CPU",

@@ -1,7 +1,7 @@
 //! [`TensorOpsRmsProp`]: the same update written with candle tensor ops.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use fused_rmsprop::EpsPlacement;
 
 use crate::{ParamsRmsProp, Result, kernel_error};
@@ -16,7 +16,11 @@ use crate::{ParamsRmsProp, Result, kernel_error};
 /// run these semantics where the fused optimizer refuses a variable. It
 /// agrees with the fused optimizer to rounding (candle's scalar ops and
 /// products may round differently by an ulp), not bit for bit. It ignores
-/// `non_finite` (NaN and Inf propagate, as in PyTorch).
+/// `non_finite` (NaN and Inf propagate, as in PyTorch). A `bf16` or `f16`
+/// variable is stepped as the fused optimizer steps it: widened to `f32`,
+/// state in `f32`, rounded back to nearest (candle's `to_dtype`), with an
+/// `f32` master copy under `master_weights`; stochastic rounding is not
+/// available here (it rounds to nearest).
 ///
 /// ```
 /// use candle_core::{Device, Var};
@@ -35,7 +39,17 @@ pub struct TensorOpsRmsProp {
     square_avg: Vec<Var>,
     grad_avg: Vec<Option<Var>>,
     momentum_buf: Vec<Option<Var>>,
+    master: Vec<Option<Var>>,
     params: ParamsRmsProp,
+}
+
+/// The dtype the update computes in and keeps state in: `f32` for `bf16` and
+/// `f16` variables (as the fused optimizer), the variable's own otherwise.
+fn state_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
 }
 
 impl candle_nn::Optimizer for TensorOpsRmsProp {
@@ -46,7 +60,9 @@ impl candle_nn::Optimizer for TensorOpsRmsProp {
     fn new(vars: Vec<Var>, params: ParamsRmsProp) -> Result<Self> {
         params.hyper().validate().map_err(kernel_error)?;
         let vars: Vec<Var> = vars.into_iter().filter(|v| v.dtype().is_float()).collect();
-        let filled = |v: &Var, fill: f64| Var::from_tensor(&(v.zeros_like()? + fill)?);
+        let filled = |v: &Var, fill: f64| {
+            Var::from_tensor(&(v.zeros_like()?.to_dtype(state_dtype(v.dtype()))? + fill)?)
+        };
         let hyper = params.hyper();
         let optional = |needed: bool| -> Result<Vec<Option<Var>>> {
             vars.iter()
@@ -60,6 +76,15 @@ impl candle_nn::Optimizer for TensorOpsRmsProp {
                 .collect::<Result<_>>()?,
             grad_avg: optional(hyper.needs_grad_avg())?,
             momentum_buf: optional(hyper.needs_momentum_buf())?,
+            master: vars
+                .iter()
+                .map(|v| {
+                    let narrow = state_dtype(v.dtype()) != v.dtype();
+                    (hyper.master_weights && narrow)
+                        .then(|| Var::from_tensor(&v.as_tensor().to_dtype(DType::F32)?))
+                        .transpose()
+                })
+                .collect::<Result<_>>()?,
             vars,
             params,
         })
@@ -70,8 +95,12 @@ impl candle_nn::Optimizer for TensorOpsRmsProp {
         p.hyper().validate().map_err(kernel_error)?;
         for (i, var) in self.vars.iter().enumerate() {
             let Some(grad) = grads.get(var) else { continue };
-            let mut g = grad.detach();
-            let mut param = var.as_tensor().detach();
+            let compute = state_dtype(var.dtype());
+            let mut g = grad.detach().to_dtype(compute)?;
+            let mut param = match &self.master[i] {
+                Some(master) => master.as_tensor().detach(),
+                None => var.as_tensor().detach().to_dtype(compute)?,
+            };
             if p.maximize {
                 g = g.neg()?;
             }
@@ -107,7 +136,11 @@ impl candle_nn::Optimizer for TensorOpsRmsProp {
                     b
                 };
             }
-            var.set(&(param - (step * p.lr)?)?)?;
+            let param = (param - (step * p.lr)?)?;
+            if let Some(master) = &self.master[i] {
+                master.set(&param)?;
+            }
+            var.set(&param.to_dtype(var.dtype())?)?;
         }
         Ok(())
     }
