@@ -5,7 +5,10 @@
 //! It follows the scalar spec of [`fused_rmsprop`] operation by operation
 //! (same products, same order), so it agrees with the in-place route to the
 //! rounding of the backend's element-wise ops; it does not canonicalize NaN
-//! payloads.
+//! payloads. A `bf16`/`f16` parameter is computed as the kernel computes it:
+//! parameter and gradient cast to `f32` (the state's dtype), the update in
+//! `f32`, the result cast back with the backend's own conversion (round to
+//! nearest on Flex and the CubeCL backends).
 
 use burn::tensor::Tensor;
 use fused_rmsprop::{EpsPlacement, Hyper, WeightDecay};
@@ -21,6 +24,16 @@ pub(crate) fn step<const D: usize>(
     grad: Tensor<D>,
     state: FusedRmsPropState<D>,
 ) -> (Tensor<D>, FusedRmsPropState<D>) {
+    let dtype = param.dtype();
+    let compute = state.square_avg.dtype();
+    let widen = |t: Tensor<D>| {
+        if t.dtype() == compute {
+            t
+        } else {
+            t.cast(compute)
+        }
+    };
+    let (param, grad) = (widen(param), widen(grad));
     let mut grad = if hyper.maximize { grad.neg() } else { grad };
     let mut param = param;
     match hyper.weight_decay {
@@ -62,6 +75,11 @@ pub(crate) fn step<const D: usize>(
     });
 
     let param = param - update.mul_scalar(lr);
+    let param = if param.dtype() == dtype {
+        param
+    } else {
+        param.cast(dtype)
+    };
     let state = FusedRmsPropState {
         square_avg,
         grad_avg,

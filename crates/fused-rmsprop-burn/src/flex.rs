@@ -11,14 +11,16 @@
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::tensor::{DType, Tensor};
-use fused_rmsprop::{Float, RmsProp, StateSlices, StepReport};
+use fused_rmsprop::{Param, RmsProp, StateSlices, StepReport, bf16, f16};
 
+use crate::state::state_dtype;
 use crate::{Counters, FusedRmsPropState};
 
 type FlexTensor = FloatTensor<Flex>;
 
-/// Whether the in-place route applies: every tensor on a Flex device, all of
-/// one dtype, and that dtype `f32` or `f64`.
+/// Whether the in-place route applies: every tensor on a Flex device, the
+/// parameter `f32`, `f64`, `bf16` or `f16`, the gradient of its dtype, the
+/// state of its state dtype (`f32` for the 16-bit types).
 pub(crate) fn applies<const D: usize>(
     param: &Tensor<D>,
     grad: &Tensor<D>,
@@ -26,13 +28,15 @@ pub(crate) fn applies<const D: usize>(
 ) -> bool {
     let on_flex = |t: &Tensor<D>| matches!(t.device().as_dispatch(), DispatchDevice::Flex(_));
     let dtype = param.dtype();
-    let same = |t: &Tensor<D>| t.dtype() == dtype && on_flex(t);
-    matches!(dtype, DType::F32 | DType::F64)
+    let kept = state_dtype(dtype);
+    let state_like = |t: &Tensor<D>| t.dtype() == kept && on_flex(t);
+    matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16)
         && on_flex(param)
-        && same(grad)
-        && same(&state.square_avg)
-        && state.grad_avg.as_ref().is_none_or(same)
-        && state.momentum_buf.as_ref().is_none_or(same)
+        && grad.dtype() == dtype
+        && on_flex(grad)
+        && state_like(&state.square_avg)
+        && state.grad_avg.as_ref().is_none_or(state_like)
+        && state.momentum_buf.as_ref().is_none_or(state_like)
 }
 
 /// One step in place. `applies` holds and `state` fits `param`; `lr` is
@@ -53,25 +57,18 @@ pub(crate) fn step<const D: usize>(
     let mut grad_avg = state.grad_avg.map(|t| writable(to_flex(t), counters));
     let mut momentum_buf = state.momentum_buf.map(|t| writable(to_flex(t), counters));
 
-    let result = match param.dtype() {
-        DType::F32 => run::<f32>(
-            kernel,
-            lr,
-            &mut param,
-            &grad,
-            &mut square_avg,
-            grad_avg.as_mut(),
-            momentum_buf.as_mut(),
-        ),
-        _ => run::<f64>(
-            kernel,
-            lr,
-            &mut param,
-            &grad,
-            &mut square_avg,
-            grad_avg.as_mut(),
-            momentum_buf.as_mut(),
-        ),
+    let buffers = Buffers {
+        param: &mut param,
+        grad: &grad,
+        square_avg: &mut square_avg,
+        grad_avg: grad_avg.as_mut(),
+        momentum_buf: momentum_buf.as_mut(),
+    };
+    let result = match buffers.param.dtype() {
+        DType::F32 => run::<f32>(kernel, lr, buffers),
+        DType::F64 => run::<f64>(kernel, lr, buffers),
+        DType::BF16 => run::<bf16>(kernel, lr, buffers),
+        _ => run::<f16>(kernel, lr, buffers),
     };
     // Lengths agree (the state fits the parameter, the gradient has its
     // shape) and lr was validated, so the kernel refuses only a non-finite
@@ -90,24 +87,30 @@ pub(crate) fn step<const D: usize>(
     (from_flex(param), state)
 }
 
-fn run<T: Float + burn::tensor::Element + bytemuck::Pod>(
-    kernel: &RmsProp,
-    lr: f64,
-    param: &mut FlexTensor,
-    grad: &FlexTensor,
-    square_avg: &mut FlexTensor,
-    grad_avg: Option<&mut FlexTensor>,
-    momentum_buf: Option<&mut FlexTensor>,
-) -> Result<StepReport, fused_rmsprop::Error> {
-    let grads = view::<T>(grad);
-    let mut state = StateSlices::new(view_mut::<T>(square_avg));
-    if let Some(grad_avg) = grad_avg {
-        state = state.with_grad_avg(view_mut::<T>(grad_avg));
+/// The Flex tensors of one step.
+struct Buffers<'a> {
+    param: &'a mut FlexTensor,
+    grad: &'a FlexTensor,
+    square_avg: &'a mut FlexTensor,
+    grad_avg: Option<&'a mut FlexTensor>,
+    momentum_buf: Option<&'a mut FlexTensor>,
+}
+
+/// One kernel step on parameters of type `P` (state of `P::State`).
+fn run<P>(kernel: &RmsProp, lr: f64, b: Buffers<'_>) -> Result<StepReport, fused_rmsprop::Error>
+where
+    P: Param + burn::tensor::Element + bytemuck::Pod,
+    P::State: burn::tensor::Element + bytemuck::Pod,
+{
+    let grads = view::<P>(b.grad);
+    let mut state = StateSlices::new(view_mut::<P::State>(b.square_avg));
+    if let Some(grad_avg) = b.grad_avg {
+        state = state.with_grad_avg(view_mut::<P::State>(grad_avg));
     }
-    if let Some(momentum_buf) = momentum_buf {
-        state = state.with_momentum_buf(view_mut::<T>(momentum_buf));
+    if let Some(momentum_buf) = b.momentum_buf {
+        state = state.with_momentum_buf(view_mut::<P::State>(momentum_buf));
     }
-    kernel.step_slices(lr, view_mut::<T>(param), grads, state)
+    kernel.step_slices(lr, view_mut::<P>(b.param), grads, state)
 }
 
 fn to_flex<const D: usize>(tensor: Tensor<D>) -> FlexTensor {

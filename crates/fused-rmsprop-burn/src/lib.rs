@@ -35,8 +35,8 @@
 //! agree bit for bit with the bare kernel and with the candle adapter.
 //!
 //! # How the update reaches the buffers
-//! On a Flex device (burn's default CPU backend) with `f32` or `f64`
-//! tensors, the parameter, its gradient and the state tensors are downcast
+//! On a Flex device (burn's default CPU backend) with `f32`, `f64`, `bf16`
+//! or `f16` parameters, the parameter, its gradient and the state tensors are downcast
 //! to their Flex primitives with `Tensor::try_into_primitive` (burn's
 //! `extension` feature, the route it provides for backend extensions), and
 //! the kernel runs on their storage: one fused pass, threaded with rayon for
@@ -54,11 +54,28 @@
 //! transposed view) is made contiguous. [`FusedRmsProp::stats`] counts these
 //! copies.
 //!
+//! # bf16 and f16 parameters
+//! A `bf16` or `f16` parameter keeps its state in `f32` (burn's own
+//! `RmsProp` keeps it in the parameter's dtype and computes in 16 bits): the
+//! kernel widens the parameter and gradient, steps in `f32` and rounds the
+//! parameter back to nearest even, in place. A record of such a parameter
+//! holds `f32` state tensors under burn's names. A checkpoint of burn's
+//! `RmsProp` loads here (its 16-bit state widened exactly); one of this
+//! optimizer loaded into burn 0.22.1's `RmsProp` makes burn panic at its
+//! next step (burn-flex: "binary_op: dtype mismatch", since burn's optimizer
+//! does not convert a loaded state to the parameter's dtype), so moving a
+//! 16-bit model back to burn's optimizer means starting its state afresh.
+//! Stochastic rounding and master weights, which the kernel offers, need a
+//! per-parameter step count and buffer that burn's per-parameter interface
+//! does not carry; this adapter rounds to nearest (the candle adapter has
+//! both).
+//!
 //! # Every other device and dtype
-//! On wgpu, CUDA, the CubeCL CPU runtime or any other backend, for `f16` and
-//! `bf16`, and when a gradient's dtype differs from its parameter's, the step
-//! is the same formula written with burn tensor ops (one new tensor per op,
-//! as burn's own optimizers do). It never panics for want of a route.
+//! On wgpu, CUDA, the CubeCL CPU runtime or any other backend, and when a
+//! gradient's dtype differs from its parameter's, the step is the same
+//! formula written with burn tensor ops (one new tensor per op, as burn's own
+//! optimizers do), 16-bit parameters computed in `f32` and cast back with
+//! the backend's conversion. It never panics for want of a route.
 //!
 //! # Errors
 //! burn's `Optimizer::step` cannot return an error, so a step that cannot be

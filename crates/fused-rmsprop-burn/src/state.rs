@@ -2,11 +2,22 @@
 //! burn's own `RmsPropState` uses, so checkpoints move both ways.
 
 use burn::optim::{RecordState, StateSink, StateSource, join_path};
-use burn::tensor::{Device, Tensor, TensorCreationOptions, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use fused_rmsprop::Hyper;
 
+/// The dtype the state of a parameter of `dtype` is kept in: `f32` for the
+/// 16-bit types (as the kernel's mixed-precision step keeps it), the
+/// parameter's own otherwise.
+pub(crate) fn state_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
+}
+
 /// The state of one parameter: its running averages and momentum buffer,
-/// as tensors of the parameter's shape, dtype and device.
+/// as tensors of the parameter's shape and device, in the parameter's dtype
+/// for `f32`/`f64` parameters and in `f32` for `bf16`/`f16` ones.
 ///
 /// A record written from this state has the keys of burn's `RmsPropState`
 /// (`square_avg.square_avg`, `centered.avg`, `centered.grad_avg`,
@@ -50,9 +61,11 @@ impl<const D: usize> FusedRmsPropState<D> {
     /// assert!(s.momentum_buf.is_some() && s.grad_avg.is_none());
     /// ```
     pub fn fresh(param: &Tensor<D>, hyper: &Hyper) -> Self {
-        let zeros = || param.zeros_like();
+        let dtype = state_dtype(param.dtype());
+        let in_state_dtype = |t: Tensor<D>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+        let zeros = || in_state_dtype(param.zeros_like());
         Self {
-            square_avg: param.full_like(hyper.initial_square_avg),
+            square_avg: in_state_dtype(param.full_like(hyper.initial_square_avg)),
             grad_avg: hyper.needs_grad_avg().then(zeros),
             momentum_buf: hyper.needs_momentum_buf().then(zeros),
         }
@@ -72,7 +85,7 @@ impl<const D: usize> FusedRmsPropState<D> {
             return (Self::fresh(param, hyper), false);
         }
         let device = param.device();
-        let dtype = param.dtype();
+        let dtype = state_dtype(param.dtype());
         let like_param = |t: Tensor<D>| {
             let t = if t.device() == device {
                 t
@@ -81,7 +94,7 @@ impl<const D: usize> FusedRmsPropState<D> {
             };
             if t.dtype() == dtype { t } else { t.cast(dtype) }
         };
-        let zeros = || param.zeros_like();
+        let zeros = || like_param(param.zeros_like());
         let grad_avg = hyper
             .needs_grad_avg()
             .then(|| self.grad_avg.map_or_else(zeros, like_param));

@@ -332,19 +332,76 @@ fn composed_route_equals_in_place_route() {
     }
 }
 
+/// A bf16 and an f16 model train in place (no composed step, no copy after
+/// the first step, `f32` state), their loss falls, and they end where the
+/// composed route (the same semantics in burn tensor ops: f32 compute,
+/// rounded back) ends, within two ulps of the type.
 #[test]
-fn half_precision_takes_the_composed_route() {
-    let device = Device::default();
-    let optim = FusedRmsPropConfig::new().build();
-    let options = TensorCreationOptions::new(device.clone()).with_dtype(DType::F16);
-    let p = Tensor::<1>::from_data(TensorData::from([1.0f32, 2.0]), options.clone());
-    let g = Tensor::<1>::from_data(TensorData::from([0.5f32, -0.5]), options);
-    let (p, state) = optim.step(0.1, p, g, None);
-    assert_eq!(p.dtype(), DType::F16);
-    assert_eq!(state.unwrap().square_avg.dtype(), DType::F16);
-    assert_eq!(optim.stats().composed_steps, 1);
-    let v = to_vec(p);
-    assert!(v[0] < 1.0 && v[1] > 2.0, "{v:?}");
+fn half_precision_models_train_in_place_with_f32_state() {
+    for (dtype, ulp) in [(DType::BF16, 1.0 / 128.0), (DType::F16, 1.0 / 1024.0)] {
+        let model = Mlp::new(&device()).cast(dtype);
+        let config = FusedRmsPropConfig::new().with_momentum(0.5);
+        let in_place = config.build();
+        let composed = config.build().with_route(Route::ComposedOps);
+        let mut a = (model.clone(), ModuleOptimizer::from(in_place.clone()));
+        let mut b = (model.clone(), ModuleOptimizer::from(composed.clone()));
+        let loss = |m: &Mlp| -> f64 {
+            let device = device();
+            (0..STEPS)
+                .map(|i| {
+                    let x = data([8, 6], 2 * i as u64, &device, dtype);
+                    let y = data([8, 3], 2 * i as u64 + 1, &device, dtype);
+                    let l = (m.forward(x) - y).powi_scalar(2).mean();
+                    to_vec(l)[0]
+                })
+                .sum::<f64>()
+                / STEPS as f64
+        };
+        let before = loss(&model);
+        let mut copied_after_first = 0;
+        for i in 0..STEPS {
+            a.0 = train_step(&mut a.1, a.0, i, LR, dtype);
+            b.0 = train_step(&mut b.1, b.0, i, LR, dtype);
+            if i == 0 {
+                copied_after_first = in_place.stats().buffers_copied;
+            }
+        }
+        assert_eq!(a.0.l1.weight.val().dtype(), dtype);
+        let stats = in_place.stats();
+        assert_eq!(stats.composed_steps, 0, "{dtype:?}: {stats:?}");
+        assert_eq!(
+            stats.in_place_steps,
+            STEPS as u64 * 6,
+            "{dtype:?}: {stats:?}"
+        );
+        assert_eq!(
+            stats.buffers_copied, copied_after_first,
+            "{dtype:?}: {stats:?}"
+        );
+        let after = loss(&a.0);
+        assert!(after < before, "{dtype:?}: loss {before} -> {after}");
+        for (x, y) in
+            a.0.values()
+                .iter()
+                .flatten()
+                .zip(b.0.values().iter().flatten())
+        {
+            assert!(
+                (x - y).abs() <= 2.0 * ulp * y.abs().max(1.0),
+                "{dtype:?}: in place {x}, composed {y}"
+            );
+        }
+        let (_, state) = in_place.step(
+            LR,
+            a.0.l3.bias.as_ref().unwrap().val().inner(),
+            Tensor::<1>::from_data(
+                TensorData::from([0.5f32, -0.5, 0.25]),
+                TensorCreationOptions::new(Device::default()).with_dtype(dtype),
+            ),
+            None,
+        );
+        assert_eq!(state.unwrap().square_avg.dtype(), DType::F32);
+    }
 }
 
 #[test]
