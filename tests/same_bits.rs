@@ -2,14 +2,16 @@
 //! gradients stepped through the bare kernel, the Candle adapter and the
 //! Burn adapter give the same bits, step after step, for every variant both
 //! adapters support (all of the kernel's), on inputs that include NaN, Inf,
-//! zero, subnormals and huge magnitudes.
+//! zero, subnormals and huge magnitudes; for `f32`, `bf16` and `f16`
+//! parameters (the 16-bit ones with every rounding option in candle, and
+//! round-to-nearest, the one burn's adapter offers, in burn).
 
 use burn::optim::Optimizer;
 use burn::tensor::{Device as BurnDevice, Tensor as BurnTensor, TensorData};
 use candle_core::{Device as CandleDevice, Tensor as CandleTensor, Var};
 use candle_nn::Optimizer as _;
-use fused_rmsprop::testing::{element, hyper};
-use fused_rmsprop::{EpsPlacement, Hyper, RmsProp, State, WeightDecay};
+use fused_rmsprop::testing::{Arbitrary16, element, half_element, half_hyper, hyper};
+use fused_rmsprop::{EpsPlacement, Hyper, Param, RmsProp, Rounding, State, WeightDecay, bf16, f16};
 use fused_rmsprop_burn::{FusedRmsPropConfig, FusedRmsPropState};
 use fused_rmsprop_candle::ParamsRmsProp;
 use proptest::prelude::*;
@@ -65,7 +67,27 @@ fn candle_params(h: &Hyper) -> ParamsRmsProp {
         clamp_centered_variance: h.clamp_centered_variance,
         maximize: h.maximize,
         non_finite: h.non_finite,
+        rounding: h.rounding,
+        master_weights: h.master_weights,
     }
+}
+
+/// A parameter type all three step: `f32`, `bf16`, `f16` (state `f32`).
+trait Elem: Param<State = f32> + candle_core::WithDType + burn::tensor::Element {}
+impl Elem for f32 {}
+impl Elem for bf16 {}
+impl Elem for f16 {}
+
+/// The first index where the parameters' bits differ.
+fn first_param_difference<P: Elem>(actual: &[P], expected: &[P]) -> Option<(usize, u64, u64)> {
+    if actual.len() != expected.len() {
+        return Some((actual.len().min(expected.len()), 0, 0));
+    }
+    actual
+        .iter()
+        .zip(expected)
+        .position(|(a, e)| a.to_bits_u64() != e.to_bits_u64())
+        .map(|i| (i, actual[i].to_bits_u64(), expected[i].to_bits_u64()))
 }
 
 /// The first index where the bits differ, with both values' bits.
@@ -80,25 +102,36 @@ fn first_difference(actual: &[f32], expected: &[f32]) -> Option<(usize, u32, u32
         .map(|i| (i, actual[i].to_bits(), expected[i].to_bits()))
 }
 
-fn burn_values(t: &BurnTensor<1>) -> Vec<f32> {
-    t.to_data().try_to_vec::<f32>().unwrap()
+fn burn_values<P: Elem>(t: &BurnTensor<1>) -> Vec<P> {
+    t.to_data().try_to_vec::<P>().unwrap()
 }
 
-/// Steps `params` with each gradient of `grads` in turn through all three,
-/// asserting equal bits after every step.
-fn check_same_bits(h: Hyper, params: Vec<f32>, grads: Vec<Vec<f32>>) -> Result<(), TestCaseError> {
+/// Steps `params` with each gradient of `grads` in turn through all three
+/// (burn only when `h` rounds to nearest without master weights, the
+/// options its adapter has), asserting equal bits after every step.
+fn check_same_bits<P: Elem>(
+    h: Hyper,
+    params: Vec<P>,
+    grads: Vec<Vec<P>>,
+) -> Result<(), TestCaseError> {
     let n = params.len();
+    let with_burn = h.rounding == Rounding::Nearest && !(P::NARROWS && h.master_weights);
     let config = burn_config(&h);
-    prop_assert_eq!(
-        config.hyper().with_lr(h.lr),
-        h,
-        "the burn config maps back to the hyper"
-    );
+    if with_burn {
+        prop_assert_eq!(
+            config
+                .hyper()
+                .with_lr(h.lr)
+                .with_master_weights(h.master_weights),
+            h,
+            "the burn config maps back to the hyper"
+        );
+    }
     prop_assert_eq!(candle_params(&h).hyper(), h);
 
     let kernel = RmsProp::new(h).unwrap();
     let mut kernel_params = params.clone();
-    let mut kernel_state = State::<f32>::new(n, &h);
+    let mut kernel_state = State::for_params(&kernel_params, &h);
 
     let device = CandleDevice::Cpu;
     let var = Var::from_vec(params.clone(), n, &device).unwrap();
@@ -107,7 +140,9 @@ fn check_same_bits(h: Hyper, params: Vec<f32>, grads: Vec<Vec<f32>>) -> Result<(
 
     let burn = config.build();
     let burn_device = BurnDevice::default();
-    let mut burn_param = BurnTensor::<1>::from_data(TensorData::new(params, [n]), &burn_device);
+    let options = burn::tensor::TensorCreationOptions::new(burn_device.clone())
+        .with_dtype(<P as burn::tensor::Element>::dtype());
+    let mut burn_param = BurnTensor::<1>::from_data(TensorData::new(params, [n]), options.clone());
     let mut burn_state: Option<FusedRmsPropState<1>> = None;
 
     for (step, g) in grads.into_iter().enumerate() {
@@ -120,30 +155,38 @@ fn check_same_bits(h: Hyper, params: Vec<f32>, grads: Vec<Vec<f32>>) -> Result<(
         store.insert(var.as_tensor(), grad);
         candle.step(&store).unwrap();
 
-        let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), &burn_device);
-        let (p, s) = burn.step(h.lr, burn_param, burn_grad, burn_state);
-        (burn_param, burn_state) = (p, s);
-
-        let candle_params = var.to_vec1::<f32>().unwrap();
-        let burn_square_avg = burn_values(&burn_state.as_ref().unwrap().square_avg);
-        for (what, actual, expected) in [
-            ("candle params", &candle_params, &kernel_params),
-            ("burn params", &burn_values(&burn_param), &kernel_params),
-            (
-                "burn square_avg",
-                &burn_square_avg,
-                &kernel_state.square_avg,
-            ),
-        ] {
-            let diff = first_difference(actual, expected);
-            prop_assert!(
-                diff.is_none(),
-                "{} differ at step {}: (index, bits, kernel's bits) {:?}",
-                what,
-                step,
-                diff
-            );
+        if with_burn {
+            let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), options.clone());
+            let (p, s) = burn.step(h.lr, burn_param, burn_grad, burn_state);
+            (burn_param, burn_state) = (p, s);
         }
+
+        let candle_params = var.to_vec1::<P>().unwrap();
+        let diff = first_param_difference(&candle_params, &kernel_params);
+        prop_assert!(
+            diff.is_none(),
+            "candle params differ at step {}: (index, bits, kernel's bits) {:?}",
+            step,
+            diff
+        );
+        if !with_burn {
+            continue;
+        }
+        let diff = first_param_difference(&burn_values::<P>(&burn_param), &kernel_params);
+        prop_assert!(
+            diff.is_none(),
+            "burn params differ at step {}: (index, bits, kernel's bits) {:?}",
+            step,
+            diff
+        );
+        let burn_square_avg = burn_values::<f32>(&burn_state.as_ref().unwrap().square_avg);
+        let diff = first_difference(&burn_square_avg, &kernel_state.square_avg);
+        prop_assert!(
+            diff.is_none(),
+            "burn square_avg differs at step {}: (index, bits, kernel's bits) {:?}",
+            step,
+            diff
+        );
     }
     let stats = burn.stats();
     prop_assert_eq!(
@@ -153,6 +196,25 @@ fn check_same_bits(h: Hyper, params: Vec<f32>, grads: Vec<Vec<f32>>) -> Result<(
         stats
     );
     Ok(())
+}
+
+/// A case for a 16-bit type: every rounding option, 16-bit elements.
+fn half_case<H: Arbitrary16>() -> impl Strategy<Value = (Hyper, Vec<H>, Vec<Vec<H>>)> {
+    (
+        half_hyper().prop_map(representable_in_f32),
+        0usize..300,
+        1usize..4,
+    )
+        .prop_filter("valid once rounded to f32", |(h, _, _)| {
+            h.validate().is_ok()
+        })
+        .prop_flat_map(|(h, n, steps)| {
+            (
+                Just(h),
+                proptest::collection::vec(half_element::<H>(), n),
+                proptest::collection::vec(proptest::collection::vec(half_element::<H>(), n), steps),
+            )
+        })
 }
 
 fn case() -> impl Strategy<Value = (Hyper, Vec<f32>, Vec<Vec<f32>>)> {
@@ -176,6 +238,16 @@ fn case() -> impl Strategy<Value = (Hyper, Vec<f32>, Vec<Vec<f32>>)> {
 proptest! {
     #[test]
     fn kernel_candle_and_burn_give_the_same_bits((h, params, grads) in case()) {
+        check_same_bits(h, params, grads)?;
+    }
+
+    #[test]
+    fn the_same_bits_for_bf16((h, params, grads) in half_case::<bf16>()) {
+        check_same_bits(h, params, grads)?;
+    }
+
+    #[test]
+    fn the_same_bits_for_f16((h, params, grads) in half_case::<f16>()) {
         check_same_bits(h, params, grads)?;
     }
 }

@@ -61,11 +61,14 @@ impl<const D: usize> FusedRmsPropState<D> {
     /// assert!(s.momentum_buf.is_some() && s.grad_avg.is_none());
     /// ```
     pub fn fresh(param: &Tensor<D>, hyper: &Hyper) -> Self {
-        let dtype = state_dtype(param.dtype());
-        let in_state_dtype = |t: Tensor<D>| if t.dtype() == dtype { t } else { t.cast(dtype) };
-        let zeros = || in_state_dtype(param.zeros_like());
+        // Made in the state dtype directly: a 16-bit parameter's initial
+        // square average is not rounded to 16 bits on the way.
+        let options =
+            TensorCreationOptions::new(param.device()).with_dtype(state_dtype(param.dtype()));
+        let full = |value: f64| Tensor::<D>::full(param.shape(), value, options.clone());
+        let zeros = || full(0.0);
         Self {
-            square_avg: in_state_dtype(param.full_like(hyper.initial_square_avg)),
+            square_avg: full(hyper.initial_square_avg),
             grad_avg: hyper.needs_grad_avg().then(zeros),
             momentum_buf: hyper.needs_momentum_buf().then(zeros),
         }
