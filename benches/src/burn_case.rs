@@ -4,7 +4,7 @@
 use burn::module::{Module, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer, RmsPropConfig};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use fused_rmsprop::WeightDecay;
 use fused_rmsprop_burn::FusedRmsPropConfig;
 
@@ -29,7 +29,14 @@ impl Case {
     /// Parameters of `sizes` elements on burn's default (Flex) device with
     /// autodiff, as a training loop holds them, stepped by `optim`.
     pub fn new(sizes: &[usize], optim: ModuleOptimizer, lr: f64) -> Self {
+        Self::new_in(DType::F32, sizes, optim, lr)
+    }
+
+    /// [`Case::new`] with parameters and gradients of `dtype`.
+    pub fn new_in(dtype: DType, sizes: &[usize], optim: ModuleOptimizer, lr: f64) -> Self {
         let device = Device::default().autodiff();
+        let options =
+            |device: &Device| TensorCreationOptions::new(device.clone()).with_dtype(dtype);
         let mut tensors = Vec::new();
         let mut grads = Vec::new();
         for (k, &n) in sizes.iter().enumerate() {
@@ -39,8 +46,8 @@ impl Case {
                     .collect();
                 TensorData::new(v, [n])
             };
-            let param = Param::from_tensor(Tensor::from_data(values(0.5), &device));
-            let grad = Tensor::from_data(values(1e-3), &Device::default());
+            let param = Param::from_tensor(Tensor::from_data(values(0.5), options(&device)));
+            let grad = Tensor::from_data(values(1e-3), options(&Device::default()));
             grads.push((param.id, grad));
             tensors.push(param);
         }

@@ -11,16 +11,21 @@ use crate::workload::Variant;
 /// `Var`s of `sizes` elements (all ones) and their gradients (a fixed ramp
 /// of small values), reused every step.
 pub fn vars_and_grads(sizes: &[usize]) -> (Vec<Var>, GradStore) {
+    vars_and_grads_in(DType::F32, sizes)
+}
+
+/// [`vars_and_grads`] of `dtype`.
+pub fn vars_and_grads_in(dtype: DType, sizes: &[usize]) -> (Vec<Var>, GradStore) {
     let device = Device::Cpu;
     let vars: Vec<Var> = sizes
         .iter()
-        .map(|&n| Var::ones(n, DType::F32, &device).expect("a Var"))
+        .map(|&n| Var::ones(n, dtype, &device).expect("a Var"))
         .collect();
-    let mut loss = Tensor::zeros((), DType::F32, &device).expect("a scalar");
+    let mut loss = Tensor::zeros((), dtype, &device).expect("a scalar");
     for var in &vars {
         let n = var.elem_count();
         let ramp = Tensor::arange(0u32, n as u32, &device)
-            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_dtype(dtype))
             .and_then(|t| t * 1e-7)
             .expect("a ramp");
         let term = (var.as_tensor() * ramp)
@@ -107,10 +112,14 @@ pub fn fused_step(vars: Vec<Var>, variant: Variant) -> Box<dyn FnMut(&GradStore)
     Box::new(move |g| opt.step(g).expect("a step"))
 }
 
-/// The values of `vars`, concatenated.
+/// The values of `vars` (as `f32`), concatenated.
 pub fn values(vars: &[Var]) -> Vec<f32> {
     vars.iter()
-        .flat_map(|v| v.to_vec1::<f32>().expect("f32 values"))
+        .flat_map(|v| {
+            v.to_dtype(DType::F32)
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("f32 values")
+        })
         .collect()
 }
 

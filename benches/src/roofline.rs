@@ -269,3 +269,36 @@ pub fn skeleton16(
         tasks.into_par_iter().for_each(|t| Arch::new().dispatch(t));
     }
 }
+
+/// Buffers for [`skeleton16`]: a 16-bit parameter and gradient, an `f32`
+/// square average and, for master weights, an `f32` master copy.
+pub struct HalfSkeleton {
+    params: Vec<u16>,
+    grads: Vec<u16>,
+    square_avg: Vec<f32>,
+    master: Option<Vec<f32>>,
+}
+
+impl HalfSkeleton {
+    /// `n` elements, with a master copy when `master`.
+    pub fn new(n: usize, master: bool) -> Self {
+        Self {
+            params: vec![0x3F80; n],
+            grads: vec![0x3C00; n],
+            square_avg: vec![0.01; n],
+            master: master.then(|| vec![0.5; n]),
+        }
+    }
+
+    /// One pass of [`skeleton16`] on `threads` tasks.
+    pub fn run(&mut self, threads: usize, prefetch: bool) {
+        skeleton16(
+            &mut self.params,
+            &self.grads,
+            &mut self.square_avg,
+            self.master.as_deref_mut(),
+            threads,
+            prefetch,
+        );
+    }
+}

@@ -13,6 +13,9 @@
 //!   --peers FILE       add rows of other ecosystems (JSON lines, as written by
 //!                      benches/python/peers.py) to the table and the plot
 //!   --plot PATH        draw elements/s against size for the first variant (SVG)
+//!   --half LIST        16-bit types of the framework rows (bf16, f16; default
+//!                      bf16; `none` skips them). The kernel rows always
+//!                      cover both.
 //! ```
 //!
 //! Rows, for each size and variant: the kernel's paths (`framework` kernel:
@@ -22,6 +25,12 @@
 //! Burn's `RmsProp` through `ModuleOptimizer`. Then the 150-tensor
 //! transformer-sized model in both frameworks, and whole training steps
 //! (forward, backward, optimizer) of a small MLP, built-in vs fused.
+//!
+//! Then 16-bit parameters: the kernel's bf16 and f16 step (each rounding
+//! mode) against the f32 step of the same size and the 16-bit skeleton, and
+//! each framework's fused optimizer on a bf16 (and, with `--half`, f16) model
+//! (the largest size and the 150-tensor model, plain variant) against its
+//! built-in optimizers on the same 16-bit model.
 //!
 //! Each row: median ms per step (baseline and fused interleaved, after
 //! warm-up), the speedup, the fused GB/s (bytes the variant must stream),
@@ -46,6 +55,7 @@ struct Options {
     training: bool,
     peers: Option<String>,
     plot: Option<String>,
+    half: Vec<candle_core::DType>,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -71,6 +81,7 @@ fn parse_args() -> Result<Options, String> {
         training: true,
         peers: None,
         plot: None,
+        half: vec![candle_core::DType::BF16],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -81,6 +92,7 @@ fn parse_args() -> Result<Options, String> {
                 options.variants = vec![Variant::Plain];
                 options.model = false;
                 options.training = false;
+                options.half = Vec::new();
             }
             "--no-model" => options.model = false,
             "--no-train" => options.training = false,
@@ -102,6 +114,20 @@ fn parse_args() -> Result<Options, String> {
                 options.variants = vec![Variant::parse(&name).ok_or(format!(
                     "--variant: unknown {name:?}; one of plain, momentum, centered+momentum+wd"
                 ))?];
+            }
+            "--half" => {
+                let list = value("--half")?;
+                options.half = if list == "none" {
+                    Vec::new()
+                } else {
+                    list.split(',')
+                        .map(|t| match t {
+                            "bf16" => Ok(candle_core::DType::BF16),
+                            "f16" => Ok(candle_core::DType::F16),
+                            other => Err(format!("--half: unknown {other:?}; bf16, f16 or none")),
+                        })
+                        .collect::<Result<_, _>>()?
+                };
             }
             "--json" => options.json = true,
             "--peers" => options.peers = Some(value("--peers")?),
@@ -283,35 +309,15 @@ where
             .unwrap();
         let mut half = HalfBuffers::<H>::new(n, &hyper);
         let mut wide = Buffers::new(n, variant);
-        let mut skeleton_params: Vec<u16> = vec![0x3F80; n];
-        let skeleton_grads: Vec<u16> = vec![0x3C00; n];
-        let mut skeleton_square_avg = vec![0.01f32; n];
-        let mut skeleton_master = (mode == HalfMode::Master).then(|| vec![0.5f32; n]);
-        let mut skeleton_params_b = skeleton_params.clone();
-        let mut skeleton_square_avg_b = skeleton_square_avg.clone();
-        let mut skeleton_master_b = skeleton_master.clone();
+        let master = mode == HalfMode::Master;
+        let (mut plain, mut prefetched) = (
+            roofline::HalfSkeleton::new(n, master),
+            roofline::HalfSkeleton::new(n, master),
+        );
         let mut run_half = || half.step(&opt);
         let mut run_wide = || wide.step(&wide_opt);
-        let mut run_skeleton = || {
-            roofline::skeleton16(
-                &mut skeleton_params,
-                &skeleton_grads,
-                &mut skeleton_square_avg,
-                skeleton_master.as_deref_mut(),
-                t,
-                false,
-            )
-        };
-        let mut run_skeleton_prefetch = || {
-            roofline::skeleton16(
-                &mut skeleton_params_b,
-                &skeleton_grads,
-                &mut skeleton_square_avg_b,
-                skeleton_master_b.as_deref_mut(),
-                t,
-                true,
-            )
-        };
+        let mut run_skeleton = || plain.run(t, false);
+        let mut run_skeleton_prefetch = || prefetched.run(t, true);
         let first = interleaved_medians(1, 3, &mut [&mut run_half]);
         let reps = reps_for(budget, first[0] * 4, 5, 200);
         let times = interleaved_medians(
@@ -412,6 +418,118 @@ fn candle_rows(
             threads: rayon::current_num_threads(),
             baseline_ns: base_t * 1e9,
             fused: "fused RmsProp".into(),
+            fused_ns: fused_t * 1e9,
+            gbps: Some(bytes / fused_t / 1e9),
+            roofline_fraction: Some(skeleton_t / fused_t),
+            max_abs_diff,
+        });
+    }
+}
+
+/// Both frameworks on a 16-bit model (`sizes`, plain variant): the fused
+/// optimizer against candle's tensor-op RMSprop and `AdamW`, and against
+/// burn's `RmsProp`, each on the same model of `dtype`; the limit is the
+/// 16-bit skeleton (14 bytes per element), the faster of its two forms.
+fn half_framework_rows(
+    case: String,
+    sizes: &[usize],
+    dtype: candle_core::DType,
+    threads: usize,
+    rows: &mut Vec<Row>,
+) {
+    use candle_case::Baseline;
+    use candle_nn::Optimizer;
+    let variant = Variant::Plain;
+    let name = if dtype == candle_core::DType::BF16 {
+        "bf16"
+    } else {
+        "f16"
+    };
+    let n: usize = sizes.iter().sum();
+    let bytes = (n * HalfMode::Nearest.bytes_per_element(variant)) as f64;
+    let budget = Duration::from_millis(if n >= 1 << 24 { 2500 } else { 800 });
+    let (mut plain, mut prefetched) = (
+        roofline::HalfSkeleton::new(n, false),
+        roofline::HalfSkeleton::new(n, false),
+    );
+    let mut run_skeleton = || plain.run(threads, false);
+    let mut run_skeleton_prefetch = || prefetched.run(threads, true);
+    let mut timed: Vec<(&'static str, &'static str, Vec<Duration>, Option<f64>)> = Vec::new();
+    for baseline_kind in [Baseline::TensorOps, Baseline::AdamW] {
+        let (baseline_vars, baseline_grads) = candle_case::vars_and_grads_in(dtype, sizes);
+        let mut baseline_step = baseline_kind.build(baseline_vars.clone(), variant);
+        let mut baseline = || baseline_step(&baseline_grads);
+        let (fused_vars, fused_grads) = candle_case::vars_and_grads_in(dtype, sizes);
+        let mut fused = candle_case::fused(fused_vars.clone(), variant);
+        let mut run_fused = || fused.step(&fused_grads).expect("a step");
+        let first = interleaved_medians(1, 2, &mut [&mut baseline]);
+        let reps = reps_for(budget, first[0] * 2, 6, 100);
+        let times = interleaved_medians(
+            1,
+            reps,
+            &mut [
+                &mut baseline,
+                &mut run_fused,
+                &mut run_skeleton,
+                &mut run_skeleton_prefetch,
+            ],
+        );
+        let diff = baseline_kind.is_rmsprop().then(|| {
+            for _ in 0..3 {
+                run_fused();
+            }
+            max_abs_diff(
+                &candle_case::values(&baseline_vars),
+                &candle_case::values(&fused_vars),
+            )
+        });
+        timed.push(("candle", baseline_kind.name(), times, diff));
+    }
+    {
+        let burn_dtype = if dtype == candle_core::DType::BF16 {
+            burn::tensor::DType::BF16
+        } else {
+            burn::tensor::DType::F16
+        };
+        let lr = variant.hyper().lr;
+        let mut baseline =
+            burn_case::Case::new_in(burn_dtype, sizes, burn_case::burn_rmsprop(variant), lr);
+        let mut fused = burn_case::Case::new_in(
+            burn_dtype,
+            sizes,
+            burn_case::fused_rmsprop(variant).init(),
+            lr,
+        );
+        let first = interleaved_medians(1, 2, &mut [&mut || baseline.step()]);
+        let reps = reps_for(budget, first[0] * 2, 6, 100);
+        let times = interleaved_medians(
+            0,
+            reps,
+            &mut [
+                &mut || baseline.step(),
+                &mut || fused.step(),
+                &mut run_skeleton,
+                &mut run_skeleton_prefetch,
+            ],
+        );
+        for _ in 0..3 {
+            fused.step();
+        }
+        let diff = max_abs_diff(&baseline.values(), &fused.values());
+        timed.push(("burn", "burn RmsProp", times, Some(diff)));
+    }
+    for (framework, baseline, times, max_abs_diff) in timed {
+        let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
+        let skeleton_t = times[2].min(times[3]).as_secs_f64();
+        rows.push(Row {
+            framework,
+            baseline: format!("{baseline} ({name})"),
+            case: format!("{case} {name}"),
+            variant,
+            elements: n,
+            threads: rayon::current_num_threads(),
+            baseline_ns: base_t * 1e9,
+            fused: format!("fused ({name}, f32 state)"),
             fused_ns: fused_t * 1e9,
             gbps: Some(bytes / fused_t / 1e9),
             roofline_fraction: Some(skeleton_t / fused_t),
@@ -586,6 +704,29 @@ fn main() {
                 &mut rows,
             );
             progress.inc(1);
+        }
+    }
+    if !options.half.is_empty() {
+        let largest = options.sizes.iter().copied().max().unwrap_or(1 << 24);
+        let model = burn_case::transformer_sizes();
+        for &dtype in &options.half {
+            progress.set_message(format!("16-bit models, {dtype:?}"));
+            half_framework_rows(
+                size_label(largest),
+                &[largest],
+                dtype,
+                options.threads,
+                &mut rows,
+            );
+            if options.model {
+                half_framework_rows(
+                    format!("model-{}", model.len()),
+                    &model,
+                    dtype,
+                    options.threads,
+                    &mut rows,
+                );
+            }
         }
     }
     if options.training {
