@@ -123,7 +123,7 @@ pub fn bench_cases() -> Vec<(String, Vec<usize>)> {
             .map(|n| (size_label(n), vec![n]))
             .collect(),
         Err(_) => {
-            let model = crate::burn_case::transformer_sizes();
+            let model = transformer_sizes();
             vec![
                 (size_label(1 << 20), vec![1 << 20]),
                 (size_label(1 << 24), vec![1 << 24]),
@@ -231,4 +231,47 @@ impl From16 for fused_rmsprop::f16 {
     fn from_f32(x: f32) -> Self {
         fused_rmsprop::f16::from_f32(x)
     }
+}
+
+/// The parameter sizes of a transformer-sized model: a 384-wide encoder of
+/// 9 blocks (attention q, k, v, o and a 4x MLP, each with its bias, and two
+/// layer norms), token and position embeddings, a final layer norm and a
+/// pooler: 150 tensors, 22.5M elements, most of them small.
+pub fn transformer_sizes() -> Vec<usize> {
+    let d = 384;
+    let mut sizes = vec![16_000 * d, 512 * d];
+    for _ in 0..9 {
+        for _ in 0..4 {
+            sizes.extend([d * d, d]);
+        }
+        sizes.extend([d * 4 * d, 4 * d, 4 * d * d, d]);
+        sizes.extend([d, d, d, d]);
+    }
+    sizes.extend([d, d, d * d, d]);
+    sizes
+}
+
+/// 2,000 tensors of 1K to 256K elements, drawn as a transformer's are: per
+/// block of 10 tensors, one 32K-256K matrix, two 8K-32K projections and
+/// seven 1K-4K biases and norm scales. The sizes come from a fixed
+/// generator, so every run steps the same model (41M elements).
+pub fn many_tensor_sizes() -> Vec<usize> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |lo: usize, hi: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        lo + (state % (hi - lo + 1) as u64) as usize
+    };
+    let mut sizes = Vec::with_capacity(2000);
+    for _ in 0..200 {
+        sizes.push(next(32, 256) << 10);
+        for _ in 0..2 {
+            sizes.push(next(8, 32) << 10);
+        }
+        for _ in 0..7 {
+            sizes.push(next(1, 4) << 10);
+        }
+    }
+    sizes
 }

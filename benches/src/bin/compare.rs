@@ -538,6 +538,110 @@ fn half_framework_rows(
     }
 }
 
+/// The cost per tensor of a many-tensor step: each framework's fused step
+/// against the bare kernel's `step_many` on buffers of the same sizes (the
+/// same arithmetic and bytes, no framework), and burn's floor (the same
+/// model through `ModuleOptimizer` with an optimizer that returns its
+/// inputs) against the bare kernel too; the skeleton on one tensor of the
+/// model's total size is the limit. `print_overheads` turns the rows into
+/// microseconds per tensor.
+fn overhead_rows(
+    case: String,
+    sizes: &[usize],
+    variant: Variant,
+    threads: usize,
+    rows: &mut Vec<Row>,
+) {
+    use candle_nn::Optimizer;
+    let hyper = variant.hyper();
+    let n: usize = sizes.iter().sum();
+    let bytes = (n * variant.bytes_per_element()) as f64;
+    let budget = Duration::from_millis(1500);
+    let kernel = RmsProp::new(hyper).unwrap();
+    let mut buffers: Vec<Buffers> = sizes.iter().map(|&k| Buffers::new(k, variant)).collect();
+    let mut run_kernel = || {
+        let groups = buffers
+            .iter_mut()
+            .map(|b| fused_rmsprop::Group::new(&mut b.params, &b.grads, b.state.slices_mut()));
+        kernel.step_many(hyper.lr, groups).expect("a step");
+    };
+    let (candle_vars, candle_grads) = candle_case::vars_and_grads(sizes);
+    let mut candle = candle_case::fused(candle_vars, variant);
+    let mut run_candle = || candle.step(&candle_grads).expect("a step");
+    let lr = hyper.lr;
+    let mut burn = burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init(), lr);
+    let mut floor = burn_case::Case::new(sizes, burn_case::floor(), lr);
+    let mut skeleton_buffers = Buffers::new(n, variant);
+    let first = interleaved_medians(1, 2, &mut [&mut || burn.step()]);
+    let reps = reps_for(budget, first[0] * 5, 5, 100);
+    let times = interleaved_medians(
+        1,
+        reps,
+        &mut [
+            &mut run_kernel,
+            &mut run_candle,
+            &mut || burn.step(),
+            &mut || floor.step(),
+            &mut || roofline::skeleton(&mut skeleton_buffers, threads),
+        ],
+    );
+    let [kernel_t, candle_t, burn_t, floor_t, skeleton_t] =
+        [0, 1, 2, 3, 4].map(|i| times[i].as_secs_f64());
+    for (framework, fused, fused_t) in [
+        ("kernel", "step_many", kernel_t),
+        ("candle", "fused RmsProp", candle_t),
+        ("burn", "FusedRmsProp", burn_t),
+        ("burn", "floor: returns inputs", floor_t),
+    ] {
+        rows.push(Row {
+            framework,
+            baseline: "bare kernel step_many".into(),
+            case: case.clone(),
+            variant,
+            elements: n,
+            threads: rayon::current_num_threads(),
+            baseline_ns: kernel_t * 1e9,
+            fused: fused.into(),
+            fused_ns: fused_t * 1e9,
+            gbps: Some(bytes / fused_t / 1e9),
+            roofline_fraction: Some(skeleton_t / fused_t),
+            max_abs_diff: None,
+        });
+    }
+}
+
+/// Microseconds per tensor over the bare kernel, from `overhead_rows`.
+fn print_overheads(rows: &[report::Row]) {
+    let overheads: Vec<&report::Row> = rows
+        .iter()
+        .filter(|r| r.baseline == "bare kernel step_many" && r.framework != "kernel")
+        .collect();
+    if overheads.is_empty() {
+        return;
+    }
+    println!("per-tensor cost over the bare kernel's step_many on the same sizes (same run):");
+    for r in overheads {
+        let tensors: f64 = r
+            .case
+            .trim_start_matches("model-")
+            .parse()
+            .unwrap_or(f64::NAN);
+        let fused = r.fused_ns.unwrap_or(f64::NAN);
+        let over = if r.fused.starts_with("floor") {
+            format!(
+                "{:.2} us/tensor (burn's machinery alone)",
+                fused / tensors / 1e3
+            )
+        } else {
+            format!("{:+.2} us/tensor", (fused - r.baseline_ns) / tensors / 1e3)
+        };
+        println!(
+            "  {:<7} {:<22} {:<10} {}",
+            r.framework, r.fused, r.case, over
+        );
+    }
+}
+
 /// The largest |a - b| over two equally long parameter lists.
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
@@ -662,7 +766,10 @@ fn main() {
     let cpu = cpu_name();
     let mut rows = Vec::new();
     let per_variant = options.sizes.len() + usize::from(options.model);
-    let units = per_variant * options.variants.len() + usize::from(options.training);
+    let units = per_variant * options.variants.len()
+        + usize::from(options.training)
+        + usize::from(options.model)
+        + options.half.len();
     let progress = indicatif::ProgressBar::new(units as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
             .expect("a valid template"),
@@ -680,7 +787,7 @@ fn main() {
         }
     }
     if options.model {
-        let sizes = burn_case::transformer_sizes();
+        let sizes = workload::transformer_sizes();
         for &variant in &options.variants {
             progress.set_message(format!(
                 "the {}-tensor model, {}",
@@ -706,9 +813,27 @@ fn main() {
             progress.inc(1);
         }
     }
+    if options.model {
+        let many = workload::many_tensor_sizes();
+        let variant = options.variants[0];
+        progress.set_message(format!("the {}-tensor model", many.len()));
+        let label = format!("model-{}", many.len());
+        candle_rows(label.clone(), &many, variant, options.threads, &mut rows);
+        burn_rows(label.clone(), &many, variant, options.threads, &mut rows);
+        for (label, sizes) in [
+            (
+                format!("model-{}", workload::transformer_sizes().len()),
+                workload::transformer_sizes(),
+            ),
+            (label, many),
+        ] {
+            overhead_rows(label, &sizes, variant, options.threads, &mut rows);
+        }
+        progress.inc(1);
+    }
     if !options.half.is_empty() {
         let largest = options.sizes.iter().copied().max().unwrap_or(1 << 24);
-        let model = burn_case::transformer_sizes();
+        let model = workload::transformer_sizes();
         for &dtype in &options.half {
             progress.set_message(format!("16-bit models, {dtype:?}"));
             half_framework_rows(
@@ -727,6 +852,7 @@ fn main() {
                     &mut rows,
                 );
             }
+            progress.inc(1);
         }
     }
     if options.training {
@@ -744,6 +870,7 @@ fn main() {
         }
     } else {
         print_table(&cpu, &rows);
+        print_overheads(&rows);
     }
     if let Some(path) = &options.peers {
         let peers = std::fs::read_to_string(path)
@@ -780,7 +907,7 @@ fn print_table(cpu: &str, rows: &[report::Row]) {
         rayon::current_num_threads()
     );
     println!(
-        "{:<9} {:<30} {:<9} {:<21} {:<18} {:>3} {:>11} {:>9} {:>8} {:>7} {:>9} {:>10}",
+        "{:<9} {:<34} {:<18} {:<21} {:<30} {:>3} {:>11} {:>9} {:>8} {:>7} {:>9} {:>10}",
         "framework",
         "baseline",
         "case",
@@ -797,7 +924,7 @@ fn print_table(cpu: &str, rows: &[report::Row]) {
     let or_dash = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("-".to_string(), f);
     for r in rows {
         println!(
-            "{:<9} {:<30} {:<9} {:<21} {:<18} {:>3} {:>11.3} {:>9} {:>8} {:>7} {:>9} {:>10}",
+            "{:<9} {:<34} {:<18} {:<21} {:<30} {:>3} {:>11.3} {:>9} {:>8} {:>7} {:>9} {:>10}",
             r.framework,
             r.baseline,
             r.case,

@@ -1,0 +1,82 @@
+//! Steps the 2,000-tensor model in a loop, for a profiler to look at:
+//! through burn's `ModuleOptimizer` with the fused optimizer (`burn`), the
+//! same on one thread (`burn-single`), burn's floor (`floor`: an optimizer
+//! that returns its inputs), or candle (`candle`). Prints the time per step
+//! after one warm-up step (and burn's step statistics).
+//!
+//! ```text
+//! cargo build --release -p fused-rmsprop-benches --example many_tensors
+//! perf record -g target/release/examples/many_tensors burn 200
+//! perf report
+//! ```
+
+use candle_nn::Optimizer;
+use fused_rmsprop_benches::workload::{Variant, many_tensor_sizes};
+use fused_rmsprop_benches::{burn_case, candle_case};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let framework = args.next().unwrap_or_else(|| "burn".into());
+    let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100);
+    let sizes = many_tensor_sizes();
+    let variant = Variant::Plain;
+    let lr = variant.hyper().lr;
+    let start;
+    match framework.as_str() {
+        "burn" => {
+            let optim = burn_case::fused_rmsprop(variant).build();
+            let handle = optim.clone();
+            let mut case =
+                burn_case::Case::new(&sizes, burn::optim::ModuleOptimizer::from(optim), lr);
+            case.step();
+            start = std::time::Instant::now();
+            for _ in 0..steps {
+                case.step();
+            }
+            println!("{:?}", handle.stats());
+        }
+        "burn-single" => {
+            let single = fused_rmsprop::Execution {
+                threads: fused_rmsprop::Threads::Single,
+                ..Default::default()
+            };
+            let optim = burn_case::fused_rmsprop(variant)
+                .build()
+                .with_execution(single)
+                .expect("valid");
+            let mut case =
+                burn_case::Case::new(&sizes, burn::optim::ModuleOptimizer::from(optim), lr);
+            case.step();
+            start = std::time::Instant::now();
+            for _ in 0..steps {
+                case.step();
+            }
+        }
+        "floor" => {
+            let mut case = burn_case::Case::new(&sizes, burn_case::floor(), lr);
+            case.step();
+            start = std::time::Instant::now();
+            for _ in 0..steps {
+                case.step();
+            }
+        }
+        "candle" => {
+            let (vars, grads) = candle_case::vars_and_grads(&sizes);
+            let mut opt = candle_case::fused(vars, variant);
+            opt.step(&grads).expect("a step");
+            start = std::time::Instant::now();
+            for _ in 0..steps {
+                opt.step(&grads).expect("a step");
+            }
+        }
+        other => {
+            eprintln!("many_tensors: unknown framework {other:?}; burn, floor or candle");
+            std::process::exit(2);
+        }
+    }
+    let per_step = start.elapsed() / steps as u32;
+    println!(
+        "{framework}: {} tensors, {per_step:?} per step",
+        sizes.len()
+    );
+}
