@@ -18,7 +18,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let framework = args.next().unwrap_or_else(|| "burn".into());
     let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100);
-    let sizes = many_tensor_sizes();
+    // `candle-16x1000`, `candle-16x100000`: that many 16-element Vars.
+    let sizes = match framework.strip_prefix("candle-16x") {
+        Some(count) => vec![16; count.parse().expect("a count of Vars")],
+        None => many_tensor_sizes(),
+    };
     let variant = Variant::Plain;
     let lr = variant.hyper().lr;
     let start;
@@ -60,7 +64,7 @@ fn main() {
                 case.step();
             }
         }
-        "candle" => {
+        f if f.starts_with("candle") => {
             let (vars, grads) = candle_case::vars_and_grads(&sizes);
             let mut opt = candle_case::fused(vars, variant);
             opt.step(&grads).expect("a step");

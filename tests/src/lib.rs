@@ -20,8 +20,8 @@ use burn::tensor::{Bytes, Device as BurnDevice, Tensor as BurnTensor, TensorData
 use candle_core::{Device as CandleDevice, Tensor as CandleTensor, Var};
 use candle_nn::Optimizer as _;
 use fused_rmsprop::{
-    EpsPlacement, Execution, Hyper, Isa, Kernel, NonFinite, RmsProp, Rounding, State, Threads,
-    WeightDecay,
+    EpsPlacement, Execution, Hyper, Isa, Kernel, NonFinite, Param, RmsProp, Rounding, State,
+    Threads, WeightDecay, bf16, f16,
 };
 use fused_rmsprop_burn::FusedRmsPropConfig;
 use fused_rmsprop_candle::ParamsRmsProp;
@@ -103,7 +103,6 @@ pub fn kernel_paths(data: &[u8]) {
     let offset = usize::from(input.byte() % 16);
     let steps = 1 + usize::from(input.byte() % 3);
     let params: Vec<f32> = (0..n + offset).map(|_| input.f32()).collect();
-    let initial = State::<f32>::new(n, &hyper);
     let grads: Vec<Vec<f32>> = (0..steps)
         .map(|_| {
             let extra = usize::from(input.byte().is_multiple_of(8));
@@ -119,60 +118,101 @@ pub fn kernel_paths(data: &[u8]) {
             }
         })
         .collect();
+    let case = PathsCase {
+        opt,
+        offset,
+        lrs: &lrs,
+    };
+    case.agree(&params, &grads);
+    // The same bits as 16-bit parameters: the high halves as bf16, the low
+    // halves as f16 (every bit pattern of each type is reachable).
+    let high = |xs: &[f32]| -> Vec<bf16> {
+        xs.iter()
+            .map(|x| bf16::from_bits((x.to_bits() >> 16) as u16))
+            .collect()
+    };
+    let low = |xs: &[f32]| -> Vec<f16> {
+        xs.iter()
+            .map(|x| f16::from_bits(x.to_bits() as u16))
+            .collect()
+    };
+    case.agree(
+        &high(&params),
+        &grads.iter().map(|g| high(g)).collect::<Vec<_>>(),
+    );
+    case.agree(
+        &low(&params),
+        &grads.iter().map(|g| low(g)).collect::<Vec<_>>(),
+    );
+}
 
-    let mut executions = vec![Execution {
-        kernel: Kernel::Scalar,
-        threads: Threads::Single,
-    }];
-    for isa in Isa::available() {
-        for tasks in [1usize, 3] {
-            executions.push(Execution {
-                kernel: Kernel::Simd(isa),
-                threads: Threads::Exactly(tasks.try_into().expect("non-zero")),
-            });
-        }
-    }
-    let mut reference: Option<Vec<StepTrace>> = None;
-    for execution in executions {
-        let opt = opt.with_execution(execution).expect("an available path");
-        let mut p = params.clone();
-        let mut state = initial.clone();
-        let mut trace = Vec::new();
-        for (g, &lr) in grads.iter().zip(&lrs) {
-            let before = (p.clone(), state.clone());
-            let result = opt.step_slices(lr, &mut p[offset..], g, state.slices_mut());
-            let result = result
-                .map(|report| report.skipped().to_vec())
-                .map_err(|err| err.to_string());
-            if result.is_err() {
-                assert_eq!(
-                    bits(&p),
-                    bits(&before.0),
-                    "a refused step wrote the parameters"
-                );
-                assert_eq!(bits(&state.square_avg), bits(&before.1.square_avg));
+/// One `kernel_paths` input: the optimizer, the offset of the parameters in
+/// their buffer, the learning rate of each step.
+struct PathsCase<'a> {
+    opt: RmsProp,
+    offset: usize,
+    lrs: &'a [f64],
+}
+
+impl PathsCase<'_> {
+    /// Steps `params[offset..]` with each of `grads` on every path; all
+    /// give the same bits and outcomes, and a refused step writes nothing.
+    fn agree<P: Param<State = f32>>(&self, params: &[P], grads: &[Vec<P>]) {
+        let (opt, offset, steps) = (self.opt, self.offset, grads.len());
+        let hyper = *opt.hyper();
+        let initial = State::for_params(&params[offset..], &hyper);
+        let mut executions = vec![Execution {
+            kernel: Kernel::Scalar,
+            threads: Threads::Single,
+        }];
+        for isa in Isa::available() {
+            for tasks in [1usize, 3] {
+                executions.push(Execution {
+                    kernel: Kernel::Simd(isa),
+                    threads: Threads::Exactly(tasks.try_into().expect("non-zero")),
+                });
             }
-            trace.push((bits(&p), bits(&state.square_avg), result));
         }
-        match &reference {
-            None => reference = Some(trace),
-            Some(expected) => {
-                if let Some(step) = (0..steps).find(|&k| expected[k] != trace[k]) {
-                    let (p0, v0, r0) = &expected[step];
-                    let (p1, v1, r1) = &trace[step];
-                    let at = |a: &[u32], b: &[u32]| a.iter().zip(b).position(|(x, y)| x != y);
-                    let i = at(p0, p1).or(at(v0, v1)).unwrap_or(0);
-                    panic!(
-                        "{execution:?} differs from the scalar spec at step {step}, element {i} \
-                         (offset {offset}): params {:?} vs {:?}, square_avg {:?} vs {:?}, \
-                         outcome {r0:?} vs {r1:?}; grad {:?}, param before {:?}; {hyper:?}",
-                        p0.get(i).map(|b| f32::from_bits(*b)),
-                        p1.get(i).map(|b| f32::from_bits(*b)),
-                        v0.get(i).map(|b| f32::from_bits(*b)),
-                        v1.get(i).map(|b| f32::from_bits(*b)),
-                        grads[step].get(i),
-                        params.get(offset + i),
-                    );
+        let mut reference: Option<Vec<StepTrace>> = None;
+        for execution in executions {
+            let opt = opt.with_execution(execution).expect("an available path");
+            let mut p = params.to_vec();
+            let mut state = initial.clone();
+            let mut trace = Vec::new();
+            for (g, &lr) in grads.iter().zip(self.lrs) {
+                let before = (bits(&p), bits(&state.square_avg));
+                let result = opt.step_slices(lr, &mut p[offset..], g, state.slices_mut());
+                let result = result
+                    .map(|report| report.skipped().to_vec())
+                    .map_err(|err| err.to_string());
+                if result.is_err() {
+                    assert_eq!(bits(&p), before.0, "a refused step wrote the parameters");
+                    assert_eq!(bits(&state.square_avg), before.1);
+                }
+                trace.push((bits(&p), bits(&state.square_avg), result));
+            }
+            match &reference {
+                None => reference = Some(trace),
+                Some(expected) => {
+                    if let Some(step) = (0..steps).find(|&k| expected[k] != trace[k]) {
+                        let (p0, v0, r0) = &expected[step];
+                        let (p1, v1, r1) = &trace[step];
+                        let at = |a: &[u64], b: &[u64]| a.iter().zip(b).position(|(x, y)| x != y);
+                        let i = at(p0, p1).or(at(v0, v1)).unwrap_or(0);
+                        panic!(
+                            "{} {execution:?} differs from the scalar spec at step {step}, \
+                             element {i} (offset {offset}): param bits {:?} vs {:?}, square_avg \
+                             bits {:?} vs {:?}, outcome {r0:?} vs {r1:?}; grad {:?}, param before \
+                             {:?}; {hyper:?}",
+                            P::NAME,
+                            p0.get(i),
+                            p1.get(i),
+                            v0.get(i),
+                            v1.get(i),
+                            grads[step].get(i),
+                            params.get(offset + i),
+                        );
+                    }
                 }
             }
         }
@@ -183,10 +223,10 @@ pub fn kernel_paths(data: &[u8]) {
 /// outcome (the skipped groups, or the error).
 /// (The error as text: `Error` holds the rejected value, and a NaN value
 /// would make two equal errors compare unequal.)
-type StepTrace = (Vec<u32>, Vec<u32>, Result<Vec<usize>, String>);
+type StepTrace = (Vec<u64>, Vec<u64>, Result<Vec<usize>, String>);
 
-fn bits(xs: &[f32]) -> Vec<u32> {
-    xs.iter().map(|x| x.to_bits()).collect()
+fn bits<P: Param>(xs: &[P]) -> Vec<u64> {
+    xs.iter().map(|x| x.to_bits_u64()).collect()
 }
 
 /// Target `config`: arbitrary values through each adapter's config, and

@@ -229,7 +229,7 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
         ),
     ];
     let bytes = (n * variant.bytes_per_element()) as f64;
-    let budget = Duration::from_millis(if n >= 1 << 24 { 2000 } else { 600 });
+    let budget = Duration::from_millis(if n >= 1 << 24 { 1500 } else { 500 });
     for (name, t, fused) in paths {
         let mut fused_buffers = Buffers::new(n, variant);
         let mut plain_buffers = Buffers::new(n, variant);
@@ -288,7 +288,7 @@ where
     let best = Isa::detect();
     let mut cases = vec![(HalfMode::Nearest, 1)];
     cases.extend(HalfMode::ALL.map(|mode| (mode, threads)));
-    let budget = Duration::from_millis(if n >= 1 << 24 { 1000 } else { 400 });
+    let budget = Duration::from_millis(if n >= 1 << 24 { 700 } else { 300 });
     for (mode, t) in cases {
         let hyper = mode.apply(variant.hyper());
         let execution = Execution {
@@ -380,7 +380,7 @@ fn candle_rows(
     use candle_nn::Optimizer;
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
-    let budget = Duration::from_millis(if n >= 1 << 24 { 3000 } else { 800 });
+    let budget = Duration::from_millis(if n >= 1 << 24 { 2000 } else { 700 });
     let mut skeleton_buffers = Buffers::new(n, variant);
     for baseline_kind in Baseline::ALL {
         let (baseline_vars, baseline_grads) = candle_case::vars_and_grads(sizes);
@@ -447,7 +447,7 @@ fn half_framework_rows(
     };
     let n: usize = sizes.iter().sum();
     let bytes = (n * HalfMode::Nearest.bytes_per_element(variant)) as f64;
-    let budget = Duration::from_millis(if n >= 1 << 24 { 2500 } else { 800 });
+    let budget = Duration::from_millis(if n >= 1 << 24 { 1500 } else { 700 });
     let (mut plain, mut prefetched) = (
         roofline::HalfSkeleton::new(n, false),
         roofline::HalfSkeleton::new(n, false),
@@ -556,7 +556,7 @@ fn overhead_rows(
     let hyper = variant.hyper();
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
-    let budget = Duration::from_millis(1500);
+    let budget = Duration::from_millis(1000);
     let kernel = RmsProp::new(hyper).unwrap();
     let mut buffers: Vec<Buffers> = sizes.iter().map(|&k| Buffers::new(k, variant)).collect();
     let mut run_kernel = || {
@@ -661,7 +661,7 @@ fn burn_rows(case: String, sizes: &[usize], variant: Variant, threads: usize, ro
     let mut fused = burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init(), lr);
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
-    let budget = Duration::from_millis(if n >= 1 << 24 { 3000 } else { 800 });
+    let budget = Duration::from_millis(if n >= 1 << 24 { 2000 } else { 700 });
     let mut skeleton_buffers = Buffers::new(n, variant);
     let first = interleaved_medians(1, 2, &mut [&mut || baseline.step()]);
     let reps = reps_for(budget, first[0] * 2, 5, 100);
