@@ -404,6 +404,89 @@ fn half_precision_models_train_in_place_with_f32_state() {
     }
 }
 
+/// The accuracy that `f32` state buys a 16-bit parameter: 200 steps of one
+/// tensor of 4,096 elements with the same gradients (a fixed pattern), in
+/// bf16 and f16 with the fused optimizer (f32 state) and with burn's
+/// `RmsProp` (state in the parameter's dtype), each against the same steps
+/// in f64. The largest parameter error of each is printed (`cargo test --
+/// --nocapture`) and the fused optimizer's is asserted the smaller.
+#[test]
+fn f32_state_keeps_a_16_bit_parameter_closer_to_the_f64_trajectory() {
+    const N: usize = 4096;
+    let device = Device::default();
+    let tensor = |dtype: DType, f: &dyn Fn(usize) -> f32| {
+        let values: Vec<f32> = (0..N).map(f).collect();
+        let options = TensorCreationOptions::new(device.clone()).with_dtype(dtype);
+        Tensor::<1>::from_data(TensorData::new(values, [N]), options)
+    };
+    let start = |i: usize| ((i * 37 % 101) as f32 / 50.0) - 1.0;
+    let grad =
+        |step: usize| move |i: usize| (((i * 13 + step * 7) % 97) as f32 / 48.0 - 1.0) * 1e-2;
+    let run = |optim: &dyn Fn(Tensor<1>, Tensor<1>, usize) -> Tensor<1>, dtype: DType| {
+        let mut p = tensor(dtype, &start);
+        for step in 0..200 {
+            p = optim(p, tensor(dtype, &grad(step)), step);
+        }
+        to_vec(p)
+    };
+    // burn's RmsProp and the fused one through ModuleOptimizer-free steps.
+    let burn_optim = burn::optim::RmsPropConfig::new().with_momentum(0.0).build();
+    let fused_optim = FusedRmsPropConfig::new().build();
+    let exact = {
+        let state = std::cell::RefCell::new(None);
+        run(
+            &|p, g, _| {
+                let (p, s) = fused_optim.step(LR, p, g, state.take());
+                *state.borrow_mut() = s;
+                p
+            },
+            DType::F64,
+        )
+    };
+    for (dtype, ulp) in [(DType::BF16, 1.0 / 128.0), (DType::F16, 1.0 / 1024.0)] {
+        let fused_state = std::cell::RefCell::new(None);
+        let fused = run(
+            &|p, g, _| {
+                let (p, s) = fused_optim.step(LR, p, g, fused_state.take());
+                *fused_state.borrow_mut() = s;
+                p
+            },
+            dtype,
+        );
+        let burn_state = std::cell::RefCell::new(None);
+        let burn = run(
+            &|p, g, _| {
+                let (p, s) = burn_optim.step(LR, p, g, burn_state.take());
+                *burn_state.borrow_mut() = s;
+                p
+            },
+            dtype,
+        );
+        let error = |xs: &[f64]| {
+            xs.iter()
+                .zip(&exact)
+                .map(|(x, y)| {
+                    if x.is_finite() {
+                        (x - y).abs()
+                    } else {
+                        f64::INFINITY
+                    }
+                })
+                .fold(0.0, f64::max)
+        };
+        let (fused_error, burn_error) = (error(&fused), error(&burn));
+        println!(
+            "{dtype:?}: max |param - f64| after 200 steps: fused (f32 state) {fused_error:.2e} \
+             ({:.1} ulp of 1), burn RmsProp ({dtype:?} state) {burn_error:.2e}",
+            fused_error / ulp
+        );
+        assert!(
+            fused_error < burn_error,
+            "{dtype:?}: fused {fused_error:e}, burn {burn_error:e}"
+        );
+    }
+}
+
 #[test]
 fn an_invalid_learning_rate_writes_nothing_and_is_reported() {
     let device = Device::default();
