@@ -72,6 +72,45 @@ pub(crate) fn iota<S: Simd>() -> S::u32s {
     lanes
 }
 
+/// The random bits of a chunk's registers: [`random_lanes`] with the
+/// block key kept from one register to the next (it changes once every
+/// `2^32` elements), so a register costs one hash round and no scalar work.
+pub(crate) struct LaneRandom<S: Simd> {
+    key: u64,
+    iota: S::u32s,
+    block: u64,
+    block_keys: S::u32s,
+}
+
+impl<S: Simd> LaneRandom<S> {
+    /// The generator of a tensor stepped with `key`.
+    #[inline(always)]
+    pub(crate) fn new(simd: S, key: u64) -> Self {
+        Self {
+            key,
+            iota: iota::<S>(),
+            block: 0,
+            block_keys: simd.splat_u32s(block_key(key, 0)),
+        }
+    }
+
+    /// [`random_bits`] of elements `first, first + 1, …`, one per lane.
+    #[inline(always)]
+    pub(crate) fn bits(&mut self, simd: S, first: u64) -> S::u32s {
+        let lanes = core::mem::size_of::<S::u32s>() / 4;
+        let block = first >> 32;
+        if (first as u32).checked_add(lanes as u32 - 1).is_none() {
+            return random_lanes(simd, self.key, first, self.iota);
+        }
+        if block != self.block {
+            self.block = block;
+            self.block_keys = simd.splat_u32s(block_key(self.key, block));
+        }
+        let low = simd.add_u32s(simd.splat_u32s(first as u32), self.iota);
+        lowbias32_lanes(simd, simd.xor_u32s(low, self.block_keys))
+    }
+}
+
 /// [`random_bits`] of elements `first, first + 1, …` in the lanes of a
 /// register; `iota` is [`iota`]`::<S>()`, computed once per chunk.
 #[inline(always)]
@@ -111,8 +150,14 @@ mod tests {
             impl pulp::WithSimd for Check {
                 type Output = ();
                 fn with_simd<S: Simd>(self, simd: S) {
-                    for first in [0u64, (1 << 32) - 3, (1 << 32) - 8, 77 << 32] {
+                    let mut cached = LaneRandom::<S>::new(simd, 7);
+                    for first in [0u64, 16, (1 << 32) - 3, (1 << 32) - 8, 77 << 32, 5] {
                         let got = random_lanes(simd, 7, first, iota::<S>());
+                        let again = cached.bits(simd, first);
+                        assert_eq!(
+                            bytemuck::cast_slice::<S::u32s, u32>(core::slice::from_ref(&again)),
+                            bytemuck::cast_slice::<S::u32s, u32>(core::slice::from_ref(&got)),
+                        );
                         let got: &[u32] = bytemuck::cast_slice(core::slice::from_ref(&got));
                         for (i, bits) in got.iter().enumerate() {
                             assert_eq!(*bits, random_bits(7, first + i as u64), "{first} + {i}");

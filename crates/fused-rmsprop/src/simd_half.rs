@@ -118,7 +118,7 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
         let (master_head, _) = S::as_mut_simd_f32s(master);
 
         let lanes = LaneCoefficients::splat(simd, c);
-        let iota = rounding::iota::<S>();
+        let mut random = rounding::LaneRandom::new(simd, key);
         let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<S::f32s>();
         for (i, (params16, grads16)) in params
             .chunks_exact_mut(width)
@@ -161,8 +161,7 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
             }
             let rounded = if c.stochastic {
                 let first = offset + (i * width) as u64;
-                let random = rounding::random_lanes(simd, key, first, iota);
-                H::round_stochastic_lanes(simd, p, random)
+                H::round_stochastic_lanes(simd, p, random.bits(simd, first))
             } else {
                 H::round_nearest_lanes(simd, p)
             };
