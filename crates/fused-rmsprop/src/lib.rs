@@ -71,8 +71,8 @@
 //! kept and 8 moved each, as for `f32`. Measured (`compare`, Intel Xeon
 //! with AVX-512, 2 cores, 16M elements, plain): bf16 0.94-0.95 and f16
 //! 0.99-1.01 of a skeleton loop with the same loads and stores, 1.31-1.41x
-//! the `f32` step's elements per second; stochastic rounding +9% to +23%
-//! over nearest across runs; master weights at 1.02-1.03 of their 20-byte
+//! the `f32` step's elements per second; stochastic rounding +11% to +14%
+//! over nearest (2 threads); master weights at 1.02-1.03 of their 20-byte
 //! skeleton (README, BENCHMARKS.md). One call steps one parameter type:
 //! a model with tensors of several types makes one [`RmsProp::step_many`]
 //! call per type (the adapters do).
