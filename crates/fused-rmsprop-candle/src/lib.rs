@@ -54,18 +54,20 @@
 //! dtypes is stepped one kernel call per dtype, every gradient checked
 //! before any is written.
 //!
-//! # Other devices
+//! # Other devices and dtypes
 //! [`TensorOpsRmsProp`] is the same update written with candle tensor ops:
 //! it runs wherever candle runs (CUDA, Metal), one new tensor per
 //! operation, computing 16-bit variables in `f32` as the fused optimizer
 //! does, and is what the fused optimizer is measured and tested against.
-//!
-//! # What it refuses
-//! [`RmsProp::new`](candle_nn::Optimizer::new) refuses, with an error naming
-//! the variable, a variable on CUDA or Metal (use [`TensorOpsRmsProp`]) and a
-//! float variable of a dtype the kernel has no step for (candle's 8-bit and
-//! smaller float types). Integer variables are skipped, as candle's own
-//! optimizers skip them.
+//! [`RmsProp`] steps with it every variable the in-place route cannot take
+//! (a variable on CUDA or Metal, a float dtype the kernel has no step for),
+//! so no variable is refused ([`Route`]; [`RmsProp::with_route`] forces the
+//! tensor-op route, which is how the tests reach it on the CPU). On that
+//! route stochastic rounding is not available (16-bit variables round to
+//! nearest), checkpoints do not hold its state, and a step that fails in a
+//! tensor op (a device error) may come after the in-place variables were
+//! written. Integer variables are skipped, as candle's own optimizers skip
+//! them.
 
 mod checkpoint;
 mod inplace;
@@ -77,7 +79,7 @@ mod tensor_ops;
 /// The non-finite gradient policy and the eps placement, re-exported from the kernel.
 pub use fused_rmsprop::{EpsPlacement, NonFinite};
 pub use inplace::VARS_PER_DISPATCH;
-pub use optimizer::RmsProp;
+pub use optimizer::{RmsProp, Route};
 pub use params::ParamsRmsProp;
 pub use tensor_ops::TensorOpsRmsProp;
 

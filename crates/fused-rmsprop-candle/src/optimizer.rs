@@ -4,11 +4,35 @@ use std::collections::{HashMap, HashSet};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
+use candle_nn::Optimizer as _;
 use fused_rmsprop::{Hyper, NonFinite, State, bf16, f16};
 
 use crate::inplace::step_all;
 use crate::storage::storage_key;
-use crate::{ParamsRmsProp, Result};
+use crate::{ParamsRmsProp, Result, TensorOpsRmsProp};
+
+/// Which route steps a variable.
+///
+/// ```
+/// use candle_core::{Device, Var};
+/// use fused_rmsprop_candle::{ParamsRmsProp, RmsProp, Route};
+/// let w = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+/// let opt = RmsProp::with_route(vec![w], ParamsRmsProp::default(), Route::TensorOps)?;
+/// assert_eq!(opt.route(), Route::TensorOps);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// The fused kernel in place for CPU variables of dtype `f32`, `f64`,
+    /// `bf16` or `f16`; the tensor-op formulation ([`TensorOpsRmsProp`]:
+    /// same formula and options, one new tensor per op) for every other
+    /// variable (CUDA, Metal, other float dtypes).
+    #[default]
+    Auto,
+    /// Every variable through the tensor-op formulation (what `Auto` does
+    /// off the CPU; on the CPU, for tests and comparisons).
+    TensorOps,
+}
 
 /// One variable's state: in the variable's dtype for `f32` and `f64`, in
 /// `f32` for `bf16` and `f16` (with the master copy under master weights).
@@ -55,20 +79,27 @@ pub struct RmsProp {
     pub(crate) vars: Vec<(Var, VarState)>,
     pub(crate) params: ParamsRmsProp,
     pub(crate) kernel: fused_rmsprop::RmsProp,
-    last_skipped: Vec<usize>,
+    route: Route,
+    /// The variables the in-place route cannot step, and their optimizer.
+    fallback: Option<(Vec<Var>, TensorOpsRmsProp)>,
+    last_skipped: Vec<Var>,
+}
+
+/// Whether the in-place route can step `var`.
+fn in_place(var: &Var) -> bool {
+    var.device().is_cpu()
+        && matches!(
+            var.dtype(),
+            DType::F32 | DType::F64 | DType::BF16 | DType::F16
+        )
 }
 
 pub(crate) fn kernel_error(e: fused_rmsprop::Error) -> candle_core::Error {
     candle_core::Error::wrap(e)
 }
 
+/// Fresh state for a variable of the in-place route.
 fn state_for(var: &Var, index: usize, hyper: &Hyper) -> Result<VarState> {
-    if !var.device().is_cpu() {
-        return Err(candle_core::Error::msg(format!(
-            "fused RMSprop: variable {index} is on {:?}; only CPU variables are supported",
-            var.device().location()
-        )));
-    }
     let n = var.elem_count();
     match var.dtype() {
         DType::F32 => Ok(VarState::F32(State::new(n, hyper))),
@@ -99,26 +130,11 @@ where
 impl candle_nn::Optimizer for RmsProp {
     type Config = ParamsRmsProp;
 
-    /// Validates the hyper-parameters and makes zeroed state for every float
-    /// variable (integer ones are skipped; a variable listed twice is kept
-    /// once). Errors: an invalid hyper-parameter, a variable not on the CPU,
-    /// a float variable that is not `f32` or `f64`.
+    /// [`RmsProp::with_route`] with [`Route::Auto`]: every float variable
+    /// is stepped, in place where the kernel can, by tensor ops elsewhere.
+    /// Errors: an invalid hyper-parameter (no variable is refused).
     fn new(vars: Vec<Var>, params: ParamsRmsProp) -> Result<Self> {
-        let hyper = params.hyper();
-        let kernel = fused_rmsprop::RmsProp::new(hyper).map_err(kernel_error)?;
-        let mut seen = HashSet::new();
-        let vars = vars
-            .into_iter()
-            .filter(|v| v.dtype().is_float() && seen.insert(v.id()))
-            .enumerate()
-            .map(|(i, v)| state_for(&v, i, &hyper).map(|s| (v, s)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            vars,
-            params,
-            kernel,
-            last_skipped: Vec::new(),
-        })
+        Self::with_route(vars, params, Route::Auto)
     }
 
     /// Steps every variable that has a gradient in `grads`; the others are
@@ -139,15 +155,7 @@ impl candle_nn::Optimizer for RmsProp {
         let mut with_grad = Vec::with_capacity(self.vars.len());
         for (index, (var, state)) in self.vars.iter_mut().enumerate() {
             let Some(grad) = grads.get(var) else { continue };
-            if grad.shape() != var.shape() || grad.dtype() != var.dtype() {
-                return Err(candle_core::Error::msg(format!(
-                    "fused RMSprop: gradient of variable {index} is {:?} {:?}, the variable is {:?} {:?}",
-                    grad.dtype(),
-                    grad.shape(),
-                    var.dtype(),
-                    var.shape()
-                )));
-            }
+            check_grad("variable", index, var, grad)?;
             if let Some(key) = storage_key(var.as_tensor())
                 && let Some(other) = owners.insert(key, index)
             {
@@ -178,6 +186,17 @@ impl candle_nn::Optimizer for RmsProp {
         if self.params.non_finite == NonFinite::Error {
             check_all_finite(&entries)?;
         }
+        // The tensor-op route's gradients, checked before anything is written.
+        let mut skipped = Vec::new();
+        let fallback_grads = match &self.fallback {
+            None => None,
+            Some((vars, _)) => Some(fallback_grads(
+                vars,
+                grads,
+                self.params.non_finite,
+                &mut skipped,
+            )?),
+        };
 
         // One kernel call per dtype (one parameter type per call).
         let (mut f32s, mut f64s, mut bf16s, mut f16s) =
@@ -190,15 +209,24 @@ impl candle_nn::Optimizer for RmsProp {
                 VarState::F16(s) => f16s.push((index, var, grad, s)),
             }
         }
-        let mut skipped = step_all::<f32>(&self.kernel, lr, f32s)?;
-        skipped.extend(step_all::<f64>(&self.kernel, lr, f64s)?);
-        skipped.extend(step_all::<bf16>(&self.kernel, lr, bf16s)?);
-        skipped.extend(step_all::<f16>(&self.kernel, lr, f16s)?);
-        skipped.sort_unstable();
+        let mut in_place_skipped = step_all::<f32>(&self.kernel, lr, f32s)?;
+        in_place_skipped.extend(step_all::<f64>(&self.kernel, lr, f64s)?);
+        in_place_skipped.extend(step_all::<bf16>(&self.kernel, lr, bf16s)?);
+        in_place_skipped.extend(step_all::<f16>(&self.kernel, lr, f16s)?);
+        in_place_skipped.sort_unstable();
         for state in empty {
             *state.step_mut() += 1;
         }
-        self.last_skipped = skipped;
+        if let (Some((_, optimizer)), Some(fallback_grads)) = (&mut self.fallback, fallback_grads) {
+            optimizer.set_learning_rate(lr);
+            optimizer.step(&fallback_grads)?;
+        }
+        let mut last: Vec<Var> = in_place_skipped
+            .into_iter()
+            .map(|i| self.vars[i].0.clone())
+            .collect();
+        last.extend(skipped);
+        self.last_skipped = last;
         Ok(())
     }
 
@@ -209,6 +237,57 @@ impl candle_nn::Optimizer for RmsProp {
     fn set_learning_rate(&mut self, lr: f64) {
         self.params.lr = lr;
     }
+}
+
+/// An error unless `grad` has the shape and dtype of `var` (`what` `index`
+/// names the variable in the message).
+fn check_grad(what: &str, index: usize, var: &Var, grad: &Tensor) -> Result<()> {
+    if grad.shape() == var.shape() && grad.dtype() == var.dtype() {
+        return Ok(());
+    }
+    Err(candle_core::Error::msg(format!(
+        "fused RMSprop: gradient of {what} {index} is {:?} {:?}, the variable is {:?} {:?}",
+        grad.dtype(),
+        grad.shape(),
+        var.dtype(),
+        var.shape()
+    )))
+}
+
+/// The gradients of the tensor-op route's variables, checked (shape and
+/// dtype; under [`NonFinite::Error`] and [`NonFinite::Skip`] their values,
+/// with one reduction each: `sum(g * 0)` is NaN exactly when `g` holds a NaN
+/// or an infinity). A skipped variable's gradient is left out and the
+/// variable pushed to `skipped`.
+fn fallback_grads(
+    vars: &[Var],
+    grads: &GradStore,
+    non_finite: NonFinite,
+    skipped: &mut Vec<Var>,
+) -> Result<GradStore> {
+    let mut kept = GradStore::default();
+    for (index, var) in vars.iter().enumerate() {
+        let Some(grad) = grads.get(var) else { continue };
+        check_grad("tensor-op variable", index, var, grad)?;
+        if non_finite != NonFinite::Propagate {
+            let poisoned = (grad * 0.0)?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?
+                .is_nan();
+            if poisoned && non_finite == NonFinite::Error {
+                return Err(candle_core::Error::msg(format!(
+                    "fused RMSprop: the gradient of tensor-op variable {index} holds a NaN or an infinity"
+                )));
+            }
+            if poisoned {
+                skipped.push(var.clone());
+                continue;
+            }
+        }
+        kept.insert(var.as_tensor(), grad.clone());
+    }
+    Ok(kept)
 }
 
 /// Under [`NonFinite::Error`]: the first gradient holding a NaN or an
@@ -257,7 +336,85 @@ impl RmsProp {
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn last_skipped(&self) -> Vec<&Var> {
-        self.last_skipped.iter().map(|&i| &self.vars[i].0).collect()
+        self.last_skipped.iter().collect()
+    }
+
+    /// An optimizer over `vars` on `route`: with [`Route::Auto`] the CPU
+    /// variables of dtype `f32`, `f64`, `bf16` and `f16` are stepped in
+    /// place by the kernel and every other float variable by the tensor-op
+    /// formulation; with [`Route::TensorOps`] all of them by tensor ops.
+    /// Integer variables are skipped; a variable listed twice is kept once.
+    ///
+    /// Checkpoints ([`RmsProp::save`]) hold the in-place route's state; the
+    /// tensor-op route's variables start afresh after a load.
+    ///
+    /// # Errors
+    /// An invalid hyper-parameter.
+    ///
+    /// ```
+    /// use candle_core::{Device, Var};
+    /// use candle_nn::Optimizer;
+    /// use fused_rmsprop_candle::{ParamsRmsProp, RmsProp, Route};
+    /// let w = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+    /// let mut opt = RmsProp::with_route(vec![w.clone()], ParamsRmsProp::default(), Route::TensorOps)?;
+    /// opt.backward_step(&w.as_tensor().sqr()?.sum_all()?)?;
+    /// assert!(w.to_vec1::<f32>()?[0] < 1.0);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn with_route(vars: Vec<Var>, params: ParamsRmsProp, route: Route) -> Result<Self> {
+        let hyper = params.hyper();
+        let kernel = fused_rmsprop::RmsProp::new(hyper).map_err(kernel_error)?;
+        let mut seen = HashSet::new();
+        let (in_place_vars, other): (Vec<Var>, Vec<Var>) = vars
+            .into_iter()
+            .filter(|v| v.dtype().is_float() && seen.insert(v.id()))
+            .partition(|v| route == Route::Auto && in_place(v));
+        let vars = in_place_vars
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| state_for(&v, i, &hyper).map(|s| (v, s)))
+            .collect::<Result<Vec<_>>>()?;
+        let fallback = if other.is_empty() {
+            None
+        } else {
+            let optimizer = TensorOpsRmsProp::new(other.clone(), params)?;
+            Some((other, optimizer))
+        };
+        Ok(Self {
+            vars,
+            params,
+            kernel,
+            route,
+            fallback,
+            last_skipped: Vec::new(),
+        })
+    }
+
+    /// The route this optimizer was built with.
+    ///
+    /// ```
+    /// # use candle_nn::Optimizer;
+    /// # use fused_rmsprop_candle::{ParamsRmsProp, RmsProp, Route};
+    /// assert_eq!(RmsProp::new(vec![], ParamsRmsProp::default())?.route(), Route::Auto);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    /// How many variables the tensor-op route steps (the others are stepped
+    /// in place).
+    ///
+    /// ```
+    /// # use candle_core::{Device, Var};
+    /// # use candle_nn::Optimizer;
+    /// # use fused_rmsprop_candle::{ParamsRmsProp, RmsProp};
+    /// let w = Var::new(&[1.0f32], &Device::Cpu)?;
+    /// assert_eq!(RmsProp::new(vec![w], ParamsRmsProp::default())?.tensor_op_vars(), 0);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn tensor_op_vars(&self) -> usize {
+        self.fallback.as_ref().map_or(0, |(vars, _)| vars.len())
     }
 
     /// The hyper-parameters.

@@ -198,3 +198,60 @@ fn a_bf16_var_is_never_refused_on_the_cpu() {
         assert!(RmsProp::new(vec![v], ParamsRmsProp::default()).is_ok());
     }
 }
+
+/// The tensor-op route, forced on the CPU (as `Route::Auto` takes it on CUDA
+/// or Metal): the same values as `TensorOpsRmsProp`, bit for bit, for f32
+/// and 16-bit models, and the non-finite policies hold on it.
+#[test]
+fn the_tensor_op_route_steps_what_the_kernel_cannot() {
+    use fused_rmsprop::NonFinite;
+    use fused_rmsprop_candle::Route;
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let p = ParamsRmsProp {
+            lr: 0.002,
+            momentum: Some(0.5),
+            ..Default::default()
+        };
+        let routed_model = Mlp::new(dtype).unwrap();
+        let reference_model = Mlp::new(dtype).unwrap();
+        let mut routed =
+            RmsProp::with_route(routed_model.vars.clone(), p, Route::TensorOps).unwrap();
+        assert_eq!(routed.tensor_op_vars(), routed_model.vars.len());
+        let mut reference = TensorOpsRmsProp::new(reference_model.vars.clone(), p).unwrap();
+        for step in 0..5 {
+            routed
+                .backward_step(&routed_model.loss(step).unwrap())
+                .unwrap();
+            reference
+                .backward_step(&reference_model.loss(step).unwrap())
+                .unwrap();
+        }
+        assert_eq!(routed_model.values(), reference_model.values(), "{dtype:?}");
+    }
+
+    // Skip and Error on the tensor-op route.
+    let w = Var::new(&[1.0f32, 2.0], &candle_core::Device::Cpu).unwrap();
+    let poisoned = |w: &Var| {
+        let mut grads = w.as_tensor().sum_all().unwrap().backward().unwrap();
+        grads.insert(
+            w.as_tensor(),
+            candle_core::Tensor::new(&[f32::NAN, 1.0], &candle_core::Device::Cpu).unwrap(),
+        );
+        grads
+    };
+    let skip = ParamsRmsProp {
+        non_finite: NonFinite::Skip,
+        ..Default::default()
+    };
+    let mut opt = RmsProp::with_route(vec![w.clone()], skip, Route::TensorOps).unwrap();
+    opt.step(&poisoned(&w)).unwrap();
+    assert_eq!(opt.last_skipped().len(), 1);
+    assert_eq!(w.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+    let error = ParamsRmsProp {
+        non_finite: NonFinite::Error,
+        ..Default::default()
+    };
+    let mut opt = RmsProp::with_route(vec![w.clone()], error, Route::TensorOps).unwrap();
+    assert!(opt.step(&poisoned(&w)).is_err());
+    assert_eq!(w.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+}
