@@ -198,41 +198,33 @@ fn check_same_bits<P: Elem>(
     Ok(())
 }
 
-/// A case for a 16-bit type: every rounding option, 16-bit elements.
-fn half_case<H: Arbitrary16>() -> impl Strategy<Value = (Hyper, Vec<H>, Vec<Vec<H>>)> {
-    (
-        half_hyper().prop_map(representable_in_f32),
-        0usize..300,
-        1usize..4,
-    )
+/// Hyper-parameters from `hyper` (rounded to f32 and still valid), up to
+/// 300 elements from `element`, 1-3 steps of gradients.
+fn case_of<T: std::fmt::Debug + Clone + 'static>(
+    hyper: impl Strategy<Value = Hyper>,
+    element: fn() -> BoxedStrategy<T>,
+) -> impl Strategy<Value = (Hyper, Vec<T>, Vec<Vec<T>>)> {
+    (hyper.prop_map(representable_in_f32), 0usize..300, 1usize..4)
         .prop_filter("valid once rounded to f32", |(h, _, _)| {
             h.validate().is_ok()
         })
-        .prop_flat_map(|(h, n, steps)| {
+        .prop_flat_map(move |(h, n, steps)| {
             (
                 Just(h),
-                proptest::collection::vec(half_element::<H>(), n),
-                proptest::collection::vec(proptest::collection::vec(half_element::<H>(), n), steps),
+                proptest::collection::vec(element(), n),
+                proptest::collection::vec(proptest::collection::vec(element(), n), steps),
             )
         })
 }
 
+/// An `f32` case: every variant, mixed special and realistic values.
 fn case() -> impl Strategy<Value = (Hyper, Vec<f32>, Vec<Vec<f32>>)> {
-    (
-        hyper().prop_map(representable_in_f32),
-        0usize..300,
-        1usize..4,
-    )
-        .prop_filter("valid once rounded to f32", |(h, _, _)| {
-            h.validate().is_ok()
-        })
-        .prop_flat_map(|(h, n, steps)| {
-            (
-                Just(h),
-                proptest::collection::vec(element::<f32>(), n),
-                proptest::collection::vec(proptest::collection::vec(element::<f32>(), n), steps),
-            )
-        })
+    case_of(hyper(), element::<f32>)
+}
+
+/// A case for a 16-bit type: every rounding option, 16-bit elements.
+fn half_case<H: Arbitrary16>() -> impl Strategy<Value = (Hyper, Vec<H>, Vec<Vec<H>>)> {
+    case_of(half_hyper(), half_element::<H>)
 }
 
 proptest! {

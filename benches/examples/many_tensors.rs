@@ -26,17 +26,21 @@ fn main() {
     let variant = Variant::Plain;
     let lr = variant.hyper().lr;
     let start;
+    // One warm-up step, then `steps` timed ones.
+    let run_burn = |optim: burn::optim::ModuleOptimizer| {
+        let mut case = burn_case::Case::new(&sizes, optim, lr);
+        case.step();
+        let start = std::time::Instant::now();
+        for _ in 0..steps {
+            case.step();
+        }
+        start
+    };
     match framework.as_str() {
         "burn" => {
             let optim = burn_case::fused_rmsprop(variant).build();
             let handle = optim.clone();
-            let mut case =
-                burn_case::Case::new(&sizes, burn::optim::ModuleOptimizer::from(optim), lr);
-            case.step();
-            start = std::time::Instant::now();
-            for _ in 0..steps {
-                case.step();
-            }
+            start = run_burn(burn::optim::ModuleOptimizer::from(optim));
             println!("{:?}", handle.stats());
         }
         "burn-single" => {
@@ -48,22 +52,9 @@ fn main() {
                 .build()
                 .with_execution(single)
                 .expect("valid");
-            let mut case =
-                burn_case::Case::new(&sizes, burn::optim::ModuleOptimizer::from(optim), lr);
-            case.step();
-            start = std::time::Instant::now();
-            for _ in 0..steps {
-                case.step();
-            }
+            start = run_burn(burn::optim::ModuleOptimizer::from(optim));
         }
-        "floor" => {
-            let mut case = burn_case::Case::new(&sizes, burn_case::floor(), lr);
-            case.step();
-            start = std::time::Instant::now();
-            for _ in 0..steps {
-                case.step();
-            }
-        }
+        "floor" => start = run_burn(burn_case::floor()),
         f if f.starts_with("candle") => {
             let (vars, grads) = candle_case::vars_and_grads(&sizes);
             let mut opt = candle_case::fused(vars, variant);

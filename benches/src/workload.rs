@@ -173,7 +173,9 @@ impl HalfMode {
     /// 2 + 4 (14), or with master weights read 2 + 4 + 4 and write 2 + 4 + 4
     /// (20: the parameter is written, not read).
     pub fn bytes_per_element(self, variant: Variant) -> usize {
-        let state = variant.hyper().bytes_per_element(4) - 12; // f32 state beyond square_avg
+        // The f32 buffers beyond the plain step's (grad_avg, momentum_buf):
+        // read and written, 8 bytes each.
+        let state = variant.hyper().bytes_per_element(4) - Variant::Plain.bytes_per_element();
         let base = match self {
             HalfMode::Master => 20,
             _ => 14,
@@ -274,4 +276,21 @@ pub fn many_tensor_sizes() -> Vec<usize> {
         }
     }
     sizes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_bytes_per_element_count_the_streams() {
+        assert_eq!(HalfMode::Nearest.bytes_per_element(Variant::Plain), 14);
+        assert_eq!(HalfMode::Stochastic.bytes_per_element(Variant::Plain), 14);
+        assert_eq!(HalfMode::Master.bytes_per_element(Variant::Plain), 20);
+        assert_eq!(HalfMode::Nearest.bytes_per_element(Variant::Momentum), 22);
+        assert_eq!(
+            HalfMode::Nearest.bytes_per_element(Variant::CenteredMomentumWd),
+            30
+        );
+    }
 }
