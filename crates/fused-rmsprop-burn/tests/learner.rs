@@ -1,0 +1,223 @@
+//! `FusedRmsPropConfig` inside burn-train's supervised `Learner`, where most
+//! Burn users train: the default training strategy, the file checkpointer, a
+//! cosine learning-rate schedule and loss/accuracy metrics, on Iris.
+//!
+//! - Two epochs with `FusedRmsPropConfig` report the same losses as two
+//!   with Burn's `RmsPropConfig` (the optimizer is the only difference).
+//! - A run stopped after epoch 1 and resumed from burn-train's checkpoint
+//!   (model, optimizer record, scheduler) ends bit-identical to the
+//!   uninterrupted run.
+//! - A run checkpointed under Burn's `RmsPropConfig` resumes under
+//!   `FusedRmsPropConfig`.
+
+#[path = "../examples/common/iris.rs"]
+mod iris;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataset::InMemDataset;
+use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+use burn::optim::{ModuleOptimizer, RmsPropConfig};
+use burn::tensor::Device;
+use burn_train::checkpoint::KeepLastNCheckpoints;
+use burn_train::metric::{AccuracyMetric, LossMetric};
+use burn_train::{Learner, SupervisedTraining};
+use fused_rmsprop_burn::FusedRmsPropConfig;
+use iris::{Classifier, EpochLog, IrisBatch, IrisBatcher};
+
+const HIDDEN: usize = 32;
+const BATCH: usize = 16;
+const EPOCHS: usize = 2;
+/// Largest difference allowed between a loss reported under the fused
+/// optimizer and under Burn's (the bound; the two agree to a few
+/// f32 ulps per step, see `tests/training.rs`).
+const LOSS_TOLERANCE: f64 = 1e-5;
+
+#[derive(Clone, Copy, Debug)]
+enum Optim {
+    Fused,
+    Burn,
+}
+
+impl Optim {
+    fn init(self) -> ModuleOptimizer {
+        match self {
+            Optim::Fused => FusedRmsPropConfig::new().init(),
+            Optim::Burn => RmsPropConfig::new().init(),
+        }
+    }
+}
+
+/// A scratch directory of this test process, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "fused-rmsprop-learner-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The same initial model every time. Burn seeds its random generator per
+/// process, and the tests of this file run on parallel threads: seeding and
+/// drawing happen under one lock so no other test draws in between. Burn
+/// initializes parameters lazily, on first use: reading them draws now.
+fn initial_model(device: &Device) -> Classifier {
+    static SEEDED: Mutex<()> = Mutex::new(());
+    let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(7);
+    let model = Classifier::new(HIDDEN, device);
+    model.parameter_values();
+    model
+}
+
+fn loader(items: &[iris::IrisItem]) -> Arc<dyn DataLoader<IrisBatch>> {
+    DataLoaderBuilder::new(IrisBatcher)
+        .batch_size(BATCH)
+        .build(InMemDataset::new(items.to_vec()))
+}
+
+/// What a run left behind: the final parameters and the reported values.
+struct Run {
+    parameters: Vec<Vec<f32>>,
+    log: EpochLog,
+}
+
+/// Trains up to epoch `until` with `optim` in `dir`, resuming from the
+/// checkpoint of epoch `resume_from` when given.
+fn train(dir: &Scratch, optim: Optim, until: usize, resume_from: Option<usize>) -> Run {
+    let device = Device::default().autodiff();
+    let (train, valid) = iris::train_valid_split();
+    let iterations = EPOCHS * train.len().div_ceil(BATCH);
+    let scheduler = CosineAnnealingLrSchedulerConfig::new(1e-3, iterations)
+        .init()
+        .expect("a valid schedule");
+    let learner = Learner::new(initial_model(&device), optim.init(), scheduler);
+    let log = EpochLog::default();
+    let mut training = SupervisedTraining::new(&dir.0, loader(&train), loader(&valid))
+        .num_epochs(until)
+        .with_default_checkpointers()
+        .with_checkpointing_strategy(KeepLastNCheckpoints::new(EPOCHS))
+        .with_metric_logger(log.clone())
+        .metric_train_numeric(LossMetric::new())
+        .metric_valid_numeric(LossMetric::new())
+        .metric_train_numeric(AccuracyMetric::new())
+        .metric_valid_numeric(AccuracyMetric::new())
+        .with_application_logger(None);
+    if let Some(epoch) = resume_from {
+        training = training.checkpoint(epoch);
+    }
+    let result = training.launch(learner);
+    assert!(
+        result.error.is_none(),
+        "training failed: {:?}",
+        result.error
+    );
+    Run {
+        parameters: result.model.parameter_values(),
+        log,
+    }
+}
+
+/// Every loss reported for `split` in `epoch` (1-based), batch by batch.
+fn losses(run: &Run, split: &str, epoch: usize) -> Vec<f64> {
+    let reported = run.log.reported();
+    let epochs = reported
+        .get(&(split.to_string(), "Loss".to_string()))
+        .unwrap_or_else(|| panic!("no {split} loss reported: {:?}", reported.keys()));
+    epochs.get(epoch - 1).cloned().unwrap_or_default()
+}
+
+fn assert_close(fused: &[f64], burn: &[f64], what: &str) {
+    assert_eq!(fused.len(), burn.len(), "{what}: reported counts differ");
+    assert!(!fused.is_empty(), "{what}: nothing reported");
+    for (i, (a, b)) in fused.iter().zip(burn).enumerate() {
+        assert!(
+            (a - b).abs() <= LOSS_TOLERANCE,
+            "{what}, batch {i}: fused {a} vs burn {b}"
+        );
+    }
+}
+
+/// Panics with a count (not thousands of values) unless `a` and `b` hold
+/// the same bits.
+fn assert_bit_identical(a: &[Vec<f32>], b: &[Vec<f32>]) {
+    assert_eq!(a.len(), b.len());
+    for (i, (a, b)) in a.iter().zip(b).enumerate() {
+        let differ = a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits());
+        let first = differ.clone().next();
+        assert!(
+            first.is_none() && a.len() == b.len(),
+            "parameter {i}: {} of {} values differ, first {first:?} (resumed, uninterrupted)",
+            differ.count(),
+            a.len()
+        );
+    }
+}
+
+#[test]
+fn fused_and_burn_rmsprop_report_the_same_losses() {
+    let (fused_dir, burn_dir) = (Scratch::new("same-fused"), Scratch::new("same-burn"));
+    let fused = train(&fused_dir, Optim::Fused, EPOCHS, None);
+    let burn = train(&burn_dir, Optim::Burn, EPOCHS, None);
+    for epoch in 1..=EPOCHS {
+        for split in ["train", "valid"] {
+            let what = format!("epoch {epoch} {split} loss");
+            assert_close(
+                &losses(&fused, split, epoch),
+                &losses(&burn, split, epoch),
+                &what,
+            );
+        }
+    }
+    // Training moved: the loss of the last epoch is below the first's.
+    let mean = |run: &Run, epoch| run.log.epoch_mean("train", "Loss", epoch).unwrap();
+    assert!(mean(&fused, EPOCHS) < mean(&fused, 1));
+}
+
+#[test]
+fn a_run_resumed_from_its_checkpoint_ends_bit_identical() {
+    let (whole_dir, split_dir) = (Scratch::new("whole"), Scratch::new("resumed"));
+    let whole = train(&whole_dir, Optim::Fused, EPOCHS, None);
+    let first = train(&split_dir, Optim::Fused, 1, None);
+    assert_ne!(
+        first.parameters, whole.parameters,
+        "epoch 2 changes the parameters"
+    );
+    let resumed = train(&split_dir, Optim::Fused, EPOCHS, Some(1));
+    assert_bit_identical(&resumed.parameters, &whole.parameters);
+    assert_eq!(losses(&resumed, "train", 2), losses(&whole, "train", 2));
+    assert_eq!(losses(&resumed, "valid", 2), losses(&whole, "valid", 2));
+}
+
+#[test]
+fn a_burn_rmsprop_checkpoint_resumes_under_the_fused_optimizer() {
+    let (whole_dir, split_dir) = (Scratch::new("burn-whole"), Scratch::new("burn-then-fused"));
+    let burn_whole = train(&whole_dir, Optim::Burn, EPOCHS, None);
+    train(&split_dir, Optim::Burn, 1, None);
+    let resumed = train(&split_dir, Optim::Fused, EPOCHS, Some(1));
+    // The fused optimizer picked up Burn's square averages and momentum:
+    // epoch 2 reports what Burn's own epoch 2 reports.
+    assert_close(
+        &losses(&resumed, "train", 2),
+        &losses(&burn_whole, "train", 2),
+        "epoch 2 train loss after resuming Burn's checkpoint",
+    );
+    for (fused, burn) in resumed.parameters.iter().zip(&burn_whole.parameters) {
+        for (a, b) in fused.iter().zip(burn) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+}
