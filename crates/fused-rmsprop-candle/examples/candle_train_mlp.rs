@@ -170,15 +170,10 @@ fn main() -> candle_core::Result<()> {
             let vars = model.vars.clone();
             let spent = match name {
                 // The swap: this line was `AdamW::new(vars, ParamsAdamW::default())?`.
-                "fused-rmsprop" => {
-                    train(&model, RmsProp::new(vars, rmsprop)?, &iris, epochs)?
+                "fused-rmsprop" => train(&model, RmsProp::new(vars, rmsprop)?, &iris, epochs)?,
+                "tensor-op RMSprop" => {
+                    train(&model, TensorOpsRmsProp::new(vars, rmsprop)?, &iris, epochs)?
                 }
-                "tensor-op RMSprop" => train(
-                    &model,
-                    TensorOpsRmsProp::new(vars, rmsprop)?,
-                    &iris,
-                    epochs,
-                )?,
                 _ => train(&model, AdamW::new(vars, adamw.clone())?, &iris, epochs)?,
             };
             if run == 1 {

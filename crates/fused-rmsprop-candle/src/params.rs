@@ -38,7 +38,7 @@ pub struct ParamsRmsProp {
     /// Ascend instead of descend.
     pub maximize: bool,
     /// What a step does with a gradient holding NaN or Inf: propagate it
-    /// (PyTorch), skip that variable (see [`RmsProp::last_skipped`]), or
+    /// (PyTorch), skip that variable (see [`RmsProp::last_skipped`](crate::RmsProp::last_skipped)), or
     /// return an error and write nothing.
     pub non_finite: NonFinite,
     /// How `bf16`/`f16` variables are rounded after the step: to nearest

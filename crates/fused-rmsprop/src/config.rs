@@ -114,7 +114,7 @@ impl WeightDecay {
 /// lr 0.01, alpha 0.99, eps 1e-8, everything else off.
 ///
 /// The update of one element, with `g` its gradient and `p` its parameter
-/// (the [scalar path](crate::scalar) is this, written as code):
+/// (the scalar path, `src/scalar.rs`, is this, written as code):
 ///
 /// ```text
 /// if maximize:            g = -g

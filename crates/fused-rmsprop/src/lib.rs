@@ -44,7 +44,7 @@
 //! # Mixed precision: `bf16` and `f16` parameters
 //!
 //! Every entry point is generic over the parameter type ([`Param`]): `f32`
-//! and `f64` keep their state in their own type; [`bf16`] and [`f16`]
+//! and `f64` keep their state in their own type; [`bf16`] and [`f16`](struct@f16)
 //! parameters and gradients keep `f32` state. Each 16-bit element is widened
 //! to `f32` (exact), stepped with the `f32` formula and constants, and
 //! rounded back ([`Rounding`]): to nearest even (the default; `half`'s
