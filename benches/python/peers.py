@@ -5,6 +5,9 @@ Measures, on one f32 tensor per size, the same gradient every step:
   PyTorch  RMSprop (for-loop), RMSprop (foreach), Adam(fused=True), SGD
   Optax    rmsprop (and its centered/momentum variants) under jax.jit with
            donated buffers
+and, with --half bf16 (the default), PyTorch's RMSprop (foreach) and
+Adam(fused=True) on a bf16 parameter (their state is bf16 too), as rows of
+case "<size> bf16" that `compare` sets against its "bf16 nearest" kernel rows.
 and prints one JSON object per line in `compare --json`'s format
 (framework "pytorch" / "optax"; their time in baseline_ns, fused fields null).
 
@@ -82,7 +85,7 @@ def row(framework, baseline, n, variant, threads, ns, cpu):
     }
 
 
-def torch_rows(sizes, variants, threads, budget, cpu):
+def torch_rows(sizes, variants, half, threads, budget, cpu):
     try:
         import torch
     except ImportError:
@@ -114,6 +117,34 @@ def torch_rows(sizes, variants, threads, budget, cpu):
                     ns = median_ns(opt.step, budget)
                 out.append(row("pytorch", name, n, variant, threads, ns, cpu))
                 print(f"peers: {name} {label(n)} {variant}: {ns / 1e6:.2f} ms", file=sys.stderr)
+    if "bf16" in half and "plain" in variants:
+        out += torch_bf16_rows(torch, sizes, threads, budget, cpu)
+    return out
+
+
+def torch_bf16_rows(torch, sizes, threads, budget, cpu):
+    """RMSprop (foreach) and Adam(fused=True) on a bf16 parameter: plain."""
+    cases = [
+        ("torch RMSprop (foreach) bf16", lambda p: torch.optim.RMSprop(
+            [p], lr=LR, alpha=ALPHA, eps=EPS, foreach=True)),
+        ("torch Adam (fused) bf16", lambda p: torch.optim.Adam([p], lr=LR, fused=True)),
+    ]
+    out = []
+    for n in sizes:
+        for name, make in cases:
+            p = torch.ones(n, dtype=torch.bfloat16, requires_grad=True)
+            p.grad = (torch.arange(n, dtype=torch.float32) * 1e-7).to(torch.bfloat16)
+            try:
+                opt = make(p)
+                with torch.no_grad():
+                    ns = median_ns(opt.step, budget)
+            except (RuntimeError, TypeError) as e:  # an old torch without fused CPU bf16
+                print(f"peers: {name} skipped: {e}", file=sys.stderr)
+                continue
+            r = row("pytorch", name, n, "plain", threads, ns, cpu)
+            r["case"] = f"{label(n)} bf16"
+            out.append(r)
+            print(f"peers: {name} {label(n)}: {ns / 1e6:.2f} ms", file=sys.stderr)
     return out
 
 
@@ -159,12 +190,15 @@ def main():
     parser.add_argument("--sizes", default="1M,16M")
     parser.add_argument("--variant", choices=sorted(VARIANTS), action="append")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--half", default="bf16",
+                        help="16-bit rows to add: bf16 or none")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per measurement")
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     variants = args.variant or list(VARIANTS)
     cpu = cpu_name()
-    rows = torch_rows(sizes, variants, args.threads, args.budget, cpu)
+    half = [] if args.half == "none" else args.half.split(",")
+    rows = torch_rows(sizes, variants, half, args.threads, args.budget, cpu)
     rows += optax_rows(sizes, variants, args.threads, args.budget, cpu)
     for r in rows:
         print(json.dumps(r))

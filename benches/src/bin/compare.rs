@@ -960,8 +960,11 @@ fn print_peers(rows: &[report::Row], peers: &[report::Row]) {
         "fused speedup"
     );
     for p in peers {
+        // An f32 peer meets the kernel's f32 row (case "16M"); a bf16 peer
+        // (case "16M bf16") the kernel's bf16 row rounding to nearest.
         let fused = rows.iter().find(|r| {
             r.framework == "kernel"
+                && (r.case == p.case || r.case == format!("{} nearest", p.case))
                 && r.elements == p.elements
                 && r.variant == p.variant
                 && r.threads == p.threads.max(1)

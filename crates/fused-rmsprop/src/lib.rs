@@ -36,7 +36,10 @@
 //!   AVX-512, AVX2, NEON or a portable fallback ([`Isa`]). The elements that
 //!   do not fill a register go through the scalar specification itself.
 //! - **threaded** (`src/parallel.rs`): rayon's global pool, used above
-//!   [`PARALLEL_MIN_ELEMENTS`] elements per call. [`RmsProp::step_many`]
+//!   [`PARALLEL_MIN_ELEMENTS`] elements per call. A call of fewer than 1M
+//!   elements made from outside the pool (a training loop stepping one
+//!   tensor at a time) has the calling thread work beside the pool instead of
+//!   sleeping until the pool is done. [`RmsProp::step_many`]
 //!   steps many tensors in one dispatch, split across threads by size.
 //!
 //! [`Execution`] forces a path and a thread count.

@@ -178,6 +178,21 @@ fn run<T: Float>(c: &Case<T>, path: Execution) -> Outcome {
     outcome(&params[range], &result)
 }
 
+/// Runs `f` on a thread of a pool of three. A threaded step called from a
+/// pool thread splits its work with rayon's own stealing; called from any
+/// other thread (the tests' own), the caller takes tasks itself: both must
+/// write the specification's bits.
+fn inside_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("a pool of three threads")
+    })
+    .install(f)
+}
+
 fn assert_every_path_matches_spec<T: Float>(c: &Case<T>) -> Result<(), TestCaseError> {
     let spec = run(c, SPEC);
     for path in other_paths() {
@@ -186,6 +201,13 @@ fn assert_every_path_matches_spec<T: Float>(c: &Case<T>) -> Result<(), TestCaseE
             got == spec,
             "path {path:?} differs from the scalar specification"
         );
+        if path.threads != Threads::Single {
+            let got = inside_pool(|| run(c, path));
+            prop_assert!(
+                got == spec,
+                "path {path:?} on a pool thread differs from the scalar specification"
+            );
+        }
     }
     Ok(())
 }
@@ -317,4 +339,58 @@ fn nan_outputs_are_canonical_on_every_path() {
             "{path:?}"
         );
     }
+}
+
+/// A threaded call of 1M elements or more from outside the pool hands its
+/// tasks to the pool (smaller calls run beside it, covered by the property
+/// tests above): the same bits as one thread, for several task counts, and
+/// for `step_many` over tensors that cross the 1M boundary only together.
+#[test]
+fn large_threaded_calls_match_one_thread() {
+    let hyper = Hyper::default().with_momentum(0.9).with_centered(true);
+    let n = (1 << 20) + 4099;
+    let make = || -> (Vec<f32>, Vec<f32>) {
+        let params = (0..n).map(|i| ((i % 977) as f32 - 488.0) * 1e-3).collect();
+        let grads = (0..n).map(|i| ((i % 613) as f32 - 306.0) * 1e-4).collect();
+        (params, grads)
+    };
+    let step = |threads: Threads| {
+        let opt = RmsProp::new(hyper)
+            .unwrap()
+            .with_execution(Execution {
+                kernel: Kernel::Auto,
+                threads,
+            })
+            .unwrap();
+        let (mut params, grads) = make();
+        let mut state = State::new(n, &hyper);
+        for _ in 0..2 {
+            opt.step(&mut params, &grads, &mut state).unwrap();
+        }
+        // The same elements as four tensors in one step_many call.
+        let (mut many, _) = make();
+        let mut states: Vec<State<f32>> = Vec::new();
+        let cuts = [0, n / 5, n / 2, n - 7, n];
+        for w in cuts.windows(2) {
+            states.push(State::new(w[1] - w[0], &hyper));
+        }
+        for _ in 0..2 {
+            let mut rest = many.as_mut_slice();
+            let mut groups = Vec::new();
+            for (w, state) in cuts.windows(2).zip(states.iter_mut()) {
+                let (head, tail) = rest.split_at_mut(w[1] - w[0]);
+                groups.push(Group::new(head, &grads[w[0]..w[1]], state.slices_mut()));
+                rest = tail;
+            }
+            opt.step_many(hyper.lr, groups).unwrap();
+        }
+        (bits(&params), bits(&many), bits(&state.square_avg))
+    };
+    let single = step(Threads::Single);
+    assert_eq!(single.0, single.1, "step_many equals one step");
+    for tasks in [2, 3, 8] {
+        let threaded = step(Threads::Exactly(NonZeroUsize::new(tasks).unwrap()));
+        assert!(threaded == single, "{tasks} tasks differ from one thread");
+    }
+    assert!(step(Threads::Auto) == single);
 }
