@@ -60,43 +60,48 @@ pub(crate) fn run<P: Param>(
         }
         return;
     }
-    let tasks = pack(chunks, total, tasks, align);
-    if total < CALLER_JOINS_BELOW_ELEMENTS && rayon::current_thread_index().is_none() {
-        run_with_caller(kernel, c, tasks);
-    } else {
-        tasks.into_par_iter().for_each(|task| {
-            for chunk in task {
-                kernel.run(c, chunk);
-            }
-        });
-    }
+    run_tasks(pack(chunks, total, tasks, align), total, |task| {
+        for chunk in task {
+            kernel.run(c, chunk);
+        }
+    });
 }
 
 /// Below this many elements in one call made from outside the pool, the
 /// calling thread works beside the pool instead of sleeping until the pool
-/// is done ([`run_with_caller`]). Measured with `compare` (Xeon, 2 threads,
-/// A/B against the pool alone in alternating runs): a 256K-element step took
-/// 131 µs against 244 µs, Burn's 150-tensor model (147K-element tensors
-/// stepped one by one) 12.3-12.5 ms against 14.6-16.1 ms; at 1M the two were
-/// even (310 vs 294 µs), and for long calls the pool alone was faster (the
-/// bare kernel's `step_many` over the 150 tensors: 9.1 against 13.0 ms: the
-/// woken worker then shares the caller's core until the OS moves it).
-const CALLER_JOINS_BELOW_ELEMENTS: usize = 1 << 20;
+/// is done. Measured with `compare` (Xeon, 2 threads, A/B against the pool
+/// alone in alternating runs): a 256K-element step took 131 µs against
+/// 244 µs, Burn's 150-tensor model (147K-element tensors stepped one by
+/// one) 14.8-14.9 ms against 17.8-20.2 ms; at 1M the two were even, and for
+/// long calls the pool alone was faster (the bare kernel's `step_many` over
+/// the 150 tensors: 9.1 against 13.0 ms: the woken worker then shares the
+/// caller's core until the OS moves it).
+pub const CALLER_JOINS_BELOW_ELEMENTS: usize = 1 << 20;
 
-/// Runs `tasks` on the pool's threads and the calling thread, which is not
-/// one of the pool's.
+/// Runs `work` on every task, spread over rayon's global pool the way the
+/// step spreads its own tasks; `elements` is what the tasks cover together.
 ///
-/// Handing the whole call to the pool would leave the caller asleep until
-/// the last task ends and then wake it: two trips through the OS scheduler
-/// per call, which on a model of many tensors stepped one by one (Burn's
-/// per-parameter interface) cost more than the arithmetic. Here the caller
-/// and `pool - 1` helpers take tasks from one queue, so the caller starts at
-/// once and a helper that wakes late finds less (or nothing) to do.
-fn run_with_caller<P: Param>(
-    kernel: ResolvedKernel,
-    c: &Coefficients<P::State>,
-    tasks: Vec<Vec<Chunk<'_, P>>>,
-) {
+/// On a pool thread this is rayon's work stealing. From any other thread
+/// (a training loop's), a call of fewer than [`CALLER_JOINS_BELOW_ELEMENTS`]
+/// has the calling thread and `pool - 1` helpers take tasks from one queue:
+/// handing the call to the pool alone would leave the caller asleep until
+/// the last task ends and then wake it, two trips through the OS scheduler
+/// that cost more than the arithmetic of a tensor of a few hundred thousand
+/// elements. Larger calls go to the pool alone. Public so that code measured
+/// against the step (the benchmarks' bandwidth skeleton) splits its work the
+/// same way.
+///
+/// ```
+/// let mut sums = vec![0u64; 4];
+/// let tasks: Vec<(usize, &mut u64)> = sums.iter_mut().enumerate().collect();
+/// fused_rmsprop::run_tasks(tasks, 4_000, |(i, sum)| *sum = (i as u64 * 1000..(i as u64 + 1) * 1000).sum());
+/// assert_eq!(sums.iter().sum::<u64>(), (0..4000).sum());
+/// ```
+pub fn run_tasks<T: Send>(tasks: Vec<T>, elements: usize, work: impl Fn(T) + Sync + Send) {
+    if elements >= CALLER_JOINS_BELOW_ELEMENTS || rayon::current_thread_index().is_some() {
+        tasks.into_par_iter().for_each(work);
+        return;
+    }
     // No task (a call of empty tensors) needs no helper.
     let helpers = rayon::current_num_threads()
         .min(tasks.len())
@@ -107,9 +112,7 @@ fn run_with_caller<P: Param>(
     let next = || queue.lock().unwrap_or_else(PoisonError::into_inner).next();
     let drain = || {
         while let Some(task) = next() {
-            for chunk in task {
-                kernel.run(c, chunk);
-            }
+            work(task);
         }
     };
     rayon::in_place_scope(|scope| {
