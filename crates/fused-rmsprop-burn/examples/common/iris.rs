@@ -221,7 +221,8 @@ impl MetricLogger for EpochLog {
         let reported = self.reported.lock().expect("logger lock");
         let values = reported
             .get(&(split_name(split), name.to_string()))
-            .and_then(|epochs| epochs.get(epoch.wrapping_sub(1)))
+            .zip(epoch.checked_sub(1)) // burn-train counts epochs from 1
+            .and_then(|(epochs, index)| epochs.get(index))
             .cloned()
             .unwrap_or_default();
         Ok(values.into_iter().map(NumericEntry::Value).collect())
