@@ -7,9 +7,9 @@
 //! - [`triad`]: STREAM's `a = b + s * c`, the customary bandwidth figure.
 //!
 //! Both run with the widest SIMD pulp finds and split work over rayon's
-//! global pool the way the kernel does ([`fused_rmsprop::run_tasks`]: below
-//! 1M elements the calling thread works beside the pool), so a small step
-//! and its limit pay the same dispatch.
+//! global pool the way the kernel does ([`fused_rmsprop::run_tasks`]: the
+//! calling thread works beside the pool), so a small step and its limit pay
+//! the same dispatch.
 
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
@@ -104,7 +104,7 @@ pub fn skeleton(buffers: &mut Buffers, threads: usize) {
             others: other_chunks.iter_mut().map(|c| c.next().unwrap()).collect(),
         })
         .collect();
-    fused_rmsprop::run_tasks(tasks, n, |t| Arch::new().dispatch(t));
+    fused_rmsprop::run_tasks(tasks, |t| Arch::new().dispatch(t));
 }
 
 /// STREAM triad `a = b + 3 * c` on `threads` tasks; 12 bytes per element
@@ -268,7 +268,7 @@ pub fn skeleton16(
     if threads <= 1 {
         tasks.into_iter().for_each(|t| Arch::new().dispatch(t));
     } else {
-        fused_rmsprop::run_tasks(tasks, n, |t| Arch::new().dispatch(t));
+        fused_rmsprop::run_tasks(tasks, |t| Arch::new().dispatch(t));
     }
 }
 

@@ -36,11 +36,11 @@
 //!   AVX-512, AVX2, NEON or a portable fallback ([`Isa`]). The elements that
 //!   do not fill a register go through the scalar specification itself.
 //! - **threaded** (`src/parallel.rs`): rayon's global pool, used above
-//!   [`PARALLEL_MIN_ELEMENTS`] elements per call. A call of fewer than
-//!   [`CALLER_JOINS_BELOW_ELEMENTS`] made from outside the pool (a training
-//!   loop stepping one tensor at a time) has the calling thread work beside
-//!   the pool instead of sleeping until the pool is done ([`run_tasks`]). [`RmsProp::step_many`]
-//!   steps many tensors in one dispatch, split across threads by size.
+//!   [`PARALLEL_MIN_ELEMENTS`] elements per call. A call made from outside
+//!   the pool (a training loop stepping one tensor at a time) has the
+//!   calling thread work beside the pool instead of sleeping until the pool
+//!   is done ([`run_tasks`]). [`RmsProp::step_many`] steps many tensors in
+//!   one dispatch, split across threads by size.
 //!
 //! [`Execution`] forces a path and a thread count.
 //!
@@ -153,7 +153,7 @@ pub use error::Error;
 pub use execution::{Execution, Isa, Kernel, Threads};
 /// The 16-bit float types the kernel steps, re-exported from `half`.
 pub use half::{bf16, f16};
-pub use parallel::{CALLER_JOINS_BELOW_ELEMENTS, PARALLEL_MIN_ELEMENTS, run_tasks};
+pub use parallel::{PARALLEL_MIN_ELEMENTS, run_tasks};
 pub use param::Param;
 pub use state::{State, StateSlices};
 

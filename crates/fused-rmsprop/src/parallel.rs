@@ -7,6 +7,7 @@
 //! so the threaded path is bit-identical to a single-threaded one: threads
 //! change who computes an element, never how.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
@@ -60,45 +61,36 @@ pub(crate) fn run<P: Param>(
         }
         return;
     }
-    run_tasks(pack(chunks, total, tasks, align), total, |task| {
+    run_tasks(pack(chunks, total, tasks, align), |task| {
         for chunk in task {
             kernel.run(c, chunk);
         }
     });
 }
 
-/// Below this many elements in one call made from outside the pool, the
-/// calling thread works beside the pool instead of sleeping until the pool
-/// is done. Measured with `compare` (Xeon, 2 threads, A/B against the pool
-/// alone in alternating runs): a 256K-element step took 131 µs against
-/// 244 µs, Burn's 150-tensor model (147K-element tensors stepped one by
-/// one) 14.8-14.9 ms against 17.8-20.2 ms; at 1M the two were even, and for
-/// long calls the pool alone was faster (the bare kernel's `step_many` over
-/// the 150 tensors: 9.1 against 13.0 ms: the woken worker then shares the
-/// caller's core until the OS moves it).
-pub const CALLER_JOINS_BELOW_ELEMENTS: usize = 1 << 20;
-
 /// Runs `work` on every task, spread over rayon's global pool the way the
-/// step spreads its own tasks; `elements` is what the tasks cover together.
+/// step spreads its own tasks.
 ///
 /// On a pool thread this is rayon's work stealing. From any other thread
-/// (a training loop's), a call of fewer than [`CALLER_JOINS_BELOW_ELEMENTS`]
-/// has the calling thread and `pool - 1` helpers take tasks from one queue:
-/// handing the call to the pool alone would leave the caller asleep until
-/// the last task ends and then wake it, two trips through the OS scheduler
-/// that cost more than the arithmetic of a tensor of a few hundred thousand
-/// elements. Larger calls go to the pool alone. Public so that code measured
-/// against the step (the benchmarks' bandwidth skeleton) splits its work the
-/// same way.
+/// (a training loop's), the calling thread and `pool - 1` helpers take tasks
+/// from one queue: handing the call to the pool alone would leave the caller
+/// asleep until the last task ends and then wake it, two trips through the
+/// OS scheduler per call, which a framework that steps one tensor at a time
+/// pays once per tensor. Measured on the Xeon (2 threads, alternating
+/// `compare` runs, BENCHMARKS.md): a 1M-element step took 0.32-0.35 ms
+/// against 0.45 ms with the pool alone, burn's 150-tensor model 13.2-13.4
+/// against 14.9-16.6 ms, and one 22M-element `step_many` was even within
+/// the runs' spread. Public so that code measured against the step (the
+/// benchmarks' bandwidth skeleton) splits its work the same way.
 ///
 /// ```
 /// let mut sums = vec![0u64; 4];
 /// let tasks: Vec<(usize, &mut u64)> = sums.iter_mut().enumerate().collect();
-/// fused_rmsprop::run_tasks(tasks, 4_000, |(i, sum)| *sum = (i as u64 * 1000..(i as u64 + 1) * 1000).sum());
+/// fused_rmsprop::run_tasks(tasks, |(i, sum)| *sum = (i as u64 * 1000..(i as u64 + 1) * 1000).sum());
 /// assert_eq!(sums.iter().sum::<u64>(), (0..4000).sum());
 /// ```
-pub fn run_tasks<T: Send>(tasks: Vec<T>, elements: usize, work: impl Fn(T) + Sync + Send) {
-    if elements >= CALLER_JOINS_BELOW_ELEMENTS || rayon::current_thread_index().is_some() {
+pub fn run_tasks<T: Send>(tasks: Vec<T>, work: impl Fn(T) + Sync + Send) {
+    if rayon::current_thread_index().is_some() {
         tasks.into_par_iter().for_each(work);
         return;
     }
@@ -115,12 +107,70 @@ pub fn run_tasks<T: Send>(tasks: Vec<T>, elements: usize, work: impl Fn(T) + Syn
             work(task);
         }
     };
+    let helping = Helping::default();
     rayon::in_place_scope(|scope| {
         for _ in 0..helpers {
-            scope.spawn(|_| drain());
+            scope.spawn(|_| {
+                let _working = helping.start();
+                drain();
+            });
         }
         drain();
+        helping.wait_for_busy_helpers();
     });
+}
+
+/// How many helpers of one [`run_tasks`] call have started and finished.
+///
+/// The scope that ends the call waits for every helper anyway, but by
+/// putting the calling thread to sleep and having the last helper wake it:
+/// two trips through the OS scheduler per call. A helper that is already
+/// working ends within one task, so the caller waits for it awake instead;
+/// one that has not started (its thread still waking) may take much longer,
+/// and the caller leaves it to the scope. The waiting is only about speed:
+/// the scope still waits for every helper, whatever this sees. Measured on
+/// the Xeon (2 threads, alternating runs): burn's 150-tensor model 9.3-12.1
+/// against 11.2-13.8 ms per step, candle's 2,000-tensor model 19.4-21.9
+/// against 21.8-23.4 ms.
+#[derive(Default)]
+struct Helping {
+    started: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+impl Helping {
+    /// Counts a helper as started; dropping the guard counts it as finished,
+    /// also when its task panics (the scope then rethrows the panic; a
+    /// helper that never counted as finished would keep the caller waiting
+    /// here forever).
+    fn start(&self) -> Working<'_> {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Working(self)
+    }
+
+    /// Returns once no helper is between start and finish: spinning first,
+    /// then yielding the core, in case the helper's thread was preempted.
+    fn wait_for_busy_helpers(&self) {
+        const SPINS_BEFORE_YIELDING: u32 = 1 << 10;
+        let mut spins = 0u32;
+        while self.finished.load(Ordering::Acquire) < self.started.load(Ordering::Relaxed) {
+            if spins < SPINS_BEFORE_YIELDING {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// A helper at work; see [`Helping::start`].
+struct Working<'a>(&'a Helping);
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// Packs `chunks` (`total` elements) into at most `tasks` tasks of about
@@ -193,5 +243,61 @@ mod tests {
     #[test]
     fn pack_of_nothing_is_no_task() {
         assert!(pack::<f32>(Vec::new(), 0, 4, 1).is_empty());
+    }
+
+    /// Every task runs once, from a thread outside the pool (the calling
+    /// thread works beside the helpers) and from a pool thread.
+    #[test]
+    fn run_tasks_runs_every_task_once() {
+        use std::sync::atomic::AtomicU32;
+        let check = || {
+            let runs: Vec<AtomicU32> = (0..37).map(|_| AtomicU32::new(0)).collect();
+            run_tasks(runs.iter().collect(), |r| {
+                r.fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
+        };
+        check();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(check);
+    }
+
+    /// A task that panics makes the call panic, whichever thread ran it
+    /// (the helper's guard counts it as finished, so the caller does not
+    /// wait for it forever), and the other tasks still run.
+    #[test]
+    fn a_panicking_task_is_rethrown_not_a_hang() {
+        // On a thread outside the pool: the caller and the global pool's
+        // helpers share the tasks, so over the eight cases both kinds of
+        // thread meet the failing task. A hang fails after a minute.
+        let (finished, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            each_task_failing_in_turn();
+            finished.send(()).unwrap();
+        });
+        wait.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("run_tasks hung after a task panicked");
+    }
+
+    fn each_task_failing_in_turn() {
+        use std::sync::atomic::AtomicU32;
+        for bad in 0..8 {
+            let done = AtomicU32::new(0);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_tasks((0..8).collect(), |i: u32| {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    assert_ne!(i, bad, "task {bad} fails");
+                    done.fetch_add(1, Ordering::Relaxed);
+                });
+            }));
+            assert!(
+                result.is_err(),
+                "the panic of task {bad} reached the caller"
+            );
+            assert_eq!(done.load(Ordering::Relaxed), 7);
+        }
     }
 }

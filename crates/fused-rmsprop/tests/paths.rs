@@ -341,10 +341,10 @@ fn nan_outputs_are_canonical_on_every_path() {
     }
 }
 
-/// A threaded call of 1M elements or more from outside the pool hands its
-/// tasks to the pool (smaller calls run beside it, covered by the property
-/// tests above): the same bits as one thread, for several task counts, and
-/// for `step_many` over tensors that cross the 1M boundary only together.
+/// Long threaded calls (over a million elements, more than the property
+/// tests above generate) from outside the pool, where the calling thread
+/// works beside the pool: the same bits as one thread, for several task
+/// counts, on one tensor and in `step_many` over four tensors.
 #[test]
 fn large_threaded_calls_match_one_thread() {
     let hyper = Hyper::default().with_momentum(0.9).with_centered(true);
