@@ -27,11 +27,25 @@ struct Mlp {
 }
 
 impl Mlp {
+    /// The same model every run: parameters drawn from [`data`] with fixed
+    /// seeds, not from burn's generator (which tests running in parallel
+    /// share, so a seed would not fix a test's draw).
     fn new(device: &Device) -> Self {
+        let linear = |inputs: usize, outputs: usize, seed: u64| {
+            let mut layer = LinearConfig::new(inputs, outputs).init(device);
+            let scale = 1.0 / (inputs as f32).sqrt();
+            let weight = data([inputs, outputs], seed, device, DType::F32).mul_scalar(scale);
+            let bias = data([1, outputs], seed + 1, device, DType::F32)
+                .reshape([outputs])
+                .mul_scalar(scale);
+            layer.weight = Param::from_tensor(weight);
+            layer.bias = Some(Param::from_tensor(bias));
+            layer
+        };
         Self {
-            l1: LinearConfig::new(6, 16).init(device),
-            l2: LinearConfig::new(16, 16).init(device),
-            l3: LinearConfig::new(16, 3).init(device),
+            l1: linear(6, 16, 1001),
+            l2: linear(16, 16, 1003),
+            l3: linear(16, 3, 1005),
             relu: Relu::new(),
         }
     }
