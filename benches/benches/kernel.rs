@@ -74,12 +74,14 @@ fn kernel(c: &mut Criterion) {
             group.bench_function("plain-loop", |b| {
                 b.iter(|| naive::step(&hyper, black_box(&mut buffers)))
             });
-            group.bench_function("skeleton-1t", |b| {
-                b.iter(|| roofline::skeleton(black_box(&mut buffers), 1))
-            });
-            group.bench_function(format!("skeleton-{pool}t"), |b| {
-                b.iter(|| roofline::skeleton(black_box(&mut buffers), pool))
-            });
+            for (form, prefetch) in [("", false), ("-prefetch", true)] {
+                group.bench_function(format!("skeleton{form}-1t"), |b| {
+                    b.iter(|| roofline::skeleton(black_box(&mut buffers), 1, prefetch))
+                });
+                group.bench_function(format!("skeleton{form}-{pool}t"), |b| {
+                    b.iter(|| roofline::skeleton(black_box(&mut buffers), pool, prefetch))
+                });
+            }
             group.finish();
         }
 

@@ -16,11 +16,15 @@ use rayon::prelude::*;
 
 use crate::workload::Buffers;
 
-/// The skeleton over one set of slices: `p += g; v += g; [ga += g]; [b += g]`.
+/// The skeleton over one set of slices: `p += g; v += g; [ga += g]; [b += g]`,
+/// with or without the kernel's software prefetch of every stream.
 struct Skeleton<'a> {
     params: &'a mut [f32],
     grads: &'a [f32],
     others: Vec<&'a mut [f32]>,
+    /// Prefetch every stream as the kernel does (2 KiB ahead, once per
+    /// cache line).
+    prefetch: bool,
 }
 
 impl WithSimd for Skeleton<'_> {
@@ -28,57 +32,73 @@ impl WithSimd for Skeleton<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let (p, p_tail) = S::as_mut_simd_f32s(self.params);
-        let (g, g_tail) = S::as_simd_f32s(self.grads);
-        let mut others: Vec<_> = self.others.into_iter().map(S::as_mut_simd_f32s).collect();
+        let Skeleton {
+            params,
+            grads,
+            mut others,
+            prefetch,
+        } = self;
         match others.as_mut_slice() {
-            [] => {
-                for (p, &g) in p.iter_mut().zip(g) {
-                    *p = simd.add_f32s(*p, g);
-                }
-            }
-            [(v, _)] => {
-                for ((p, &g), v) in p.iter_mut().zip(g).zip(v.iter_mut()) {
-                    *p = simd.add_f32s(*p, g);
-                    *v = simd.add_f32s(*v, g);
-                }
-            }
-            [(v, _), (b, _)] => {
-                for (((p, &g), v), b) in p.iter_mut().zip(g).zip(v.iter_mut()).zip(b.iter_mut()) {
-                    *p = simd.add_f32s(*p, g);
-                    *v = simd.add_f32s(*v, g);
-                    *b = simd.add_f32s(*b, g);
-                }
-            }
-            [(v, _), (a, _), (b, _), ..] => {
-                for ((((p, &g), v), a), b) in p
-                    .iter_mut()
-                    .zip(g)
-                    .zip(v.iter_mut())
-                    .zip(a.iter_mut())
-                    .zip(b.iter_mut())
-                {
-                    *p = simd.add_f32s(*p, g);
-                    *v = simd.add_f32s(*v, g);
-                    *a = simd.add_f32s(*a, g);
-                    *b = simd.add_f32s(*b, g);
-                }
-            }
-        }
-        for (p, g) in p_tail.iter_mut().zip(g_tail) {
-            *p += g;
-        }
-        for (_, tail) in others {
-            for (x, g) in tail.iter_mut().zip(g_tail) {
-                *x += g;
-            }
+            [] => add_all(simd, params, grads, [], prefetch),
+            [v] => add_all(simd, params, grads, [v], prefetch),
+            [v, b] => add_all(simd, params, grads, [v, b], prefetch),
+            [v, a, b, ..] => add_all(simd, params, grads, [v, a, b], prefetch),
         }
     }
 }
 
+/// `x += g` for `x` in `params` and each of `others`, one block of 64
+/// elements (a cache line of each stream per 16) at a time; `hint`:
+/// prefetch each stream [`PREFETCH_ELEMENTS`] ahead first.
+#[inline(always)]
+fn add_all<S: Simd, const K: usize>(
+    simd: S,
+    params: &mut [f32],
+    grads: &[f32],
+    mut others: [&mut &mut [f32]; K],
+    hint: bool,
+) {
+    const BLOCK: usize = 64;
+    let n = params.len();
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        if hint {
+            for line in (start..end).step_by(16) {
+                prefetch(params, line + PREFETCH_ELEMENTS);
+                prefetch(grads, line + PREFETCH_ELEMENTS);
+                for o in others.iter() {
+                    prefetch(o, line + PREFETCH_ELEMENTS);
+                }
+            }
+        }
+        let (p, p_tail) = S::as_mut_simd_f32s(&mut params[start..end]);
+        let (g, g_tail) = S::as_simd_f32s(&grads[start..end]);
+        let mut os = others
+            .each_mut()
+            .map(|o| S::as_mut_simd_f32s(&mut o[start..end]));
+        for (i, &g) in g.iter().enumerate() {
+            p[i] = simd.add_f32s(p[i], g);
+            for (o, _) in os.iter_mut() {
+                o[i] = simd.add_f32s(o[i], g);
+            }
+        }
+        for (i, g) in g_tail.iter().enumerate() {
+            p_tail[i] += g;
+            for (_, tail) in os.iter_mut() {
+                tail[i] += g;
+            }
+        }
+        start = end;
+    }
+}
+
 /// Runs the skeleton over `buffers` on `threads` tasks (1: the calling
-/// thread only).
-pub fn skeleton(buffers: &mut Buffers, threads: usize) {
+/// thread only), with or without software prefetch. Which of the two is
+/// faster depends on the streams and the machine (on the Xeon the kernel,
+/// which prefetches, ran up to 1.14x faster than the skeleton without it at
+/// 16M): the limit is the faster of both (see `compare`).
+pub fn skeleton(buffers: &mut Buffers, threads: usize, prefetch: bool) {
     let n = buffers.len();
     let per_task = n.div_ceil(threads.max(1)).next_multiple_of(64).max(64);
     let state = &mut buffers.state;
@@ -90,6 +110,7 @@ pub fn skeleton(buffers: &mut Buffers, threads: usize) {
             params: &mut buffers.params,
             grads: &buffers.grads,
             others,
+            prefetch,
         });
         return;
     }
@@ -102,6 +123,7 @@ pub fn skeleton(buffers: &mut Buffers, threads: usize) {
             params,
             grads,
             others: other_chunks.iter_mut().map(|c| c.next().unwrap()).collect(),
+            prefetch,
         })
         .collect();
     fused_rmsprop::run_tasks(tasks, |t| Arch::new().dispatch(t));
@@ -150,8 +172,8 @@ fn prefetch<T>(slice: &[T], index: usize) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `_mm_prefetch` is a hint that never faults and never
         // writes, whatever the address (here one inside `slice`); it needs
-        // only SSE, which every x86_64 CPU has. Exercised by every skeleton16
-        // run (`cargo bench -- --test` in CI).
+        // only SSE, which every x86_64 CPU has. Exercised by every prefetching
+        // skeleton run (`cargo bench -- --test` and `compare --quick` in CI).
         unsafe {
             core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
                 slice[index..].as_ptr().cast::<i8>(),

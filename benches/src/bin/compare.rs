@@ -37,12 +37,14 @@
 //! `roofline_fraction`: the fused GB/s over the GB/s of the skeleton loop
 //! (the kernel's loads and stores, trivial arithmetic) on the same threads,
 //! and for RMSprop baselines the largest parameter difference after all the
-//! timed steps. The kernel rows time the skeleton in the same interleaving;
-//! the framework rows time the fused step and the skeleton interleaved with
-//! each other, apart from the baseline (a baseline that allocates hundreds
-//! of megabytes per step slows whatever runs right after it), so their
-//! GB/s and roofline come from that pair and their fused ms and speedup
-//! from the interleaving with the baseline.
+//! timed steps. Every row times the fused step and the skeleton (the
+//! faster of its two forms, with and without software prefetch)
+//! interleaved with each other, apart from the baseline (a baseline that
+//! allocates hundreds of megabytes per step slows whatever runs right after
+//! it, and after a one-thread baseline the pool's helpers are asleep), so
+//! the GB/s and roofline come from that pair and the fused ms and speedup
+//! from the interleaving with the baseline. The 16-bit kernel rows, whose
+//! baseline is the threaded f32 step, time all four together.
 
 use std::time::Duration;
 
@@ -238,21 +240,25 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
     for (name, t, fused) in paths {
         let mut fused_buffers = Buffers::new(n, variant);
         let mut plain_buffers = Buffers::new(n, variant);
-        let mut skeleton_buffers = Buffers::new(n, variant);
+        let [mut skeleton, mut skeleton_prefetch] = skeletons(n, variant, t);
         let mut run_fused = || {
             fused_buffers.step(&fused);
         };
         let mut run_plain = || naive::step(&hyper, &mut plain_buffers);
-        let mut run_skeleton = || roofline::skeleton(&mut skeleton_buffers, t);
         let first = interleaved_medians(1, 3, &mut [&mut run_fused]);
-        let reps = reps_for(budget, first[0] * 3, 5, 200);
-        let times = interleaved_medians(
-            1,
-            reps,
-            &mut [&mut run_plain, &mut run_fused, &mut run_skeleton],
+        let reps = reps_for(budget / 2, first[0] * 2, 5, 200);
+        let times = interleaved_medians(1, reps, &mut [&mut run_plain, &mut run_fused]);
+        let [plain_t, fused_t] = [times[0], times[1]].map(|d| d.as_secs_f64());
+        // GB/s and the roofline from the step and the limit timed apart
+        // from the one-thread baseline: right after it, the pool's helpers
+        // are asleep, and whichever threaded run comes first pays their
+        // waking (on the Xeon a 1M two-thread step read 0.43 ms beside
+        // the baseline, where its skeleton, run next, took 0.24).
+        let (own_t, skeleton_t) = fused_and_limit(
+            &mut run_fused,
+            &mut [&mut *skeleton, &mut *skeleton_prefetch],
+            budget / 2,
         );
-        let [plain_t, fused_t, skeleton_t] =
-            [times[0], times[1], times[2]].map(|d| d.as_secs_f64());
         rows.push(Row {
             framework: "kernel",
             baseline: if t == 1 {
@@ -267,8 +273,8 @@ fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut Vec<Row>) 
             baseline_ns: plain_t * 1e9,
             fused: name,
             fused_ns: fused_t * 1e9,
-            gbps: Some(bytes / fused_t / 1e9),
-            roofline_fraction: Some(skeleton_t / fused_t),
+            gbps: Some(bytes / own_t / 1e9),
+            roofline_fraction: Some(skeleton_t / own_t),
             max_abs_diff: None,
         });
     }
@@ -368,12 +374,6 @@ where
     }
 }
 
-/// Candle: the fused optimizer against the same update in candle tensor ops
-/// (as candle-optimisers writes it), candle-nn's `AdamW` (its built-in
-/// adaptive optimizer) and `SGD` (the cheapest built-in step), on `Var`s of
-/// `sizes` elements and the same gradients every step. Each baseline is
-/// timed against a fresh fused optimizer that takes as many steps, so the
-/// RMSprop baseline's parameters can be compared at the end.
 /// The fused step's time and the limit's (the fastest of `limits`), timed
 /// interleaved with each other only. The framework rows time their baseline
 /// beside the fused step for the speedup, but a baseline that allocates and
@@ -396,6 +396,22 @@ fn fused_and_limit(
     (times[0].as_secs_f64(), limit.as_secs_f64())
 }
 
+/// The two forms of the skeleton for `n` elements of `variant` on
+/// `threads` tasks, without and with software prefetch, each on its own
+/// buffers: time both; the limit is the faster.
+fn skeletons(n: usize, variant: Variant, threads: usize) -> [Box<dyn FnMut()>; 2] {
+    [false, true].map(|prefetch| {
+        let mut buffers = Buffers::new(n, variant);
+        Box::new(move || roofline::skeleton(&mut buffers, threads, prefetch)) as Box<dyn FnMut()>
+    })
+}
+
+/// Candle: the fused optimizer against the same update in candle tensor ops
+/// (as candle-optimisers writes it), candle-nn's `AdamW` (its built-in
+/// adaptive optimizer) and `SGD` (the cheapest built-in step), on `Var`s of
+/// `sizes` elements and the same gradients every step. Each baseline is
+/// timed against a fresh fused optimizer that takes as many steps, so the
+/// RMSprop baseline's parameters can be compared at the end.
 fn candle_rows(
     case: String,
     sizes: &[usize],
@@ -408,13 +424,13 @@ fn candle_rows(
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
     let budget = Duration::from_millis(if n >= 1 << 24 { 2000 } else { 700 });
-    let mut skeleton_buffers = Buffers::new(n, variant);
+    let [mut skeleton, mut skeleton_prefetch] = skeletons(n, variant, threads);
     let (own_t, skeleton_t) = {
         let (vars, grads) = candle_case::vars_and_grads(sizes);
         let mut fused = candle_case::fused(vars, variant);
         fused_and_limit(
             &mut || fused.step(&grads).expect("a step"),
-            &mut [&mut || roofline::skeleton(&mut skeleton_buffers, threads)],
+            &mut [&mut *skeleton, &mut *skeleton_prefetch],
             budget / 2,
         )
     };
@@ -582,9 +598,11 @@ fn half_framework_rows(
 
 /// The cost per tensor of a many-tensor step: each framework's fused step
 /// against the bare kernel's `step_many` on buffers of the same sizes (the
-/// same arithmetic and bytes, no framework), and burn's floor (the same
-/// model through `ModuleOptimizer` with an optimizer that returns its
-/// inputs) against the bare kernel too; the skeleton on one tensor of the
+/// same arithmetic and bytes, no framework), the bare kernel called once
+/// per tensor (what a one-parameter-at-a-time interface such as burn's
+/// costs before any framework code), and burn's floor (the same model
+/// through `ModuleOptimizer` with an optimizer that returns its inputs)
+/// against the bare kernel too; the skeleton on one tensor of the
 /// model's total size is the limit. `print_overheads` turns the rows into
 /// microseconds per tensor.
 fn overhead_rows(
@@ -607,30 +625,43 @@ fn overhead_rows(
             .map(|b| fused_rmsprop::Group::new(&mut b.params, &b.grads, b.state.slices_mut()));
         kernel.step_many(hyper.lr, groups).expect("a step");
     };
+    // The same kernel called once per tensor, as a framework that steps one
+    // parameter at a time must call it: what that interface costs before
+    // any framework code runs.
+    let mut one_by_one: Vec<Buffers> = sizes.iter().map(|&k| Buffers::new(k, variant)).collect();
+    let mut run_one_by_one = || {
+        for b in one_by_one.iter_mut() {
+            b.step(&kernel);
+        }
+    };
     let (candle_vars, candle_grads) = candle_case::vars_and_grads(sizes);
     let mut candle = candle_case::fused(candle_vars, variant);
     let mut run_candle = || candle.step(&candle_grads).expect("a step");
     let lr = hyper.lr;
     let mut burn = burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init(), lr);
     let mut floor = burn_case::Case::new(sizes, burn_case::floor(), lr);
-    let mut skeleton_buffers = Buffers::new(n, variant);
+    let [mut skeleton, mut skeleton_prefetch] = skeletons(n, variant, threads);
     let first = interleaved_medians(1, 2, &mut [&mut || burn.step()]);
-    let reps = reps_for(budget, first[0] * 5, 5, 100);
+    let reps = reps_for(budget, first[0] * 7, 5, 100);
     let times = interleaved_medians(
         1,
         reps,
         &mut [
             &mut run_kernel,
+            &mut run_one_by_one,
             &mut run_candle,
             &mut || burn.step(),
             &mut || floor.step(),
-            &mut || roofline::skeleton(&mut skeleton_buffers, threads),
+            &mut *skeleton,
+            &mut *skeleton_prefetch,
         ],
     );
-    let [kernel_t, candle_t, burn_t, floor_t, skeleton_t] =
+    let [kernel_t, one_by_one_t, candle_t, burn_t, floor_t] =
         [0, 1, 2, 3, 4].map(|i| times[i].as_secs_f64());
+    let skeleton_t = times[5].min(times[6]).as_secs_f64();
     for (framework, fused, fused_t) in [
         ("kernel", "step_many", kernel_t),
+        ("kernel", ONE_CALL_PER_TENSOR, one_by_one_t),
         ("candle", "fused RmsProp", candle_t),
         ("burn", "FusedRmsProp", burn_t),
         ("burn", "floor: returns inputs", floor_t),
@@ -652,11 +683,18 @@ fn overhead_rows(
     }
 }
 
+/// The name of `overhead_rows`' kernel row that calls the kernel once per
+/// tensor.
+const ONE_CALL_PER_TENSOR: &str = "one call per tensor";
+
 /// Microseconds per tensor over the bare kernel, from `overhead_rows`.
 fn print_overheads(rows: &[report::Row]) {
     let overheads: Vec<&report::Row> = rows
         .iter()
-        .filter(|r| r.baseline == "bare kernel step_many" && r.framework != "kernel")
+        .filter(|r| {
+            r.baseline == "bare kernel step_many"
+                && (r.framework != "kernel" || r.fused == ONE_CALL_PER_TENSOR)
+        })
         .collect();
     if overheads.is_empty() {
         return;
@@ -675,7 +713,12 @@ fn print_overheads(rows: &[report::Row]) {
                 fused / tensors / 1e3
             )
         } else {
-            format!("{:+.2} us/tensor", (fused - r.baseline_ns) / tensors / 1e3)
+            let over = (fused - r.baseline_ns) / tensors / 1e3;
+            if r.framework == "kernel" {
+                format!("{over:+.2} us/tensor (no framework: the per-tensor calls alone)")
+            } else {
+                format!("{over:+.2} us/tensor")
+            }
         };
         println!(
             "  {:<7} {:<22} {:<10} {}",
@@ -704,7 +747,7 @@ fn burn_rows(case: String, sizes: &[usize], variant: Variant, threads: usize, ro
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
     let budget = Duration::from_millis(if n >= 1 << 24 { 2000 } else { 700 });
-    let mut skeleton_buffers = Buffers::new(n, variant);
+    let [mut skeleton, mut skeleton_prefetch] = skeletons(n, variant, threads);
     let first = interleaved_medians(1, 2, &mut [&mut || baseline.step()]);
     let reps = reps_for(budget, first[0] * 2, 5, 100);
     let times = interleaved_medians(
@@ -720,7 +763,7 @@ fn burn_rows(case: String, sizes: &[usize], variant: Variant, threads: usize, ro
     let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
     let (own_t, skeleton_t) = fused_and_limit(
         &mut || fused.step(),
-        &mut [&mut || roofline::skeleton(&mut skeleton_buffers, threads)],
+        &mut [&mut *skeleton, &mut *skeleton_prefetch],
         budget / 2,
     );
     rows.push(Row {
