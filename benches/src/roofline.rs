@@ -58,17 +58,13 @@ fn add_all<S: Simd, const K: usize>(
     mut others: [&mut &mut [f32]; K],
     hint: bool,
 ) {
-    const BLOCK: usize = 64;
-    let n = params.len();
-    let mut start = 0;
-    while start < n {
-        let end = (start + BLOCK).min(n);
+    for (start, end) in blocks(params.len()) {
         if hint {
-            for line in (start..end).step_by(16) {
-                prefetch(params, line + PREFETCH_ELEMENTS);
-                prefetch(grads, line + PREFETCH_ELEMENTS);
+            for ahead in lines_ahead(start, end) {
+                prefetch(params, ahead);
+                prefetch(grads, ahead);
                 for o in others.iter() {
-                    prefetch(o, line + PREFETCH_ELEMENTS);
+                    prefetch(o, ahead);
                 }
             }
         }
@@ -89,7 +85,6 @@ fn add_all<S: Simd, const K: usize>(
                 tail[i] += g;
             }
         }
-        start = end;
     }
 }
 
@@ -100,7 +95,7 @@ fn add_all<S: Simd, const K: usize>(
 /// 16M): the limit is the faster of both (see `compare`).
 pub fn skeleton(buffers: &mut Buffers, threads: usize, prefetch: bool) {
     let n = buffers.len();
-    let per_task = n.div_ceil(threads.max(1)).next_multiple_of(64).max(64);
+    let per_task = task_len(n, threads);
     let state = &mut buffers.state;
     let mut others: Vec<&mut [f32]> = vec![&mut state.square_avg];
     others.extend(state.grad_avg.as_deref_mut());
@@ -127,6 +122,15 @@ pub fn skeleton(buffers: &mut Buffers, threads: usize, prefetch: bool) {
         })
         .collect();
     fused_rmsprop::run_tasks(tasks, |t| Arch::new().dispatch(t));
+}
+
+/// Elements per task when `n` elements run on `threads` threads: four tasks
+/// per thread, as the kernel's `Threads::Auto` cuts a call, so a thread that
+/// starts late (a helper still waking) leaves its share to the others
+/// instead of holding up the end; a multiple of 64 elements.
+fn task_len(n: usize, threads: usize) -> usize {
+    let tasks = if threads <= 1 { 1 } else { threads * 4 };
+    n.div_ceil(tasks).next_multiple_of(64).max(64)
 }
 
 /// STREAM triad `a = b + 3 * c` on `threads` tasks; 12 bytes per element
@@ -182,6 +186,23 @@ fn prefetch<T>(slice: &[T], index: usize) {
     }
 }
 
+/// The blocks of 64 elements (`start`, `end`) that cover `n`: the skeletons
+/// work one block at a time, prefetching once per cache line of `f32`.
+fn blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    const BLOCK: usize = 64;
+    (0..n)
+        .step_by(BLOCK)
+        .map(move |start| (start, (start + BLOCK).min(n)))
+}
+
+/// The index [`PREFETCH_ELEMENTS`] ahead of each cache line of `f32`
+/// (16 elements) in `start..end`.
+fn lines_ahead(start: usize, end: usize) -> impl Iterator<Item = usize> {
+    (start..end)
+        .step_by(16)
+        .map(|line| line + PREFETCH_ELEMENTS)
+}
+
 /// How far ahead the skeleton prefetches, in elements of `f32` state: the
 /// kernel's 2 KiB.
 const PREFETCH_ELEMENTS: usize = 512;
@@ -215,18 +236,13 @@ impl WithSimd for Skeleton16<'_> {
             master,
             prefetch: hint,
         } = self;
-        // One block of 64 elements at a time: the inner loops stay plain
-        // (vectorized), the hints go once per cache line of state.
-        const BLOCK: usize = 64;
-        let n = params.len();
-        let mut start = 0;
-        while start < n {
-            let end = (start + BLOCK).min(n);
+        // The inner loops stay plain (vectorized) within a block.
+        for (start, end) in blocks(params.len()) {
             if hint {
-                for line in (start..end).step_by(16) {
-                    prefetch(grads, line + PREFETCH_ELEMENTS);
+                for ahead in lines_ahead(start, end) {
+                    prefetch(grads, ahead);
                     for s in state.iter() {
-                        prefetch(s, line + PREFETCH_ELEMENTS);
+                        prefetch(s, ahead);
                     }
                 }
             }
@@ -252,7 +268,6 @@ impl WithSimd for Skeleton16<'_> {
                 }
                 _ => unreachable!("the 16-bit skeleton covers the plain variant"),
             }
-            start = end;
         }
     }
 }
@@ -270,7 +285,7 @@ pub fn skeleton16(
     prefetch: bool,
 ) {
     let n = params.len();
-    let per_task = n.div_ceil(threads.max(1)).next_multiple_of(64).max(64);
+    let per_task = task_len(n, threads);
     let has_master = master.is_some();
     let mut state_chunks: Vec<_> = std::iter::once(square_avg)
         .chain(master)
