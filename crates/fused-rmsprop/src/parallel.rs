@@ -129,9 +129,9 @@ pub fn run_tasks<T: Send>(tasks: Vec<T>, work: impl Fn(T) + Sync + Send) {
 /// one that has not started (its thread still waking) may take much longer,
 /// and the caller leaves it to the scope. The waiting is only about speed:
 /// the scope still waits for every helper, whatever this sees. Measured on
-/// the Xeon (2 threads, alternating runs): burn's 150-tensor model 9.3-12.1
-/// against 11.2-13.8 ms per step, candle's 2,000-tensor model 19.4-21.9
-/// against 21.8-23.4 ms.
+/// the Xeon (2 threads, alternating `compare` runs, BENCHMARKS.md): burn's
+/// 150-tensor model 11.7-12.7 against 13.2-13.7 ms per step, candle's
+/// 2,000-tensor model 21.0-21.4 against 23.6-24.5 ms.
 #[derive(Default)]
 struct Helping {
     started: AtomicUsize,
