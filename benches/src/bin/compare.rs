@@ -414,7 +414,7 @@ fn fused_and_limit(
 }
 
 /// The two forms of the skeleton for `n` elements of `variant` on
-/// `threads` tasks, without and with software prefetch, each on its own
+/// `threads` threads, without and with software prefetch, each on its own
 /// buffers: time both; the limit is the faster.
 fn skeletons(n: usize, variant: Variant, threads: usize) -> [Box<dyn FnMut()>; 2] {
     [false, true].map(|prefetch| {

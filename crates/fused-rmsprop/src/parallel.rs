@@ -273,13 +273,20 @@ mod tests {
         // On a thread outside the pool: the caller and the global pool's
         // helpers share the tasks, so over the eight cases both kinds of
         // thread meet the failing task. A hang fails after a minute.
+        use std::sync::mpsc::RecvTimeoutError;
         let (finished, wait) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let checks = std::thread::spawn(move || {
             each_task_failing_in_turn();
             finished.send(()).unwrap();
         });
-        wait.recv_timeout(std::time::Duration::from_secs(60))
-            .expect("run_tasks hung after a task panicked");
+        match wait.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(()) => {}
+            Err(RecvTimeoutError::Timeout) => panic!("run_tasks hung after a task panicked"),
+            // A check failed: its own message says which.
+            Err(RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(checks.join().expect_err("the checks panicked"))
+            }
+        }
     }
 
     fn each_task_failing_in_turn() {
