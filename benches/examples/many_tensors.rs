@@ -1,8 +1,10 @@
-//! Steps the 2,000-tensor model in a loop, for a profiler to look at:
-//! through burn's `ModuleOptimizer` with the fused optimizer (`burn`), the
-//! same on one thread (`burn-single`), burn's floor (`floor`: an optimizer
-//! that returns its inputs), or candle (`candle`). Prints the time per step
-//! after one warm-up step (and burn's step statistics).
+//! Steps the 2,000-tensor model (or the 150-tensor one, with `MODEL=150` in
+//! the environment) in a loop, for a profiler to look at: through burn's
+//! `ModuleOptimizer` with the fused optimizer (`burn`), the same on one
+//! thread (`burn-single`), burn's floor (`floor`: an optimizer that returns
+//! its inputs), candle (`candle`), or the bare kernel (`kernel-many`: one
+//! `step_many`; `kernel-each`: one call per tensor). Prints the time per
+//! step after one warm-up step (and burn's step statistics).
 //!
 //! ```text
 //! cargo build --release -p fused-rmsprop-benches --example many_tensors
@@ -11,7 +13,7 @@
 //! ```
 
 use candle_nn::Optimizer;
-use fused_rmsprop_benches::workload::{Variant, many_tensor_sizes};
+use fused_rmsprop_benches::workload::{Buffers, Variant, many_tensor_sizes, transformer_sizes};
 use fused_rmsprop_benches::{burn_case, candle_case};
 
 fn main() {
@@ -21,6 +23,7 @@ fn main() {
     // `candle-16x1000`, `candle-16x100000`: that many 16-element Vars.
     let sizes = match framework.strip_prefix("candle-16x") {
         Some(count) => vec![16; count.parse().expect("a count of Vars")],
+        None if std::env::var("MODEL").as_deref() == Ok("150") => transformer_sizes(),
         None => many_tensor_sizes(),
     };
     let variant = Variant::Plain;
@@ -55,6 +58,24 @@ fn main() {
             start = run_burn(burn::optim::ModuleOptimizer::from(optim));
         }
         "floor" => start = run_burn(burn_case::floor()),
+        "kernel-many" | "kernel-each" => {
+            let kernel = fused_rmsprop::RmsProp::new(variant.hyper()).expect("valid");
+            let mut buffers: Vec<Buffers> =
+                sizes.iter().map(|&k| Buffers::new(k, variant)).collect();
+            let mut step = || {
+                if framework == "kernel-each" {
+                    buffers.iter_mut().for_each(|b| b.step(&kernel));
+                } else {
+                    let groups = buffers.iter_mut().map(|b| {
+                        fused_rmsprop::Group::new(&mut b.params, &b.grads, b.state.slices_mut())
+                    });
+                    kernel.step_many(lr, groups).expect("a step");
+                }
+            };
+            step();
+            start = std::time::Instant::now();
+            (0..steps).for_each(|_| step());
+        }
         f if f.starts_with("candle") => {
             let (vars, grads) = candle_case::vars_and_grads(&sizes);
             let mut opt = candle_case::fused(vars, variant);
@@ -65,7 +86,9 @@ fn main() {
             }
         }
         other => {
-            eprintln!("many_tensors: unknown framework {other:?}; burn, floor or candle");
+            eprintln!(
+                "many_tensors: unknown framework {other:?}; burn, burn-single, floor, candle, kernel-many or kernel-each"
+            );
             std::process::exit(2);
         }
     }
