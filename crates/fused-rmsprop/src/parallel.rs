@@ -16,6 +16,8 @@ use crate::execution::ResolvedKernel;
 use crate::step::{Chunk, Coefficients};
 use crate::{Param, Threads};
 
+mod linger;
+
 /// Below this many elements in one call, [`Threads::Auto`] stays on the
 /// calling thread. Measured with the `threshold` group of
 /// `cargo bench -p fused-rmsprop-benches --bench kernel` (Xeon, 2 threads,
@@ -76,12 +78,18 @@ pub(crate) fn run<P: Param>(
 /// from one queue: handing the call to the pool alone would leave the caller
 /// asleep until the last task ends and then wake it, two trips through the
 /// OS scheduler per call, which a framework that steps one tensor at a time
-/// pays once per tensor. Measured on the Xeon (2 threads, alternating
-/// `compare` runs, BENCHMARKS.md): a 1M-element step took 0.32-0.35 ms
-/// against 0.45 ms with the pool alone, burn's 150-tensor model 13.2-13.4
-/// against 14.9-16.6 ms, and one 22M-element `step_many` was even within
-/// the runs' spread. Public so that code measured against the step (the
-/// benchmarks' bandwidth skeleton) splits its work the same way.
+/// pays once per tensor. The helpers stay awake for a millisecond after a
+/// call, waiting for the next one (running any other rayon work meanwhile),
+/// so that back-to-back calls do not wake them each time either (module
+/// `linger`). A second thread calling while the first one's call runs uses
+/// rayon's own scheduling instead. Measured on the Xeon (2 threads,
+/// BENCHMARKS.md): a 1M-element step took 0.32-0.35 ms against 0.45 ms with
+/// the pool alone, and the 2,000 tensors of `compare`'s model called one at
+/// a time 23.7-29.5 ms against 29.1-33.4 ms with helpers woken per call.
+/// Public so that code measured against the step (the benchmarks' bandwidth
+/// skeleton) splits its work the same way.
+///
+/// A panic in `work` reaches the caller once every other task has run.
 ///
 /// ```
 /// let mut sums = vec![0u64; 4];
@@ -107,6 +115,13 @@ pub fn run_tasks<T: Send>(tasks: Vec<T>, work: impl Fn(T) + Sync + Send) {
             work(task);
         }
     };
+    if helpers == 0 {
+        drain();
+        return;
+    }
+    if linger::run(helpers, &drain) {
+        return;
+    }
     let helping = Helping::default();
     rayon::in_place_scope(|scope| {
         for _ in 0..helpers {
@@ -120,7 +135,8 @@ pub fn run_tasks<T: Send>(tasks: Vec<T>, work: impl Fn(T) + Sync + Send) {
     });
 }
 
-/// How many helpers of one [`run_tasks`] call have started and finished.
+/// How many helpers of one [`run_tasks`] call on rayon's own path (another
+/// thread's call holds the lingering helpers) have started and finished.
 ///
 /// The scope that ends the call waits for every helper anyway, but by
 /// putting the calling thread to sleep and having the last helper wake it:
@@ -245,24 +261,67 @@ mod tests {
         assert!(pack::<f32>(Vec::new(), 0, 4, 1).is_empty());
     }
 
-    /// Every task runs once, from a thread outside the pool (the calling
-    /// thread works beside the helpers) and from a pool thread.
-    #[test]
-    fn run_tasks_runs_every_task_once() {
+    /// Runs `calls` calls of `tasks` tasks, each counting its runs and
+    /// calling `inside` with its index; asserts every task ran once.
+    fn every_task_once(calls: usize, tasks: usize, inside: impl Fn(usize) + Sync) {
         use std::sync::atomic::AtomicU32;
-        let check = || {
-            let runs: Vec<AtomicU32> = (0..37).map(|_| AtomicU32::new(0)).collect();
-            run_tasks(runs.iter().collect(), |r| {
+        for _ in 0..calls {
+            let runs: Vec<AtomicU32> = (0..tasks).map(|_| AtomicU32::new(0)).collect();
+            run_tasks(runs.iter().enumerate().collect(), |(i, r)| {
                 r.fetch_add(1, Ordering::Relaxed);
+                inside(i);
             });
             assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
-        };
-        check();
+        }
+    }
+
+    /// Every task runs once, from a thread outside the pool (the calling
+    /// thread works beside the helpers, which stay between calls) and from
+    /// a pool thread.
+    #[test]
+    fn run_tasks_runs_every_task_once() {
+        every_task_once(200, 37, |_| {});
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
-        pool.install(check);
+        pool.install(|| every_task_once(20, 37, |_| {}));
+    }
+
+    /// Calls from several threads at once (one holds the lingering helpers,
+    /// the others take rayon's own path) and calls nested in a task (from
+    /// the calling thread, whose own call holds the helpers, or from a pool
+    /// thread) each run every task once.
+    #[test]
+    fn concurrent_and_nested_calls_run_every_task_once() {
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| every_task_once(100, 16, |_| {}));
+            }
+            s.spawn(|| every_task_once(20, 8, |_| every_task_once(2, 8, |_| {})));
+        });
+    }
+
+    /// With a pool of two or more threads, the lingering helpers take
+    /// tasks of calls from outside the pool: a task runs on a thread other
+    /// than the caller's, and helpers joined calls through the slot (not
+    /// only through rayon's own path).
+    #[test]
+    fn helpers_take_tasks_of_calls_from_outside_the_pool() {
+        if rayon::current_num_threads() < 2 {
+            return;
+        }
+        let caller = std::thread::current().id();
+        let helped = linger::HELPED.load(Ordering::Relaxed);
+        let elsewhere = std::sync::atomic::AtomicBool::new(false);
+        every_task_once(50, 8, |_| {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            if std::thread::current().id() != caller {
+                elsewhere.store(true, Ordering::Relaxed);
+            }
+        });
+        assert!(elsewhere.load(Ordering::Relaxed));
+        assert!(linger::HELPED.load(Ordering::Relaxed) > helped);
     }
 
     /// A task that panics makes the call panic, whichever thread ran it
