@@ -101,7 +101,7 @@ fn kernel(c: &mut Criterion) {
 /// default path starts to use threads.
 fn threshold(c: &mut Criterion) {
     let variant = Variant::Plain;
-    for n in [1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20] {
+    for n in [1 << 12, 1 << 13, 1 << 14, 1 << 15, 1 << 16, 1 << 18] {
         let mut group = c.benchmark_group(format!("threshold/{}", size_label(n)));
         group.throughput(Throughput::Bytes((n * variant.bytes_per_element()) as u64));
         let mut buffers = Buffers::new(n, variant);

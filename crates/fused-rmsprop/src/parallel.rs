@@ -19,13 +19,17 @@ use crate::{Param, Threads};
 mod linger;
 
 /// Below this many elements in one call, [`Threads::Auto`] stays on the
-/// calling thread. Measured with the `threshold` group of
-/// `cargo bench -p fused-rmsprop-benches --bench kernel` (Xeon, 2 threads,
-/// warm pool): two tasks beat one from 64K elements up (43 vs 34 µs at 64K,
-/// 139 vs 81 µs at 256K). A training loop keeps the pool warm, stepping one
-/// parameter after another: on a 150-tensor model stepped through burn this
-/// threshold took a step from 23.9 ms (at 256K) to 15.5 ms.
-pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+/// calling thread. Measured on the Xeon (2 threads) with the helpers
+/// staying awake between calls: in the `threshold` group of `cargo bench -p
+/// fused-rmsprop-benches --bench kernel` (warm buffers) two threads beat
+/// one from 16K elements up (5.3 vs 7.1 µs at 16K, 3.6 vs 3.5 µs at 8K,
+/// 2.7 vs 1.8 µs at 4K); on `compare`'s 2,000-tensor model called one tensor
+/// at a time (cold buffers, five alternating runs of `cargo run --release -p
+/// fused-rmsprop-benches --example many_tensors -- kernel-each 100`) a step
+/// took 21.7-22.7 ms at 16K against 23.3-25.3 ms at 64K (the threshold when
+/// every call had to wake a helper) and 22.7-24.9 ms at 4K; through burn
+/// 36.1-39.3 against 37.5-42.3 ms.
+pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
 
 /// Task sizes are rounded to this many elements, so a piece boundary inside
 /// a tensor never splits a cache line or a SIMD register of the one before.
