@@ -1,11 +1,12 @@
 //! [`RmsProp`]: the `candle_nn::Optimizer`, its variables and their state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use candle_nn::Optimizer as _;
 use fused_rmsprop::{Hyper, NonFinite, State, bf16, f16};
+use rustc_hash::FxHashMap;
 
 use crate::inplace::step_all;
 use crate::storage::storage_key;
@@ -150,9 +151,13 @@ impl candle_nn::Optimizer for RmsProp {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let lr = self.params.lr;
         fused_rmsprop::Hyper::validate(&self.kernel.hyper().with_lr(lr)).map_err(kernel_error)?;
-        // The storage of every variable to step: each is write-locked once.
-        let mut owners = HashMap::with_capacity(self.vars.len());
-        let mut with_grad = Vec::with_capacity(self.vars.len());
+        // One visit per variable (with 100,000 variables their metadata no
+        // longer fits in cache, so each visit costs misses): its gradient
+        // checked and made contiguous, the keys of both storages. Each
+        // variable's storage is write-locked once, so no two may share one.
+        // The keys are addresses: Fx hashing, not SipHash (no untrusted keys).
+        let mut owners = FxHashMap::with_capacity_and_hasher(self.vars.len(), Default::default());
+        let mut visited = Vec::with_capacity(self.vars.len());
         for (index, (var, state)) in self.vars.iter_mut().enumerate() {
             let Some(grad) = grads.get(var) else { continue };
             check_grad("variable", index, var, grad)?;
@@ -164,19 +169,31 @@ impl candle_nn::Optimizer for RmsProp {
                      each variable must own its storage to be stepped in place"
                 )));
             }
-            with_grad.push((index, &*var, grad, state));
+            let grad_key = storage_key(grad);
+            let empty = var.elem_count() == 0;
+            visited.push((
+                index,
+                &*var,
+                grad,
+                grad.contiguous()?,
+                grad_key,
+                empty,
+                state,
+            ));
         }
-        // Gradients, contiguous, and sharing no storage with any variable.
-        let mut entries = Vec::with_capacity(with_grad.len());
+        // Gradients sharing no storage with any variable: an aliased one is
+        // copied (its contiguous form shares the storage when it already was
+        // contiguous).
+        let mut entries = Vec::with_capacity(visited.len());
         let mut empty = Vec::new();
-        for (index, var, grad, state) in with_grad {
-            let aliased = storage_key(grad).is_some_and(|key| owners.contains_key(&key));
+        for (index, var, grad, contiguous, grad_key, is_empty, state) in visited {
+            let aliased = grad_key.is_some_and(|key| owners.contains_key(&key));
             let grad = if aliased {
                 grad.copy()?.contiguous()?
             } else {
-                grad.contiguous()?
+                contiguous
             };
-            if var.elem_count() == 0 {
+            if is_empty {
                 // Nothing to lock or compute; the step still counts.
                 empty.push(state);
             } else {
