@@ -124,13 +124,20 @@ pub fn skeleton(buffers: &mut Buffers, threads: usize, prefetch: bool) {
     fused_rmsprop::run_tasks(tasks, |t| Arch::new().dispatch(t));
 }
 
-/// Elements per task when `n` elements run on `threads` threads: four tasks
-/// per thread, as the kernel's `Threads::Auto` cuts a call, so a thread that
-/// starts late (a helper still waking) leaves its share to the others
-/// instead of holding up the end; a multiple of 64 elements.
+/// Elements per task when `n` elements run on `threads` threads, cut as the
+/// kernel's `Threads::Auto` cuts a call ([`fused_rmsprop::TASKS_PER_THREAD`]
+/// tasks per thread, each a multiple of
+/// [`fused_rmsprop::TASK_ALIGN_ELEMENTS`]).
 fn task_len(n: usize, threads: usize) -> usize {
-    let tasks = if threads <= 1 { 1 } else { threads * 4 };
-    n.div_ceil(tasks).next_multiple_of(64).max(64)
+    use fused_rmsprop::{TASK_ALIGN_ELEMENTS, TASKS_PER_THREAD};
+    let tasks = if threads <= 1 {
+        1
+    } else {
+        threads * TASKS_PER_THREAD
+    };
+    n.div_ceil(tasks)
+        .next_multiple_of(TASK_ALIGN_ELEMENTS)
+        .max(TASK_ALIGN_ELEMENTS)
 }
 
 /// STREAM triad `a = b + 3 * c` on `threads` tasks; 12 bytes per element

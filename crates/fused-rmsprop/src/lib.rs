@@ -154,7 +154,7 @@ pub use error::Error;
 pub use execution::{Execution, Isa, Kernel, Threads};
 /// The 16-bit float types the kernel steps, re-exported from `half`.
 pub use half::{bf16, f16};
-pub use parallel::{PARALLEL_MIN_ELEMENTS, run_tasks};
+pub use parallel::{PARALLEL_MIN_ELEMENTS, TASK_ALIGN_ELEMENTS, TASKS_PER_THREAD, run_tasks};
 pub use param::Param;
 pub use state::{State, StateSlices};
 

@@ -31,14 +31,28 @@ mod linger;
 /// 36.1-39.3 against 37.5-42.3 ms.
 pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
 
-/// Task sizes are rounded to this many elements, so a piece boundary inside
-/// a tensor never splits a cache line or a SIMD register of the one before.
-const TASK_ALIGN_ELEMENTS: usize = 64;
+/// Task sizes under [`Threads::Auto`] are rounded to this many elements, so
+/// a piece boundary inside a tensor never splits a cache line or a SIMD
+/// register of the one before. Public, with [`TASKS_PER_THREAD`], so that
+/// code measured against the step (the benchmarks' bandwidth skeleton) cuts
+/// its work the same way.
+///
+/// ```
+/// assert_eq!(fused_rmsprop::TASK_ALIGN_ELEMENTS % 16, 0); // whole AVX-512 registers of f32
+/// ```
+pub const TASK_ALIGN_ELEMENTS: usize = 64;
 
 /// Tasks per pool thread under [`Threads::Auto`]: more than one lets a
-/// thread that finishes early (the other core busy on a shared machine)
-/// steal the rest.
-const TASKS_PER_THREAD: usize = 4;
+/// thread that finishes early (the other core busy on a shared machine, a
+/// helper that started late) take the rest, instead of holding up the end
+/// of the call.
+///
+/// ```
+/// // A call on a pool of two threads is cut into this many tasks.
+/// let tasks = 2 * fused_rmsprop::TASKS_PER_THREAD;
+/// assert!(tasks > 2);
+/// ```
+pub const TASKS_PER_THREAD: usize = 4;
 
 /// Runs `chunks` with `kernel` on the threads `threads` asks for.
 pub(crate) fn run<P: Param>(

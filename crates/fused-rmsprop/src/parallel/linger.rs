@@ -71,6 +71,14 @@ struct Call<'a> {
     id: u64,
 }
 
+/// Helpers read a `Call` from other threads through `&` (see
+/// `help_open_call`'s `SAFETY`), which is sound only if it is `Sync`; this
+/// fails to compile if a field ever makes it not.
+const _: () = {
+    const fn assert_sync<T: Sync>() {}
+    assert_sync::<Call<'static>>();
+};
+
 impl Call<'_> {
     /// Runs the call's tasks on a helper; a panic is kept for the caller.
     fn help(&self) {
