@@ -40,8 +40,9 @@
 //!   the pool (a training loop stepping one tensor at a time) has the
 //!   calling thread work beside the pool instead of sleeping until the pool
 //!   is done, and the pool's helpers stay awake for a millisecond after a
-//!   call so the next one does not wake them again ([`run_tasks`]). [`RmsProp::step_many`] steps many tensors in
-//!   one dispatch, split across threads by size.
+//!   call so the next one does not wake them again ([`run_tasks`]).
+//!   [`RmsProp::step_many`] steps many tensors in one dispatch, split across
+//!   threads by size.
 //!
 //! [`Execution`] forces a path and a thread count.
 //!
