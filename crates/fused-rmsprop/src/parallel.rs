@@ -107,7 +107,10 @@ pub(crate) fn run<P: Param>(
 /// Public so that code measured against the step (the benchmarks' bandwidth
 /// skeleton) splits its work the same way.
 ///
-/// A panic in `work` reaches the caller once every other task has run.
+/// A panic in `work` reaches the caller. Through the lingering helpers the
+/// other tasks still run first (tested); on a one-thread pool, or on
+/// rayon's own path when a second task panics, the tasks after a panicking
+/// one on the same thread may not run.
 ///
 /// ```
 /// let mut sums = vec![0u64; 4];
