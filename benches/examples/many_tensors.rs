@@ -2,15 +2,21 @@
 //! the environment) in a loop, for a profiler to look at: through burn's
 //! `ModuleOptimizer` with the fused optimizer (`burn`), the same on one
 //! thread (`burn-single`), burn's floor (`floor`: an optimizer that returns
-//! its inputs), candle (`candle`), or the bare kernel (`kernel-many`: one
-//! `step_many`; `kernel-each`: one call per tensor). Prints the time per
-//! step after one warm-up step (and burn's step statistics).
+//! its inputs), burn's floor with the kernel's memory traffic
+//! (`floor-traffic`: an optimizer that returns its inputs after stepping
+//! buffers of the same size outside burn with the bare kernel), candle
+//! (`candle`), or the bare kernel (`kernel-many`: one `step_many`;
+//! `kernel-each`: one call per tensor). Prints the time per step after one
+//! warm-up step (and burn's step statistics).
 //!
 //! ```text
 //! cargo build --release -p fused-rmsprop-benches --example many_tensors
 //! perf record -g target/release/examples/many_tensors burn 200
 //! perf report
 //! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use candle_nn::Optimizer;
 use fused_rmsprop_benches::workload::{Buffers, Variant, many_tensor_sizes, transformer_sizes};
@@ -58,6 +64,12 @@ fn main() {
             start = run_burn(burn::optim::ModuleOptimizer::from(optim));
         }
         "floor" => start = run_burn(burn_case::floor()),
+        "floor-traffic" => {
+            let kernel = fused_rmsprop::RmsProp::new(variant.hyper()).expect("valid");
+            start = run_burn(burn::optim::ModuleOptimizer::from(Traffic::new(
+                &sizes, kernel,
+            )));
+        }
         "kernel-many" | "kernel-each" => {
             let kernel = fused_rmsprop::RmsProp::new(variant.hyper()).expect("valid");
             let mut buffers: Vec<Buffers> =
@@ -87,7 +99,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "many_tensors: unknown framework {other:?}; burn, burn-single, floor, candle, kernel-many or kernel-each"
+                "many_tensors: unknown framework {other:?}; burn, burn-single, floor, floor-traffic, candle, kernel-many or kernel-each"
             );
             std::process::exit(2);
         }
@@ -97,4 +109,57 @@ fn main() {
         "{framework}: {} tensors, {per_step:?} per step",
         sizes.len()
     );
+}
+
+/// Per parameter size: side buffers of that size, and which one the next
+/// parameter of that size steps.
+type Sides = HashMap<usize, (usize, Vec<Buffers>)>;
+
+/// An optimizer that returns every parameter unchanged after stepping, with
+/// the bare kernel, side buffers of the parameter's size (its own buffers for
+/// each parameter, taken in turn among those of one size): burn's floor with
+/// the cache and memory traffic of the fused step, but none of the adapter's
+/// work on burn's tensors.
+#[derive(Clone)]
+struct Traffic {
+    kernel: fused_rmsprop::RmsProp,
+    sides: Arc<Mutex<Sides>>,
+}
+
+impl Traffic {
+    fn new(sizes: &[usize], kernel: fused_rmsprop::RmsProp) -> Self {
+        let mut sides = Sides::new();
+        for &len in sizes {
+            sides
+                .entry(len)
+                .or_default()
+                .1
+                .push(Buffers::new(len, Variant::Plain));
+        }
+        let sides = Arc::new(Mutex::new(sides));
+        Self { kernel, sides }
+    }
+}
+
+impl burn::optim::Optimizer for Traffic {
+    type State<const D: usize> = ();
+
+    fn step<const D: usize>(
+        &self,
+        _lr: f64,
+        tensor: burn::tensor::Tensor<D>,
+        _grad: burn::tensor::Tensor<D>,
+        _state: Option<()>,
+    ) -> (burn::tensor::Tensor<D>, Option<()>) {
+        let mut sides = self.sides.lock().expect("not poisoned");
+        if let Some((next, buffers)) = sides.get_mut(&tensor.shape().num_elements()) {
+            buffers[*next].step(&self.kernel);
+            *next = (*next + 1) % buffers.len();
+        }
+        (tensor, Some(()))
+    }
+
+    fn to_device<const D: usize>(state: (), _device: &burn::tensor::Device) {
+        state
+    }
 }
