@@ -1,6 +1,7 @@
 //! Steps the 2,000-tensor model (or the 150-tensor one, with `MODEL=150` in
 //! the environment) in a loop, for a profiler to look at: through burn's
-//! `ModuleOptimizer` with the fused optimizer (`burn`), the same on one
+//! `ModuleOptimizer` with the fused optimizer (`burn`), its batched route
+//! (`burn-batched`: one kernel dispatch per step), the same on one
 //! thread (`burn-single`), burn's floor (`floor`: an optimizer that returns
 //! its inputs), burn's floor with the kernel's memory traffic
 //! (`floor-traffic`: an optimizer that returns its inputs after stepping
@@ -36,7 +37,7 @@ fn main() {
     let lr = variant.hyper().lr;
     let start;
     // One warm-up step, then `steps` timed ones.
-    let run_burn = |optim: burn::optim::ModuleOptimizer| {
+    let run_burn = |optim: burn_case::Stepper| {
         let mut case = burn_case::Case::new(&sizes, optim, lr);
         case.step();
         let start = std::time::Instant::now();
@@ -49,8 +50,11 @@ fn main() {
         "burn" => {
             let optim = burn_case::fused_rmsprop(variant).build();
             let handle = optim.clone();
-            start = run_burn(burn::optim::ModuleOptimizer::from(optim));
+            start = run_burn(burn::optim::ModuleOptimizer::from(optim).into());
             println!("{:?}", handle.stats());
+        }
+        "burn-batched" => {
+            start = run_burn(burn_case::fused_rmsprop(variant).init_batched().into());
         }
         "burn-single" => {
             let single = fused_rmsprop::Execution {
@@ -61,14 +65,13 @@ fn main() {
                 .build()
                 .with_execution(single)
                 .expect("valid");
-            start = run_burn(burn::optim::ModuleOptimizer::from(optim));
+            start = run_burn(burn::optim::ModuleOptimizer::from(optim).into());
         }
-        "floor" => start = run_burn(burn_case::floor()),
+        "floor" => start = run_burn(burn_case::floor().into()),
         "floor-traffic" => {
             let kernel = fused_rmsprop::RmsProp::new(variant.hyper()).expect("valid");
-            start = run_burn(burn::optim::ModuleOptimizer::from(Traffic::new(
-                &sizes, kernel,
-            )));
+            let traffic = burn::optim::ModuleOptimizer::from(Traffic::new(&sizes, kernel));
+            start = run_burn(traffic.into());
         }
         "kernel-many" | "kernel-each" => {
             let kernel = fused_rmsprop::RmsProp::new(variant.hyper()).expect("valid");
@@ -99,7 +102,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "many_tensors: unknown framework {other:?}; burn, burn-single, floor, floor-traffic, candle, kernel-many or kernel-each"
+                "many_tensors: unknown framework {other:?}; burn, burn-batched, burn-single, floor, floor-traffic, candle, kernel-many or kernel-each"
             );
             std::process::exit(2);
         }

@@ -6,7 +6,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer, RmsPropConfig};
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use fused_rmsprop::WeightDecay;
-use fused_rmsprop_burn::FusedRmsPropConfig;
+use fused_rmsprop_burn::{BatchedRmsProp, FusedRmsPropConfig};
 
 use crate::workload::Variant;
 
@@ -21,19 +21,40 @@ pub struct Params {
 pub struct Case {
     module: Option<Params>,
     grads: Vec<(ParamId, Tensor<1>)>,
-    optim: ModuleOptimizer,
+    optim: Stepper,
     lr: f64,
+}
+
+/// What steps a [`Case`]: burn's per-parameter `ModuleOptimizer`, or the
+/// fused optimizer's batched route.
+pub enum Stepper {
+    /// One optimizer call per parameter.
+    Module(ModuleOptimizer),
+    /// One kernel dispatch per step.
+    Batched(Box<BatchedRmsProp>),
+}
+
+impl From<ModuleOptimizer> for Stepper {
+    fn from(optim: ModuleOptimizer) -> Self {
+        Stepper::Module(optim)
+    }
+}
+
+impl From<BatchedRmsProp> for Stepper {
+    fn from(optim: BatchedRmsProp) -> Self {
+        Stepper::Batched(Box::new(optim))
+    }
 }
 
 impl Case {
     /// Parameters of `sizes` elements on burn's default (Flex) device with
     /// autodiff, as a training loop holds them, stepped by `optim`.
-    pub fn new(sizes: &[usize], optim: ModuleOptimizer, lr: f64) -> Self {
+    pub fn new(sizes: &[usize], optim: impl Into<Stepper>, lr: f64) -> Self {
         Self::new_in(DType::F32, sizes, optim, lr)
     }
 
     /// [`Case::new`] with parameters and gradients of `dtype`.
-    pub fn new_in(dtype: DType, sizes: &[usize], optim: ModuleOptimizer, lr: f64) -> Self {
+    pub fn new_in(dtype: DType, sizes: &[usize], optim: impl Into<Stepper>, lr: f64) -> Self {
         let device = Device::default().autodiff();
         let options =
             |device: &Device| TensorCreationOptions::new(device.clone()).with_dtype(dtype);
@@ -54,7 +75,7 @@ impl Case {
         Self {
             module: Some(Params { tensors }),
             grads,
-            optim,
+            optim: optim.into(),
             lr,
         }
     }
@@ -66,7 +87,14 @@ impl Case {
             grads.register(*id, grad.clone());
         }
         let module = self.module.take().expect("a module between steps");
-        self.module = Some(self.optim.step(self.lr, module, grads));
+        self.module = Some(match &mut self.optim {
+            Stepper::Module(optim) => optim.step(self.lr, module, grads),
+            Stepper::Batched(optim) => {
+                let (module, outcome) = optim.step(self.lr, module, grads);
+                outcome.expect("benchmark parameters are steppable in place");
+                module
+            }
+        });
     }
 
     /// The parameters' values, concatenated.

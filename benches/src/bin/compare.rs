@@ -617,7 +617,8 @@ fn half_framework_rows(
 /// against the bare kernel's `step_many` on buffers of the same sizes (the
 /// same arithmetic and bytes, no framework), the bare kernel called once
 /// per tensor (what a one-parameter-at-a-time interface such as burn's
-/// costs before any framework code), and burn's floor (the same model
+/// costs before any framework code), burn's batched route (one kernel
+/// dispatch per step, outside `ModuleOptimizer`), and burn's floor (the same model
 /// through `ModuleOptimizer` with an optimizer that returns its inputs)
 /// against the bare kernel too; the skeleton on one tensor of the
 /// model's total size is the limit. `print_overheads` turns the rows into
@@ -656,6 +657,8 @@ fn overhead_rows(
     let mut run_candle = || candle.step(&candle_grads).expect("a step");
     let lr = hyper.lr;
     let mut burn = burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init(), lr);
+    let mut batched =
+        burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init_batched(), lr);
     let mut floor = burn_case::Case::new(sizes, burn_case::floor(), lr);
     let [mut skeleton, mut skeleton_prefetch] = skeletons(n, variant, threads);
     let first = interleaved_medians(1, 2, &mut [&mut || burn.step()]);
@@ -668,19 +671,21 @@ fn overhead_rows(
             &mut run_one_by_one,
             &mut run_candle,
             &mut || burn.step(),
+            &mut || batched.step(),
             &mut || floor.step(),
             &mut *skeleton,
             &mut *skeleton_prefetch,
         ],
     );
-    let [kernel_t, one_by_one_t, candle_t, burn_t, floor_t] =
-        [0, 1, 2, 3, 4].map(|i| times[i].as_secs_f64());
-    let skeleton_t = times[5].min(times[6]).as_secs_f64();
+    let [kernel_t, one_by_one_t, candle_t, burn_t, batched_t, floor_t] =
+        [0, 1, 2, 3, 4, 5].map(|i| times[i].as_secs_f64());
+    let skeleton_t = times[6].min(times[7]).as_secs_f64();
     for (framework, fused, fused_t) in [
         ("kernel", "step_many", kernel_t),
         ("kernel", ONE_CALL_PER_TENSOR, one_by_one_t),
         ("candle", "fused RmsProp", candle_t),
         ("burn", "FusedRmsProp", burn_t),
+        ("burn", "BatchedRmsProp", batched_t),
         ("burn", "floor: returns inputs", floor_t),
     ] {
         rows.push(Row {

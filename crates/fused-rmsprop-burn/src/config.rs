@@ -116,6 +116,11 @@ impl FusedRmsPropConfig {
             .with_non_finite(self.non_finite_grads)
     }
 
+    /// The gradient clipping to apply before each step, if any.
+    pub(crate) fn grad_clipping_config(&self) -> Option<&GradientClippingConfig> {
+        self.grad_clipping.as_ref()
+    }
+
     /// Builds the bare optimizer, or says which field is invalid.
     ///
     /// ```

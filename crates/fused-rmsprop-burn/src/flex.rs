@@ -16,7 +16,58 @@ use fused_rmsprop::{Param, RmsProp, StateSlices, StepReport, bf16, f16};
 use crate::state::state_dtype;
 use crate::{Counters, FusedRmsPropState};
 
-type FlexTensor = FloatTensor<Flex>;
+pub(crate) type FlexTensor = FloatTensor<Flex>;
+
+/// A parameter type the kernel steps whose elements and state elements
+/// Flex stores.
+pub(crate) trait FlexParam:
+    Param<State: burn::tensor::Element + bytemuck::Pod> + burn::tensor::Element + bytemuck::Pod
+{
+}
+
+impl<P> FlexParam for P
+where
+    P: Param + burn::tensor::Element + bytemuck::Pod,
+    P::State: burn::tensor::Element + bytemuck::Pod,
+{
+}
+
+/// Why the batched route cannot step `param` in place (`None`: it can):
+/// the parameter off Flex or of a dtype the kernel lacks, the gradient of
+/// another dtype or shape, or off Flex.
+pub(crate) fn refusal<const D: usize>(param: &Tensor<D>, grad: &Tensor<D>) -> Option<String> {
+    // The module's parameters are on the autodiff device over Flex.
+    let on_flex =
+        |t: &Tensor<D>| matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_));
+    let dtype = param.dtype();
+    if !on_flex(param) {
+        Some(format!("on {:?}, not a Flex device", param.device()))
+    } else if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
+        Some(format!("dtype {dtype:?}"))
+    } else if grad.dtype() != dtype || grad.dims() != param.dims() {
+        Some(format!(
+            "gradient {:?} {:?} for a parameter {dtype:?} {:?}",
+            grad.dtype(),
+            grad.dims(),
+            param.dims()
+        ))
+    } else if !on_flex(grad) {
+        Some(format!("gradient on {:?}", grad.device()))
+    } else {
+        None
+    }
+}
+
+/// The index of the first NaN or infinity in `grad` (contiguous, of a dtype
+/// the kernel steps).
+pub(crate) fn find_non_finite(grad: &FlexTensor) -> Option<usize> {
+    match grad.dtype() {
+        DType::F32 => fused_rmsprop::find_non_finite(view::<f32>(grad)),
+        DType::F64 => fused_rmsprop::find_non_finite(view::<f64>(grad)),
+        DType::BF16 => fused_rmsprop::find_non_finite(view::<bf16>(grad)),
+        _ => fused_rmsprop::find_non_finite(view::<f16>(grad)),
+    }
+}
 
 /// Whether the in-place route applies: every tensor on a Flex device, the
 /// parameter `f32`, `f64`, `bf16` or `f16`, the gradient of its dtype, the
@@ -97,11 +148,11 @@ struct Buffers<'a> {
 }
 
 /// One kernel step on parameters of type `P` (state of `P::State`).
-fn run<P>(kernel: &RmsProp, lr: f64, b: Buffers<'_>) -> Result<StepReport, fused_rmsprop::Error>
-where
-    P: Param + burn::tensor::Element + bytemuck::Pod,
-    P::State: burn::tensor::Element + bytemuck::Pod,
-{
+fn run<P: FlexParam>(
+    kernel: &RmsProp,
+    lr: f64,
+    b: Buffers<'_>,
+) -> Result<StepReport, fused_rmsprop::Error> {
     let grads = view::<P>(b.grad);
     let mut state = StateSlices::new(view_mut::<P::State>(b.square_avg));
     if let Some(grad_avg) = b.grad_avg {
@@ -113,18 +164,18 @@ where
     kernel.step_slices(lr, view_mut::<P>(b.param), grads, state)
 }
 
-fn to_flex<const D: usize>(tensor: Tensor<D>) -> FlexTensor {
+pub(crate) fn to_flex<const D: usize>(tensor: Tensor<D>) -> FlexTensor {
     tensor
         .try_into_primitive::<Flex>()
         .expect("the in-place route only takes tensors on a Flex device")
 }
 
-fn from_flex<const D: usize>(tensor: FlexTensor) -> Tensor<D> {
+pub(crate) fn from_flex<const D: usize>(tensor: FlexTensor) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(tensor)
 }
 
 /// The tensor, contiguous; a copy when it was not.
-fn readable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
+pub(crate) fn readable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
     if tensor.is_contiguous() {
         tensor
     } else {
@@ -135,7 +186,7 @@ fn readable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
 
 /// The tensor, contiguous and the sole owner of its buffer; a copy when it
 /// was not (a shared buffer is never written behind its other owner).
-fn writable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
+pub(crate) fn writable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
     let tensor = readable(tensor, counters);
     if !tensor.is_unique() {
         counters.copied();
@@ -143,7 +194,7 @@ fn writable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
     tensor
 }
 
-fn view<T: burn::tensor::Element + bytemuck::Pod>(tensor: &FlexTensor) -> &[T] {
+pub(crate) fn view<T: burn::tensor::Element + bytemuck::Pod>(tensor: &FlexTensor) -> &[T] {
     let (start, end) = tensor
         .layout()
         .contiguous_offsets()
@@ -153,7 +204,9 @@ fn view<T: burn::tensor::Element + bytemuck::Pod>(tensor: &FlexTensor) -> &[T] {
 
 /// The tensor's elements, mutably; `storage_mut` copies the buffer first if
 /// it is shared (copy-on-write), which `writable` has counted.
-fn view_mut<T: burn::tensor::Element + bytemuck::Pod>(tensor: &mut FlexTensor) -> &mut [T] {
+pub(crate) fn view_mut<T: burn::tensor::Element + bytemuck::Pod>(
+    tensor: &mut FlexTensor,
+) -> &mut [T] {
     let (start, end) = tensor
         .layout()
         .contiguous_offsets()

@@ -77,6 +77,20 @@
 //! optimizers do), 16-bit parameters computed in `f32` and cast back with
 //! the backend's conversion. It never panics for want of a route.
 //!
+//! # One dispatch per step: the batched route
+//! burn's `ModuleOptimizer` calls an optimizer once per parameter, and runs
+//! its own bookkeeping between two calls on caches the previous parameter
+//! has just streamed through; on models of thousands of tensors that costs
+//! more than the step itself. For training loops that call the optimizer
+//! themselves, [`FusedRmsPropConfig::init_batched`] returns a
+//! [`BatchedRmsProp`], whose [`step`](BatchedRmsProp::step) takes the
+//! arguments of `ModuleOptimizer::step`, takes every parameter that has a
+//! gradient out of the module, steps them all with one kernel dispatch per
+//! dtype and puts them back: the same bits as `init()`'s optimizer. It
+//! steps Flex parameters only, applies one learning rate to all (no
+//! parameter groups), and keeps its state to itself (no checkpoints yet;
+//! burn-train's `Learner` takes only a `ModuleOptimizer`).
+//!
 //! # Errors
 //! burn's `Optimizer::step` cannot return an error, so a step that cannot be
 //! taken (a learning rate that is NaN, infinite or negative) leaves the
@@ -88,12 +102,16 @@
 //! fresh one and counted in `states_reset`; burn itself starts afresh a
 //! parameter whose record it cannot read.
 //!
+//! [`BatchedRmsProp::step`] returns its error beside the module, which
+//! comes back as it was ([`BatchedError`]).
+//!
 //! # Non-finite gradients
 //! [`FusedRmsPropConfig::with_non_finite_grads`] chooses: `Propagate` (burn's
 //! and PyTorch's behaviour, the default), `Skip` (the parameter and its state
 //! are left as they were; counted in `skipped_steps`) or `Error` (the step is
 //! refused; counted in `rejected_steps` with a `NonFiniteGradient` error).
 
+mod batched;
 mod composed;
 mod config;
 mod flex;
@@ -109,6 +127,7 @@ use burn::optim::Optimizer;
 use burn::tensor::{Device, Tensor};
 use fused_rmsprop::{Execution, Hyper, RmsProp};
 
+pub use batched::{BatchedError, BatchedRmsProp};
 pub use config::FusedRmsPropConfig;
 /// The non-finite gradient policy, re-exported from the kernel.
 pub use fused_rmsprop::NonFinite;
@@ -216,6 +235,24 @@ impl Counters {
         Self::bump(&self.rejected);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
     }
+
+    /// The counts so far.
+    fn snapshot(&self) -> StepStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StepStats {
+            in_place_steps: load(&self.in_place),
+            composed_steps: load(&self.composed),
+            buffers_copied: load(&self.copied),
+            states_reset: load(&self.reset),
+            rejected_steps: load(&self.rejected),
+            skipped_steps: load(&self.skipped),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
 }
 
 impl FusedRmsProp {
@@ -293,21 +330,7 @@ impl FusedRmsProp {
     /// assert_eq!(optim.stats().in_place_steps, 0);
     /// ```
     pub fn stats(&self) -> StepStats {
-        let c = &self.counters;
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        StepStats {
-            in_place_steps: load(&c.in_place),
-            composed_steps: load(&c.composed),
-            buffers_copied: load(&c.copied),
-            states_reset: load(&c.reset),
-            rejected_steps: load(&c.rejected),
-            skipped_steps: load(&c.skipped),
-            last_error: c
-                .last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        }
+        self.counters.snapshot()
     }
 }
 

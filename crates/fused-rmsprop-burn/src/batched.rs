@@ -1,0 +1,462 @@
+//! [`BatchedRmsProp`]: every parameter of a module stepped in one kernel
+//! dispatch, for training loops that call the optimizer themselves.
+//!
+//! burn's [`ModuleOptimizer`](burn::optim::ModuleOptimizer) hands an
+//! optimizer one parameter at a time, and between two parameters runs its
+//! own bookkeeping on caches the previous parameter has just streamed
+//! through. This route walks the module twice instead: the first walk takes
+//! each parameter that has a gradient out of the module (leaving its
+//! gradient in its place), one call of the kernel's `step_many` per
+//! parameter dtype steps them all, and the second walk puts them back.
+
+use std::collections::HashMap;
+
+use burn::grad_clipping::{GradientClipping, GradientClippingConfig};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{DType, GradientCheckpointingStrategy, Tensor};
+use fused_rmsprop::{Group, NonFinite, RmsProp, State, StateSlices, bf16, f16};
+
+use crate::flex::{self, FlexTensor};
+use crate::{Counters, FusedRmsPropConfig, StepStats};
+
+/// RMSprop over a whole module per step, in one kernel dispatch per
+/// parameter dtype: the fused step without burn's per-parameter machinery.
+///
+/// An opt-in for training loops that call the optimizer themselves:
+/// [`BatchedRmsProp::step`] has the arguments of `ModuleOptimizer::step`.
+/// Same numbers as [`FusedRmsPropConfig::init`]'s optimizer, bit for bit,
+/// with a few differences a user should know:
+///
+/// - **Flex only.** Every parameter with a gradient must be on a Flex device
+///   (burn's CPU backend) with dtype `f32`, `f64`, `bf16` or `f16`, its
+///   gradient of the same dtype and shape; otherwise the step is refused
+///   ([`BatchedError::NotInPlace`]) and the module returned as it was. Use
+///   `init()` elsewhere.
+/// - **One learning rate, no parameter groups**: `lr` applies to every
+///   parameter. Gradient clipping from the config is applied, per gradient,
+///   as burn applies it.
+/// - **Checkpoints are not written yet**: the state lives in this value
+///   (as `f32` buffers for `f32`, `bf16` and `f16` parameters, `f64` for
+///   `f64`), and burn-train's `Learner` takes only a `ModuleOptimizer`.
+///
+/// ```
+/// use burn::module::Module;
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::optim::GradientsParams;
+/// use burn::tensor::{Device, Tensor};
+/// use fused_rmsprop_burn::FusedRmsPropConfig;
+///
+/// let device = Device::default().autodiff();
+/// let model: Linear = LinearConfig::new(4, 2).init(&device);
+/// let mut optim = FusedRmsPropConfig::new().init_batched();
+///
+/// let x = Tensor::<2>::ones([8, 4], &device);
+/// let loss = model.forward(x).powi_scalar(2).mean();
+/// let grads = GradientsParams::from_grads(loss.backward(), &model);
+/// let (model, outcome) = optim.step(1e-2, model, grads);
+/// assert!(outcome.is_ok());
+/// # let _ = model;
+/// ```
+#[derive(Debug)]
+pub struct BatchedRmsProp {
+    kernel: RmsProp,
+    grad_clipping: Option<GradientClippingConfig>,
+    /// Every parameter's state, those of the last step's parameters first
+    /// and in their order (so that a step of the same parameters finds them
+    /// lined up, without a lookup); `None` only while a step lines them up.
+    states: Vec<(ParamId, Option<KernelState>)>,
+    /// An empty vector whose capacity the next step reuses.
+    spare: Vec<Taken>,
+    counters: Counters,
+}
+
+/// Why [`BatchedRmsProp::step`] left the module as it was.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchedError {
+    /// The kernel refused the step: an invalid learning rate, or a NaN or an
+    /// infinity in a gradient under `NonFinite::Error` (`param` names it;
+    /// the error's `group` is 0 and its `index` the element's).
+    Kernel {
+        /// The parameter the error is about, when it is about one.
+        param: Option<ParamId>,
+        /// The kernel's error.
+        error: fused_rmsprop::Error,
+    },
+    /// A parameter this route cannot step in place.
+    NotInPlace {
+        /// The parameter.
+        param: ParamId,
+        /// Why: its device or dtype, or its gradient's dtype or shape.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for BatchedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchedError::Kernel {
+                param: Some(param),
+                error,
+            } => write!(f, "parameter {param}: {error}"),
+            BatchedError::Kernel { param: None, error } => error.fmt(f),
+            BatchedError::NotInPlace { param, reason } => write!(
+                f,
+                "parameter {param} cannot be stepped in place ({reason}); \
+                 FusedRmsPropConfig::init() steps it"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BatchedError {}
+
+/// A parameter's state: `f32` for `f32`, `bf16` and `f16` parameters, `f64`
+/// for `f64` ones.
+#[derive(Debug)]
+enum KernelState {
+    F32(State<f32>),
+    F64(State<f64>),
+}
+
+impl FusedRmsPropConfig {
+    /// The batched route ([`BatchedRmsProp`]) with this config, or the
+    /// config's error.
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// assert!(FusedRmsPropConfig::new().with_alpha(2.0).try_init_batched().is_err());
+    /// ```
+    pub fn try_init_batched(&self) -> Result<BatchedRmsProp, fused_rmsprop::Error> {
+        Ok(BatchedRmsProp {
+            kernel: RmsProp::new(self.hyper())?,
+            grad_clipping: self.grad_clipping_config().cloned(),
+            states: Vec::new(),
+            spare: Vec::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// [`try_init_batched`](Self::try_init_batched), panicking on an invalid
+    /// config (as `init` does).
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// let optim = FusedRmsPropConfig::new().init_batched();
+    /// assert_eq!(optim.hyper().alpha, f64::from(0.99f32));
+    /// ```
+    pub fn init_batched(&self) -> BatchedRmsProp {
+        self.try_init_batched()
+            .unwrap_or_else(|err| panic!("invalid FusedRmsPropConfig: {err}"))
+    }
+}
+
+impl BatchedRmsProp {
+    /// Steps every parameter of `module` that has a gradient in `grads`, at
+    /// learning rate `lr`; returns the module and, on success, the
+    /// parameters left untouched for a non-finite gradient (under
+    /// `NonFinite::Skip`; empty otherwise).
+    ///
+    /// On error the module comes back exactly as it was, and so does every
+    /// state; the gradients are consumed either way. The error is also kept
+    /// in [`stats`](Self::stats) (`rejected_steps`, `last_error`).
+    ///
+    /// See [`BatchedRmsProp`] for an example.
+    pub fn step<M: Module>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> (M, Result<Vec<ParamId>, BatchedError>) {
+        let clipping = self
+            .grad_clipping
+            .as_ref()
+            .map(GradientClippingConfig::init);
+        let mut take = Take {
+            grads: &mut grads,
+            clipping: clipping.as_ref(),
+            counters: &self.counters,
+            taken: std::mem::take(&mut self.spare),
+            refused: None,
+        };
+        let module = module.map(&mut take);
+        let Take {
+            mut taken, refused, ..
+        } = take;
+        let outcome = match refused {
+            Some(err) => Err(err),
+            None => self.step_taken(lr, &mut taken),
+        };
+        match &outcome {
+            Err(BatchedError::Kernel { error, .. }) => self.counters.rejected(error.clone()),
+            Err(BatchedError::NotInPlace { .. }) => Counters::bump(&self.counters.rejected),
+            Ok(_) => {}
+        }
+        let mut back = PutBack {
+            taken: taken.drain(..).peekable(),
+        };
+        let module = module.map(&mut back);
+        // Both walks visit the parameters in the same order, so the second
+        // finds every parameter the first took.
+        debug_assert!(
+            back.taken.peek().is_none(),
+            "a taken parameter was not put back"
+        );
+        drop(back);
+        self.spare = taken;
+        (module, outcome)
+    }
+
+    /// The hyper-parameters.
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// let optim = FusedRmsPropConfig::new().with_momentum(0.5).init_batched();
+    /// assert_eq!(optim.hyper().momentum, 0.5);
+    /// ```
+    pub fn hyper(&self) -> &fused_rmsprop::Hyper {
+        self.kernel.hyper()
+    }
+
+    /// What the steps so far did, counted per parameter as
+    /// [`FusedRmsProp::stats`](crate::FusedRmsProp::stats) counts them:
+    /// parameters stepped in place, buffers copied first (a parameter
+    /// shared with another owner, a gradient that was not contiguous),
+    /// states started afresh because they no longer fitted, skipped
+    /// parameters; and refused steps (one per call) with the last error.
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// assert_eq!(FusedRmsPropConfig::new().init_batched().stats().in_place_steps, 0);
+    /// ```
+    pub fn stats(&self) -> StepStats {
+        self.counters.snapshot()
+    }
+
+    /// Puts the states of `taken` first in `states`, in `taken`'s order
+    /// (`None` for a parameter without one), the others after them; nothing
+    /// to do when the last step took the same parameters in the same order.
+    fn line_up(&mut self, taken: &[Taken]) {
+        let in_order = self.states.len() >= taken.len()
+            && self
+                .states
+                .iter()
+                .zip(taken)
+                .all(|((id, _), t)| *id == t.id);
+        if in_order {
+            return;
+        }
+        let mut by_id: HashMap<ParamId, Option<KernelState>> =
+            std::mem::take(&mut self.states).into_iter().collect();
+        let mut lined: Vec<_> = taken
+            .iter()
+            .map(|t| (t.id, by_id.remove(&t.id).flatten()))
+            .collect();
+        // The states of parameters without a gradient this step, kept.
+        lined.extend(by_id);
+        self.states = lined;
+    }
+
+    /// Steps the taken parameters: everything checked first, then one
+    /// `step_many` per parameter dtype.
+    fn step_taken(&mut self, lr: f64, taken: &mut [Taken]) -> Result<Vec<ParamId>, BatchedError> {
+        let hyper = self.kernel.hyper().with_lr(lr);
+        hyper
+            .validate()
+            .map_err(|error| BatchedError::Kernel { param: None, error })?;
+        if hyper.non_finite == NonFinite::Error {
+            for t in taken.iter() {
+                if let Some(index) = flex::find_non_finite(&t.grad) {
+                    let error = fused_rmsprop::Error::NonFiniteGradient { group: 0, index };
+                    return Err(BatchedError::Kernel {
+                        param: Some(t.id),
+                        error,
+                    });
+                }
+            }
+        }
+        // The states of the taken parameters, lined up with them; a missing
+        // one, or one that no longer fits its parameter, starts afresh.
+        self.line_up(taken);
+        let lined = &mut self.states[..taken.len()];
+        for ((_, slot), t) in lined.iter_mut().zip(taken.iter()) {
+            let wide = t.param.dtype() != DType::F64;
+            *slot = Some(match slot.take() {
+                Some(KernelState::F32(s)) if wide && s.square_avg.len() == t.len => {
+                    KernelState::F32(s)
+                }
+                Some(KernelState::F64(s)) if !wide && s.square_avg.len() == t.len => {
+                    KernelState::F64(s)
+                }
+                old => {
+                    if old.is_some() {
+                        Counters::bump(&self.counters.reset);
+                    }
+                    if wide {
+                        KernelState::F32(State::new(t.len, &hyper))
+                    } else {
+                        KernelState::F64(State::new(t.len, &hyper))
+                    }
+                }
+            });
+        }
+        // Only a non-finite gradient under `NonFinite::Error` could make
+        // the kernel refuse now (the rate is valid, every length fits), and
+        // that was checked above for every dtype: a later dtype's call
+        // cannot fail after an earlier one wrote.
+        let kernel = &self.kernel;
+        let skipped = run::<f32>(kernel, lr, DType::F32, taken, lined).and_then(|mut s| {
+            s.extend(run::<bf16>(kernel, lr, DType::BF16, taken, lined)?);
+            s.extend(run::<f16>(kernel, lr, DType::F16, taken, lined)?);
+            s.extend(run::<f64>(kernel, lr, DType::F64, taken, lined)?);
+            Ok(s)
+        });
+        let skipped = skipped.map_err(|error| BatchedError::Kernel { param: None, error })?;
+        for _ in 0..taken.len() - skipped.len() {
+            Counters::bump(&self.counters.in_place);
+        }
+        skipped.iter().for_each(|_| self.counters.skipped());
+        Ok(skipped)
+    }
+}
+
+/// One `step_many` over the taken parameters of dtype `dtype` (of type `P`);
+/// the ones it skipped.
+fn run<P: flex::FlexParam>(
+    kernel: &RmsProp,
+    lr: f64,
+    dtype: DType,
+    taken: &mut [Taken],
+    states: &mut [(ParamId, Option<KernelState>)],
+) -> Result<Vec<ParamId>, fused_rmsprop::Error>
+where
+    P::State: Wide,
+{
+    let mut ids = Vec::new();
+    let mut groups = Vec::new();
+    for (t, state) in taken.iter_mut().zip(states.iter_mut()) {
+        if t.param.dtype() != dtype {
+            continue;
+        }
+        let Some(state) = state.1.as_mut().and_then(P::State::slices) else {
+            continue;
+        };
+        ids.push(t.id);
+        groups.push(Group::new(
+            flex::view_mut::<P>(&mut t.param),
+            flex::view::<P>(&t.grad),
+            state,
+        ));
+    }
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let report = kernel.step_many(lr, groups)?;
+    Ok(report.skipped().iter().map(|&g| ids[g]).collect())
+}
+
+/// The state types, and the slices of a [`KernelState`] of that type.
+trait Wide: Sized {
+    fn slices(state: &mut KernelState) -> Option<StateSlices<'_, Self>>;
+}
+
+impl Wide for f32 {
+    fn slices(state: &mut KernelState) -> Option<StateSlices<'_, f32>> {
+        match state {
+            KernelState::F32(s) => Some(s.slices_mut()),
+            KernelState::F64(_) => None,
+        }
+    }
+}
+
+impl Wide for f64 {
+    fn slices(state: &mut KernelState) -> Option<StateSlices<'_, f64>> {
+        match state {
+            KernelState::F64(s) => Some(s.slices_mut()),
+            KernelState::F32(_) => None,
+        }
+    }
+}
+
+/// The first walk: each parameter with a gradient is taken out of the
+/// module, its gradient left in its place; the first parameter this route
+/// cannot step stops the taking (the rest stay where they are).
+struct Take<'a> {
+    grads: &'a mut GradientsParams,
+    clipping: Option<&'a GradientClipping>,
+    counters: &'a Counters,
+    taken: Vec<Taken>,
+    refused: Option<BatchedError>,
+}
+
+/// A parameter taken out of the module, with what putting it back needs
+/// (what burn's `ModuleOptimizer` keeps of a parameter across its step).
+#[derive(Debug)]
+struct Taken {
+    id: ParamId,
+    /// The number of elements.
+    len: usize,
+    param: FlexTensor,
+    grad: FlexTensor,
+    require_grad: bool,
+    checkpointing: Option<GradientCheckpointingStrategy>,
+    distributed: bool,
+}
+
+impl ModuleMapper for Take<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let grad = match self.grads.remove::<D>(id) {
+            Some(grad) if self.refused.is_none() => grad,
+            _ => return Param::from_mapped_value(id, tensor, mapper),
+        };
+        let grad = match self.clipping {
+            Some(clipping) => clipping.clip_gradient(grad),
+            None => grad,
+        };
+        if let Some(reason) = flex::refusal(&tensor, &grad) {
+            self.refused = Some(BatchedError::NotInPlace { param: id, reason });
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let taken = Taken {
+            id,
+            len: tensor.shape().num_elements(),
+            require_grad: tensor.is_require_grad(),
+            checkpointing: tensor.gradient_checkpointing_strategy(),
+            distributed: tensor.is_distributed(),
+            param: flex::writable(flex::to_flex(tensor.inner()), self.counters),
+            grad: flex::readable(flex::to_flex(grad.clone()), self.counters),
+        };
+        self.taken.push(taken);
+        Param::from_mapped_value(id, grad, mapper)
+    }
+}
+
+/// The second walk: every taken parameter back in its place, as burn's
+/// `ModuleOptimizer` puts a stepped parameter back. It visits the
+/// parameters in the order of the first walk, so the next taken parameter
+/// is the next one it meets with that id.
+struct PutBack<'a> {
+    taken: std::iter::Peekable<std::vec::Drain<'a, Taken>>,
+}
+
+impl ModuleMapper for PutBack<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, placeholder, mapper) = param.consume();
+        let Some(t) = self.taken.next_if(|t| t.id == id) else {
+            return Param::from_mapped_value(id, placeholder, mapper);
+        };
+        drop(placeholder);
+        let mut tensor = Tensor::from_inner(flex::from_flex::<D>(t.param));
+        if let Some(strategy) = t.checkpointing {
+            tensor = tensor.with_gradient_checkpointing_strategy(strategy);
+        }
+        if t.require_grad {
+            tensor = tensor.require_grad();
+        }
+        if t.distributed {
+            tensor = tensor.set_distributed(id);
+        }
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}

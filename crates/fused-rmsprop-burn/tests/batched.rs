@@ -1,0 +1,286 @@
+//! The batched route (`BatchedRmsProp`) against the per-parameter route
+//! through `ModuleOptimizer`: the same bits on a trained model for every
+//! dtype and variant, the parameters' training state kept, the buffers
+//! stepped in place, bad input refused with the module left as it was, and
+//! models of many tensors on a small stack.
+
+mod common;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{Module, Param, ParamId};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{DType, Device, Tensor};
+use common::{Mlp, device, gradients, train_step};
+use fused_rmsprop_burn::{BatchedError, BatchedRmsProp, FusedRmsPropConfig, NonFinite};
+
+const LR: f64 = 1e-2;
+
+/// Every parameter's bits, in a fixed order.
+fn bits(model: &Mlp) -> Vec<Vec<u64>> {
+    model
+        .values()
+        .into_iter()
+        .map(|v| v.into_iter().map(f64::to_bits).collect())
+        .collect()
+}
+
+/// One batched training step of `model` on batch `i`; panics on error.
+fn batched_step(optim: &mut BatchedRmsProp, model: Mlp, i: usize, dtype: DType) -> Mlp {
+    let grads = gradients(&model, i, dtype);
+    let (model, outcome) = optim.step(LR, model, grads);
+    assert_eq!(outcome, Ok(Vec::new()));
+    model
+}
+
+fn configs() -> Vec<(&'static str, FusedRmsPropConfig)> {
+    let wd = || Some(WeightDecayConfig::new(0.05));
+    vec![
+        ("plain", FusedRmsPropConfig::new().with_momentum(0.0)),
+        ("defaults (momentum 0.9)", FusedRmsPropConfig::new()),
+        (
+            "centered + momentum + weight decay",
+            FusedRmsPropConfig::new()
+                .with_momentum(0.5)
+                .with_centered(true)
+                .with_weight_decay(wd()),
+        ),
+        (
+            "eps inside the sqrt, nesterov, maximize",
+            FusedRmsPropConfig::new()
+                .with_eps_inside_sqrt(true)
+                .with_nesterov(true)
+                .with_maximize(true),
+        ),
+    ]
+}
+
+#[test]
+fn steps_the_same_bits_as_the_per_parameter_route_for_every_dtype_and_variant() {
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        for (name, config) in configs() {
+            let model = Mlp::new(&device()).cast(dtype);
+            let mut reference = (model.clone(), config.init());
+            let mut batched = (model, config.init_batched());
+            for i in 0..10 {
+                reference.0 = train_step(&mut reference.1, reference.0, i, LR, dtype);
+                batched.0 = batched_step(&mut batched.1, batched.0, i, dtype);
+                assert_eq!(
+                    bits(&reference.0),
+                    bits(&batched.0),
+                    "{dtype:?} {name}: step {i}"
+                );
+            }
+            let stats = batched.1.stats();
+            assert_eq!(stats.in_place_steps, 60, "{dtype:?} {name}: {stats:?}");
+            assert_eq!(stats.rejected_steps, 0, "{dtype:?} {name}: {stats:?}");
+        }
+    }
+}
+
+#[test]
+fn parameters_keep_their_training_state_and_their_buffers() {
+    let mut optim = FusedRmsPropConfig::new().init_batched();
+    let mut model = Mlp::new(&device());
+    model = batched_step(&mut optim, model, 0, DType::F32);
+    let before = flex_ptr(&model.l2.weight.val());
+    let copied = optim.stats().buffers_copied;
+    for i in 1..5 {
+        model = batched_step(&mut optim, model, i, DType::F32);
+    }
+    assert!(model.l2.weight.val().is_require_grad());
+    assert_eq!(flex_ptr(&model.l2.weight.val()), before, "stepped in place");
+    assert_eq!(optim.stats().buffers_copied, copied, "{:?}", optim.stats());
+}
+
+fn flex_ptr<const D: usize>(t: &Tensor<D>) -> *const u8 {
+    let primitive = t
+        .clone()
+        .inner()
+        .try_into_primitive::<burn::backend::Flex>()
+        .unwrap();
+    primitive.bytes().as_ptr()
+}
+
+/// `grads` with the gradient of `id` replaced by `value` everywhere.
+fn poisoned(mut grads: GradientsParams, id: ParamId, value: f32) -> GradientsParams {
+    let grad: Tensor<2> = grads.remove(id).unwrap();
+    grads.register(id, grad.ones_like().mul_scalar(value));
+    grads
+}
+
+#[test]
+fn a_refused_step_leaves_the_module_and_every_state_as_they_were() {
+    let config = FusedRmsPropConfig::new().with_non_finite_grads(NonFinite::Error);
+    let model = Mlp::new(&device());
+    let mut reference = (model.clone(), config.init_batched());
+    let mut batched = (model, config.init_batched());
+    for i in 0..2 {
+        reference.0 = batched_step(&mut reference.1, reference.0, i, DType::F32);
+        batched.0 = batched_step(&mut batched.1, batched.0, i, DType::F32);
+    }
+    let before = bits(&batched.0);
+    let id = batched.0.l2.weight.id;
+
+    // A NaN in one gradient, under NonFinite::Error.
+    let grads = poisoned(gradients(&batched.0, 2, DType::F32), id, f32::NAN);
+    let (model, outcome) = batched.1.step(LR, batched.0, grads);
+    match outcome {
+        Err(BatchedError::Kernel {
+            param: Some(param),
+            error: fused_rmsprop::Error::NonFiniteGradient { .. },
+        }) => assert_eq!(param, id),
+        other => panic!("expected the NaN gradient refused, got {other:?}"),
+    }
+    assert_eq!(bits(&model), before);
+
+    // An invalid learning rate.
+    let grads = gradients(&model, 2, DType::F32);
+    let (model, outcome) = batched.1.step(f64::NAN, model, grads);
+    assert!(
+        matches!(outcome, Err(BatchedError::Kernel { param: None, .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(bits(&model), before);
+
+    // A gradient of another shape.
+    let mut grads = gradients(&model, 2, DType::F32);
+    let _: Tensor<2> = grads.remove(id).unwrap();
+    grads.register(id, Tensor::<2>::zeros([3, 3], &Device::default()));
+    let (model, outcome) = batched.1.step(LR, model, grads);
+    match &outcome {
+        Err(err @ BatchedError::NotInPlace { param, .. }) => {
+            assert_eq!(*param, id);
+            assert!(err.to_string().contains("gradient"), "{err}");
+        }
+        other => panic!("expected the gradient refused, got {other:?}"),
+    }
+    assert_eq!(bits(&model), before);
+    assert!(model.l1.weight.val().is_require_grad());
+    assert_eq!(batched.1.stats().rejected_steps, 3);
+
+    // The states were untouched: the next step matches the run that never
+    // saw the refused ones.
+    reference.0 = batched_step(&mut reference.1, reference.0, 2, DType::F32);
+    let model = batched_step(&mut batched.1, model, 2, DType::F32);
+    assert_eq!(bits(&reference.0), bits(&model));
+}
+
+#[test]
+fn skip_leaves_the_poisoned_parameter_and_steps_the_others() {
+    let config = FusedRmsPropConfig::new().with_non_finite_grads(NonFinite::Skip);
+    let mut optim = config.init_batched();
+    let model = Mlp::new(&device());
+    let before = bits(&model);
+    let id = model.l1.weight.id;
+    let grads = poisoned(gradients(&model, 0, DType::F32), id, f32::INFINITY);
+    let (model, outcome) = optim.step(LR, model, grads);
+    assert_eq!(outcome, Ok(vec![id]));
+    let after = bits(&model);
+    assert_eq!(after[0], before[0], "l1.weight skipped");
+    for k in 1..after.len() {
+        assert_ne!(after[k], before[k], "parameter {k} stepped");
+    }
+    assert_eq!(optim.stats().skipped_steps, 1);
+}
+
+#[test]
+fn gradient_clipping_and_missing_gradients_act_as_in_the_per_parameter_route() {
+    let config =
+        FusedRmsPropConfig::new().with_grad_clipping(Some(GradientClippingConfig::Norm(0.01)));
+    let model = Mlp::new(&device());
+    let mut reference = (model.clone(), config.init());
+    let mut batched = (model, config.init_batched());
+    for i in 0..5 {
+        // l3's bias gets no gradient.
+        let mut grads = gradients(&reference.0, i, DType::F32);
+        let _: Tensor<1> = grads
+            .remove(reference.0.l3.bias.as_ref().unwrap().id)
+            .unwrap();
+        reference.0 = reference.1.step(LR, reference.0, grads);
+        let mut grads = gradients(&batched.0, i, DType::F32);
+        let _: Tensor<1> = grads
+            .remove(batched.0.l3.bias.as_ref().unwrap().id)
+            .unwrap();
+        let (model, outcome) = batched.1.step(LR, batched.0, grads);
+        assert_eq!(outcome, Ok(Vec::new()));
+        batched.0 = model;
+        assert_eq!(bits(&reference.0), bits(&batched.0), "step {i}");
+    }
+    let initial = Mlp::new(&device()).values();
+    assert_eq!(batched.0.values()[5], initial[5], "no gradient, no step");
+}
+
+/// Many small parameters in one module.
+#[derive(Module, Debug)]
+struct Many {
+    tensors: Vec<Param<Tensor<1>>>,
+}
+
+#[test]
+fn many_small_tensors_step_on_a_small_stack() {
+    let worker = std::thread::Builder::new().stack_size(256 * 1024);
+    let handle = worker
+        .spawn(|| {
+            let device = device();
+            let tensors: Vec<_> = (0..5_000)
+                .map(|k| {
+                    let values: Vec<f32> = (0..4).map(|i| (k * 4 + i) as f32 * 1e-3).collect();
+                    Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device))
+                })
+                .collect();
+            let module = Many { tensors };
+            let grads = |module: &Many| {
+                let mut grads = GradientsParams::new();
+                for (k, p) in module.tensors.iter().enumerate() {
+                    let g = [k as f32, -1.0, 0.5, 0.0];
+                    grads.register(p.id, Tensor::<1>::from_floats(g, &Device::default()));
+                }
+                grads
+            };
+            let config = FusedRmsPropConfig::new();
+            let mut reference: ModuleOptimizer = config.init();
+            let expected = reference.step(LR, module.clone(), grads(&module));
+            let all = grads(&module);
+            let (module, outcome) = config.init_batched().step(LR, module, all);
+            assert_eq!(outcome, Ok(Vec::new()));
+            let values = |m: &Many| -> Vec<u32> {
+                m.tensors
+                    .iter()
+                    .flat_map(|p| p.val().into_data().try_to_vec::<f32>().unwrap())
+                    .map(f32::to_bits)
+                    .collect()
+            };
+            assert_eq!(values(&expected), values(&module));
+        })
+        .unwrap();
+    handle.join().unwrap();
+}
+
+#[test]
+fn parameters_without_a_gradient_for_a_while_keep_their_state() {
+    let config = FusedRmsPropConfig::new().with_centered(true);
+    let model = Mlp::new(&device());
+    let mut reference = (model.clone(), config.init());
+    let mut batched = (model, config.init_batched());
+    // Step 1 and 2 without l1.weight's gradient, then with it again: its
+    // state from step 0 must still be there, lined up again.
+    for i in 0..6 {
+        let left_out = (1..3).contains(&i);
+        let without = |model: &Mlp| {
+            let mut grads = gradients(model, i, DType::F32);
+            if left_out {
+                let _: Tensor<2> = grads.remove(model.l1.weight.id).unwrap();
+            }
+            grads
+        };
+        let grads = without(&reference.0);
+        reference.0 = reference.1.step(LR, reference.0, grads);
+        let grads = without(&batched.0);
+        let (model, outcome) = batched.1.step(LR, batched.0, grads);
+        assert_eq!(outcome, Ok(Vec::new()));
+        batched.0 = model;
+        assert_eq!(bits(&reference.0), bits(&batched.0), "step {i}");
+    }
+    assert_eq!(batched.1.stats().states_reset, 0);
+}
