@@ -48,12 +48,13 @@
 //! taken.
 
 use std::any::Any;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::ptr::null_mut;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+
+use super::{drain_catching, rethrow};
 
 /// How long helpers stay after the last call: longer than the bookkeeping
 /// a framework does between two parameters (microseconds), shorter than
@@ -87,16 +88,6 @@ impl Call<'_> {
             panic.get_or_insert(payload);
         }
     }
-}
-
-/// Runs `drain` until the queue is empty, also past tasks that panic (a
-/// panic ends its own task only), and returns the first panic.
-fn drain_catching(drain: &(dyn Fn() + Sync)) -> Option<Box<dyn Any + Send>> {
-    let mut first = None;
-    while let Err(payload) = catch_unwind(AssertUnwindSafe(drain)) {
-        first.get_or_insert(payload);
-    }
-    first
 }
 
 /// The one slot of the process, and its helpers' bookkeeping.
@@ -154,9 +145,7 @@ pub(super) fn run(helpers: usize, drain: &(dyn Fn() + Sync)) -> bool {
         drain_catching(drain)
     };
     let helper_panic = call.panic.into_inner();
-    if let Some(payload) = own_panic.or(helper_panic.unwrap_or_else(PoisonError::into_inner)) {
-        resume_unwind(payload);
-    }
+    rethrow(own_panic.or(helper_panic.unwrap_or_else(PoisonError::into_inner)));
     true
 }
 
@@ -170,16 +159,7 @@ struct Closing<'s>(&'s Slot);
 impl Drop for Closing<'_> {
     fn drop(&mut self) {
         self.0.open.store(null_mut(), SeqCst);
-        const SPINS_BEFORE_YIELDING: u32 = 1 << 10;
-        let mut spins = 0u32;
-        while self.0.inside.load(SeqCst) != 0 {
-            if spins < SPINS_BEFORE_YIELDING {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        super::wait_until(|| self.0.inside.load(SeqCst) == 0);
     }
 }
 
