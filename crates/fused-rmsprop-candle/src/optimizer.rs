@@ -86,6 +86,21 @@ pub struct RmsProp {
     last_skipped: Vec<Var>,
 }
 
+/// A variable with a gradient, as a step's first pass found it.
+struct Visit<'a> {
+    /// The variable's index among the in-place route's.
+    index: usize,
+    var: &'a Var,
+    grad: &'a Tensor,
+    /// `grad` made contiguous (`grad` itself when it already was).
+    contiguous: Tensor,
+    /// Which storage `grad` uses (see `storage_key`).
+    grad_key: Option<usize>,
+    /// Whether the variable has no elements.
+    empty: bool,
+    state: &'a mut VarState,
+}
+
 /// Whether the in-place route can step `var`.
 fn in_place(var: &Var) -> bool {
     var.device().is_cpu()
@@ -169,36 +184,40 @@ impl candle_nn::Optimizer for RmsProp {
                      each variable must own its storage to be stepped in place"
                 )));
             }
-            let grad_key = storage_key(grad);
-            let empty = var.elem_count() == 0;
-            visited.push((
+            visited.push(Visit {
                 index,
-                &*var,
+                var,
                 grad,
-                grad.contiguous()?,
-                grad_key,
-                empty,
+                contiguous: grad.contiguous()?,
+                grad_key: storage_key(grad),
+                empty: var.elem_count() == 0,
                 state,
-            ));
+            });
         }
         // Gradients sharing no storage with any variable: an aliased one is
         // copied (its contiguous form shares the storage when it already was
         // contiguous).
         let mut entries = Vec::with_capacity(visited.len());
         let mut empty = Vec::new();
-        for (index, var, grad, contiguous, grad_key, is_empty, state) in visited {
-            let aliased = grad_key.is_some_and(|key| owners.contains_key(&key));
-            let grad = if aliased {
-                grad.copy()?.contiguous()?
-            } else {
-                contiguous
-            };
-            if is_empty {
+        for visit in visited {
+            if visit.empty {
                 // Nothing to lock or compute; the step still counts.
-                empty.push(state);
-            } else {
-                entries.push((index, var, grad, state));
+                empty.push(visit.state);
+                continue;
             }
+            let aliased = visit.grad_key.is_some_and(|key| owners.contains_key(&key));
+            let grad = if aliased {
+                // A copy of the gradient as it is (its contiguous form, when
+                // it was not contiguous, is already a copy of its own).
+                if visit.grad.is_contiguous() {
+                    visit.grad.copy()?
+                } else {
+                    visit.contiguous
+                }
+            } else {
+                visit.contiguous
+            };
+            entries.push((visit.index, visit.var, grad, visit.state));
         }
         if self.params.non_finite == NonFinite::Error {
             check_all_finite(&entries)?;

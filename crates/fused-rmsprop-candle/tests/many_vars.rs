@@ -157,3 +157,24 @@ fn many_vars_of_both_dtypes_and_an_empty_one_step_together() {
         assert_ne!(v.to_vec1::<f32>().unwrap(), b);
     }
 }
+
+#[test]
+fn a_transposed_view_of_its_own_variable_as_gradient_is_read_as_it_was() {
+    let values = [1.0f32, 2.0, 3.0, 4.0];
+    let w = Var::from_vec(values.to_vec(), (2, 2), &Device::Cpu).unwrap();
+    let mut grads = GradStore::default();
+    // Not contiguous and over w's own storage.
+    let view = w.as_tensor().t().unwrap();
+    assert!(!view.is_contiguous());
+    grads.insert(w.as_tensor(), view);
+    step_or_hang(vec![w.clone()], grads).unwrap();
+
+    let reference = Var::from_vec(values.to_vec(), (2, 2), &Device::Cpu).unwrap();
+    let mut grads = GradStore::default();
+    let copy = reference.as_tensor().t().unwrap().contiguous().unwrap();
+    grads.insert(reference.as_tensor(), copy);
+    step_or_hang(vec![reference.clone()], grads).unwrap();
+    let flat = |v: &Var| v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(flat(&w), flat(&reference));
+    assert_ne!(flat(&w), values);
+}
