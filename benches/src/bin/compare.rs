@@ -490,7 +490,8 @@ fn candle_rows(
 }
 
 /// Both frameworks on a 16-bit model (`sizes`, plain variant): the fused
-/// optimizer against candle's tensor-op RMSprop and `AdamW`, and against
+/// optimizer against candle's tensor-op RMSprop and `AdamW`, and (both
+/// routes: per parameter through `ModuleOptimizer`, and batched) against
 /// burn's `RmsProp`, each on the same model of `dtype`; the limit is the
 /// 16-bit skeleton (14 bytes per element), the faster of its two forms.
 fn half_framework_rows(
@@ -534,16 +535,20 @@ fn half_framework_rows(
             budget / 2,
         )
     };
-    let burn_own = {
-        let init = burn_case::fused_rmsprop(variant).init();
-        let mut fused = burn_case::Case::new_in(burn_dtype, sizes, init, lr);
+    let mut own = |optim: burn_case::Stepper| {
+        let mut fused = burn_case::Case::new_in(burn_dtype, sizes, optim, lr);
         fused_and_limit(
             &mut || fused.step(),
             &mut [&mut run_skeleton, &mut run_skeleton_prefetch],
             budget / 2,
         )
     };
+    let burn_own = own(burn_case::fused_rmsprop(variant).init().into());
+    let batched_own = own(burn_case::fused_rmsprop(variant).init_batched().into());
+    /// (framework, baseline, fused step, [baseline, fused] times, max |diff|,
+    /// (fused s, limit s) timed apart).
     type Timed = (
+        &'static str,
         &'static str,
         &'static str,
         Vec<Duration>,
@@ -570,7 +575,14 @@ fn half_framework_rows(
                 &candle_case::values(&fused_vars),
             )
         });
-        timed.push(("candle", baseline_kind.name(), times, diff, candle_own));
+        timed.push((
+            "candle",
+            baseline_kind.name(),
+            "fused",
+            times,
+            diff,
+            candle_own,
+        ));
     }
     {
         let mut baseline =
@@ -581,20 +593,47 @@ fn half_framework_rows(
             burn_case::fused_rmsprop(variant).init(),
             lr,
         );
+        let mut batched = burn_case::Case::new_in(
+            burn_dtype,
+            sizes,
+            burn_case::fused_rmsprop(variant).init_batched(),
+            lr,
+        );
         let first = interleaved_medians(1, 2, &mut [&mut || baseline.step()]);
         let reps = reps_for(budget, first[0] * 2, BASELINE_MIN_REPS, 100);
         let times = interleaved_medians(
             0,
             reps,
-            &mut [&mut || baseline.step(), &mut || fused.step()],
+            &mut [&mut || baseline.step(), &mut || fused.step(), &mut || {
+                batched.step()
+            }],
         );
         for _ in 0..3 {
             fused.step();
+            batched.step();
         }
         let diff = max_abs_diff(&baseline.values(), &fused.values());
-        timed.push(("burn", "burn RmsProp", times, Some(diff), burn_own));
+        let batched_diff = max_abs_diff(&baseline.values(), &batched.values());
+        let per_parameter = vec![times[0], times[1]];
+        let batched_times = vec![times[0], times[2]];
+        timed.push((
+            "burn",
+            "burn RmsProp",
+            "fused",
+            per_parameter,
+            Some(diff),
+            burn_own,
+        ));
+        timed.push((
+            "burn",
+            "burn RmsProp",
+            "fused batched",
+            batched_times,
+            Some(batched_diff),
+            batched_own,
+        ));
     }
-    for (framework, baseline, times, max_abs_diff, (own_t, skeleton_t)) in timed {
+    for (framework, baseline, fused, times, max_abs_diff, (own_t, skeleton_t)) in timed {
         let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
         rows.push(Row {
             framework,
@@ -604,7 +643,7 @@ fn half_framework_rows(
             elements: n,
             threads: rayon::current_num_threads(),
             baseline_ns: base_t * 1e9,
-            fused: format!("fused ({name}, f32 state)"),
+            fused: format!("{fused} ({name}, f32 state)"),
             fused_ns: fused_t * 1e9,
             gbps: Some(bytes / own_t / 1e9),
             roofline_fraction: Some(skeleton_t / own_t),
