@@ -9,6 +9,8 @@
 //! gradient in its place), one call of the kernel's `step_many` per
 //! parameter dtype steps them all, and the second walk puts them back.
 
+mod checkpoint;
+
 use std::collections::HashMap;
 
 use burn::grad_clipping::{GradientClipping, GradientClippingConfig};
@@ -36,9 +38,15 @@ use crate::{Counters, FusedRmsPropConfig, StepStats};
 /// - **One learning rate, no parameter groups**: `lr` applies to every
 ///   parameter. Gradient clipping from the config is applied, per gradient,
 ///   as burn applies it.
-/// - **Checkpoints are not written yet**: the state lives in this value
-///   (as `f32` buffers for `f32`, `bf16` and `f16` parameters, `f64` for
-///   `f64`), and burn-train's `Learner` takes only a `ModuleOptimizer`.
+/// - **Checkpoints in burn's optimizer record**, through
+///   [`to_record`](Self::to_record) and [`load_record`](Self::load_record),
+///   which take the module (burn ties a record to parameter ids): the
+///   record `init()`'s optimizer writes, so a checkpoint moves between the
+///   two routes, and one of burn's `RmsProp` loads here. The state itself
+///   is kept as `f32` buffers for `f32`, `bf16` and `f16` parameters, `f64`
+///   for `f64`.
+/// - **Not for burn-train's `Learner`**, which takes only a
+///   `ModuleOptimizer`.
 ///
 /// ```
 /// use burn::module::Module;
@@ -113,7 +121,7 @@ impl std::error::Error for BatchedError {}
 
 /// A parameter's state: `f32` for `f32`, `bf16` and `f16` parameters, `f64`
 /// for `f64` ones.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum KernelState {
     F32(State<f32>),
     F64(State<f64>),

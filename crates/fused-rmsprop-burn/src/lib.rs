@@ -87,9 +87,11 @@
 //! arguments of `ModuleOptimizer::step`, takes every parameter that has a
 //! gradient out of the module, steps them all with one kernel dispatch per
 //! dtype and puts them back: the same bits as `init()`'s optimizer. It
-//! steps Flex parameters only, applies one learning rate to all (no
-//! parameter groups), and keeps its state to itself (no checkpoints yet;
-//! burn-train's `Learner` takes only a `ModuleOptimizer`).
+//! steps Flex parameters only and applies one learning rate to all (no
+//! parameter groups); its checkpoints are burn's optimizer record, the one
+//! `init()`'s optimizer writes ([`BatchedRmsProp::to_record`],
+//! [`BatchedRmsProp::load_record`]); burn-train's `Learner` cannot use it
+//! (it takes only a `ModuleOptimizer`).
 //!
 //! # Errors
 //! burn's `Optimizer::step` cannot return an error, so a step that cannot be

@@ -284,3 +284,106 @@ fn parameters_without_a_gradient_for_a_while_keep_their_state() {
     }
     assert_eq!(batched.1.stats().states_reset, 0);
 }
+
+/// `steps` batched steps from batch `first` on.
+fn batched_steps(optim: &mut BatchedRmsProp, mut model: Mlp, first: usize, dtype: DType) -> Mlp {
+    for i in first..first + 3 {
+        model = batched_step(optim, model, i, dtype);
+    }
+    model
+}
+
+/// Three per-parameter steps from batch `first` on.
+fn module_steps(optim: &mut ModuleOptimizer, mut model: Mlp, first: usize, dtype: DType) -> Mlp {
+    for i in first..first + 3 {
+        model = train_step(optim, model, i, LR, dtype);
+    }
+    model
+}
+
+#[test]
+fn checkpoints_move_between_the_two_routes_in_both_directions() {
+    let config = FusedRmsPropConfig::new().with_centered(true);
+    for dtype in [DType::F32, DType::F64, DType::BF16] {
+        let start = Mlp::new(&device()).cast(dtype);
+
+        // Batched for three steps, saved, resumed per parameter: the same
+        // bits as the batched run going on.
+        let mut batched = config.init_batched();
+        let model = batched_steps(&mut batched, start.clone(), 0, dtype);
+        let bytes = batched.to_record(&model).into_bytes().unwrap();
+        let mut resumed: ModuleOptimizer = config.init();
+        fused_rmsprop_burn::load_record(&mut resumed, bytes.clone()).unwrap();
+        let per_parameter = module_steps(&mut resumed, model.clone(), 3, dtype);
+        let going_on = batched_steps(&mut batched, model.clone(), 3, dtype);
+        assert_eq!(
+            bits(&per_parameter),
+            bits(&going_on),
+            "{dtype:?} batched → per parameter"
+        );
+
+        // The same checkpoint resumed batched.
+        let mut again = config.init_batched();
+        again.load_record(&model, bytes).unwrap();
+        let resumed_batched = batched_steps(&mut again, model, 3, dtype);
+        assert_eq!(
+            bits(&resumed_batched),
+            bits(&going_on),
+            "{dtype:?} batched → batched"
+        );
+
+        // Per parameter for three steps, saved, resumed batched.
+        let mut module_optim: ModuleOptimizer = config.init();
+        let model = module_steps(&mut module_optim, start, 0, dtype);
+        let bytes = module_optim.into_bytes().unwrap();
+        let mut batched = config.init_batched();
+        batched.load_record(&model, bytes).unwrap();
+        let resumed = batched_steps(&mut batched, model.clone(), 3, dtype);
+        let going_on = module_steps(&mut module_optim, model, 3, dtype);
+        assert_eq!(
+            bits(&resumed),
+            bits(&going_on),
+            "{dtype:?} per parameter → batched"
+        );
+        assert_eq!(batched.stats().states_reset, 0);
+    }
+}
+
+#[test]
+fn a_checkpoint_of_burns_rmsprop_resumes_batched_as_in_the_per_parameter_route() {
+    let dtype = DType::BF16;
+    let mut burn_optim = burn::optim::RmsPropConfig::new().init();
+    let model = module_steps(&mut burn_optim, Mlp::new(&device()).cast(dtype), 0, dtype);
+    let bytes = burn_optim.into_bytes().unwrap();
+    let config = FusedRmsPropConfig::new();
+    let mut per_parameter: ModuleOptimizer = config.init();
+    fused_rmsprop_burn::load_record(&mut per_parameter, bytes.clone()).unwrap();
+    let mut batched = config.init_batched();
+    batched.load_record(&model, bytes).unwrap();
+    let a = module_steps(&mut per_parameter, model.clone(), 3, dtype);
+    let b = batched_steps(&mut batched, model, 3, dtype);
+    assert_eq!(bits(&a), bits(&b));
+}
+
+#[test]
+fn bytes_that_are_not_a_checkpoint_leave_the_state_as_it_was() {
+    let config = FusedRmsPropConfig::new();
+    let mut reference = config.init_batched();
+    let mut batched = config.init_batched();
+    let start = Mlp::new(&device());
+    let expected = batched_steps(&mut reference, start.clone(), 0, DType::F32);
+    let model = batched_steps(&mut batched, start, 0, DType::F32);
+    let err = batched
+        .load_record(
+            &model,
+            burn::tensor::Bytes::from_bytes_vec(b"not a record".to_vec()),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, fused_rmsprop_burn::RecordLoadError::Record(_)),
+        "{err}"
+    );
+    let expected = batched_steps(&mut reference, expected, 3, DType::F32);
+    let model = batched_steps(&mut batched, model, 3, DType::F32);
+    assert_eq!(bits(&expected), bits(&model));
+}

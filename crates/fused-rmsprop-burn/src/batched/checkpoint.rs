@@ -1,0 +1,261 @@
+//! The batched route's checkpoints, in burn's own optimizer record: the
+//! record `init()`'s optimizer writes, so a checkpoint moves between the two
+//! routes (and from burn's `RmsProp`) in both directions.
+//!
+//! burn 0.22.1 lets only a `ModuleOptimizer` make or read an
+//! `OptimizerRecord`, and a `ModuleOptimizer` hands an optimizer its states
+//! one parameter at a time, in the module's order, during a step. So a
+//! checkpoint is written by one step of a `ModuleOptimizer` over a clone of
+//! the module with zero gradients, whose optimizer ([`Exchange::Give`])
+//! leaves each parameter as it is and gives the batched route's state of
+//! that parameter as its own; and read by loading the record into a
+//! `ModuleOptimizer` whose optimizer ([`Exchange::Collect`]) collects the
+//! state it is given for each parameter during such a step. Its state type
+//! is [`FusedRmsPropState`], the per-parameter route's, whose record layout
+//! (burn's `RmsProp` names) it shares.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer, OptimizerRecord};
+use burn::tensor::{Bytes, DType, Device, Element, Tensor, TensorCreationOptions, TensorData};
+use fused_rmsprop::{Float, State};
+
+use super::{BatchedRmsProp, KernelState};
+use crate::{FusedRmsPropState, RecordLoadError};
+
+impl BatchedRmsProp {
+    /// The state of `module`'s parameters as burn's optimizer record, the
+    /// record [`FusedRmsPropConfig::init`](crate::FusedRmsPropConfig::init)'s
+    /// optimizer writes: save it with `OptimizerRecord::save` or
+    /// `into_bytes`, load it here with [`load_record`](Self::load_record) or
+    /// into `init()`'s optimizer with [`crate::load_record`]. Parameters
+    /// without a state (never stepped) are left out, as burn leaves them
+    /// out.
+    ///
+    /// ```
+    /// use burn::nn::{Linear, LinearConfig};
+    /// use burn::optim::GradientsParams;
+    /// use burn::tensor::{Device, Tensor};
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    ///
+    /// let device = Device::default().autodiff();
+    /// let model: Linear = LinearConfig::new(4, 2).init(&device);
+    /// let mut optim = FusedRmsPropConfig::new().init_batched();
+    /// let loss = model.forward(Tensor::<2>::ones([8, 4], &device)).mean();
+    /// let grads = GradientsParams::from_grads(loss.backward(), &model);
+    /// let (model, outcome) = optim.step(1e-2, model, grads);
+    /// outcome?;
+    ///
+    /// let bytes = optim.to_record(&model).into_bytes()?;
+    /// let mut resumed = FusedRmsPropConfig::new().init_batched();
+    /// resumed.load_record(&model, bytes)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn to_record<M: Module>(&self, module: &M) -> OptimizerRecord {
+        let order = ParamOrder::of(module);
+        let mut queue = VecDeque::new();
+        let mut grads = GradientsParams::new();
+        for (id, zeros) in order.params {
+            let Some(state) = self.state_of(id) else {
+                continue;
+            };
+            queue.push_back(state.clone());
+            zeros.register(&mut grads, id);
+        }
+        let mut optim = ModuleOptimizer::from(Exchange::Give(Arc::new(Mutex::new(queue))));
+        let _unchanged = optim.step(0.0, module.clone(), grads);
+        optim.to_record()
+    }
+
+    /// Loads a checkpoint for `module`'s parameters: the bytes of an
+    /// optimizer record written by [`to_record`](Self::to_record), by
+    /// `init()`'s optimizer, or by burn's own `RmsProp` (a 16-bit state
+    /// widened exactly). On error the live state is untouched. A state that
+    /// does not fit its parameter starts afresh at the next step (counted in
+    /// `states_reset`), as in the per-parameter route.
+    ///
+    /// # Errors
+    /// [`RecordLoadError::Record`] for bytes that are not an optimizer
+    /// record; [`RecordLoadError::Malformed`] for one that burn's loader
+    /// panics on.
+    ///
+    /// See [`to_record`](Self::to_record) for an example.
+    pub fn load_record<M: Module>(
+        &mut self,
+        module: &M,
+        bytes: Bytes,
+    ) -> Result<(), RecordLoadError> {
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let mut optim = ModuleOptimizer::from(Exchange::Collect(Arc::clone(&taken)));
+        crate::load_record(&mut optim, bytes)?;
+        let order = ParamOrder::of(module);
+        let mut grads = GradientsParams::new();
+        let mut ids = Vec::with_capacity(order.params.len());
+        for (id, zeros) in order.params {
+            zeros.register(&mut grads, id);
+            ids.push(id);
+        }
+        let _unchanged = optim.step(0.0, module.clone(), grads);
+        let taken = std::mem::take(&mut *taken.lock().unwrap_or_else(PoisonError::into_inner));
+        self.states = ids
+            .into_iter()
+            .zip(taken)
+            .filter_map(|(id, state)| state.map(|s| (id, Some(s))))
+            .collect();
+        Ok(())
+    }
+
+    /// The state of parameter `id`, if it has one.
+    fn state_of(&self, id: ParamId) -> Option<&KernelState> {
+        self.states
+            .iter()
+            .find(|(other, _)| *other == id)
+            .and_then(|(_, state)| state.as_ref())
+    }
+}
+
+/// A module's float parameters in the order a `ModuleOptimizer` visits them
+/// (each once), with a zero gradient for each.
+struct ParamOrder {
+    params: Vec<(ParamId, Zeros)>,
+}
+
+/// Registers a zero gradient of some rank for a parameter.
+type RegisterZeros = Box<dyn FnOnce(&mut GradientsParams, ParamId)>;
+
+/// A zero gradient of some rank.
+struct Zeros(RegisterZeros);
+
+impl Zeros {
+    fn register(self, grads: &mut GradientsParams, id: ParamId) {
+        (self.0)(grads, id)
+    }
+}
+
+impl ParamOrder {
+    fn of<M: Module>(module: &M) -> Self {
+        let mut visitor = Visitor {
+            seen: HashSet::new(),
+            params: Vec::new(),
+        };
+        module.visit(&mut visitor);
+        Self {
+            params: visitor.params,
+        }
+    }
+}
+
+struct Visitor {
+    seen: HashSet<ParamId>,
+    params: Vec<(ParamId, Zeros)>,
+}
+
+impl ModuleVisitor for Visitor {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.seen.insert(param.id) {
+            let zeros = param.val().inner().zeros_like();
+            let register = move |grads: &mut GradientsParams, id| grads.register(id, zeros);
+            self.params.push((param.id, Zeros(Box::new(register))));
+        }
+    }
+}
+
+/// An optimizer that leaves each parameter as it is and exchanges its
+/// state with the batched route (see the module docs).
+#[derive(Clone)]
+enum Exchange {
+    /// Gives, as each parameter's state, the next of these.
+    Give(Arc<Mutex<VecDeque<KernelState>>>),
+    /// Keeps each state it is given and collects a copy.
+    Collect(Arc<Mutex<Vec<Option<KernelState>>>>),
+}
+
+impl Optimizer for Exchange {
+    type State<const D: usize> = FusedRmsPropState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        _lr: LearningRate,
+        tensor: Tensor<D>,
+        _grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        match self {
+            Exchange::Give(states) => {
+                let next = states
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop_front();
+                let state = next.map(|s| to_tensors(&s, &tensor));
+                (tensor, state)
+            }
+            Exchange::Collect(collected) => {
+                let copy = state.as_ref().map(|s| from_tensors(s, tensor.dtype()));
+                collected
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(copy);
+                (tensor, state)
+            }
+        }
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        state.moved_to(device)
+    }
+}
+
+/// A kernel state as the per-parameter route's tensors, shaped like `param`.
+fn to_tensors<const D: usize>(state: &KernelState, param: &Tensor<D>) -> FusedRmsPropState<D> {
+    fn of<S: Float + Element, const D: usize>(
+        state: &State<S>,
+        dtype: DType,
+        param: &Tensor<D>,
+    ) -> FusedRmsPropState<D> {
+        let tensor = |values: &[S]| {
+            let data = TensorData::new(values.to_vec(), param.shape());
+            let options = TensorCreationOptions::new(param.device().inner()).with_dtype(dtype);
+            Tensor::from_data(data, options)
+        };
+        FusedRmsPropState {
+            square_avg: tensor(&state.square_avg),
+            grad_avg: state.grad_avg.as_deref().map(tensor),
+            momentum_buf: state.momentum_buf.as_deref().map(tensor),
+        }
+    }
+    match state {
+        KernelState::F32(s) => of(s, DType::F32, param),
+        KernelState::F64(s) => of(s, DType::F64, param),
+    }
+}
+
+/// The per-parameter route's tensors as a kernel state for a parameter of
+/// `dtype` (`f64` state for `f64`, `f32` for the others; a 16-bit state,
+/// as burn's `RmsProp` keeps it, widened exactly). A tensor that does not
+/// convert gives an empty buffer, which fits no parameter: that state
+/// starts afresh at the next step.
+fn from_tensors<const D: usize>(state: &FusedRmsPropState<D>, dtype: DType) -> KernelState {
+    fn of<S: Float + Element, const D: usize>(state: &FusedRmsPropState<D>) -> State<S> {
+        let values = |t: &Tensor<D>| {
+            t.clone()
+                .into_data()
+                .convert::<S>()
+                .try_to_vec::<S>()
+                .unwrap_or_default()
+        };
+        State {
+            square_avg: values(&state.square_avg),
+            grad_avg: state.grad_avg.as_ref().map(values),
+            momentum_buf: state.momentum_buf.as_ref().map(values),
+            master: None,
+            step: 0,
+        }
+    }
+    if dtype == DType::F64 {
+        KernelState::F64(of(state))
+    } else {
+        KernelState::F32(of(state))
+    }
+}
