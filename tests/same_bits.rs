@@ -1,12 +1,14 @@
 //! One kernel, one answer, whatever the framework: the same parameters and
 //! gradients stepped through the bare kernel, the Candle adapter and the
-//! Burn adapter give the same bits, step after step, for every variant both
+//! Burn adapter (both routes: per parameter, and batched over a module) give
+//! the same bits, step after step, for every variant both
 //! adapters support (all of the kernel's), on inputs that include NaN, Inf,
 //! zero, subnormals and huge magnitudes; for `f32`, `bf16` and `f16`
 //! parameters (the 16-bit ones with every rounding option in candle, and
 //! round-to-nearest, the one burn's adapter offers, in burn).
 
-use burn::optim::Optimizer;
+use burn::module::{Module, Param as BurnParam};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Device as BurnDevice, Tensor as BurnTensor, TensorData};
 use candle_core::{Device as CandleDevice, Tensor as CandleTensor, Var};
 use candle_nn::Optimizer as _;
@@ -102,6 +104,12 @@ fn first_difference(actual: &[f32], expected: &[f32]) -> Option<(usize, u32, u32
         .map(|i| (i, actual[i].to_bits(), expected[i].to_bits()))
 }
 
+/// One parameter, for the batched route, which steps a module.
+#[derive(Module, Debug)]
+struct One {
+    p: BurnParam<BurnTensor<1>>,
+}
+
 fn burn_values<P: Elem>(t: &BurnTensor<1>) -> Vec<P> {
     t.to_data().try_to_vec::<P>().unwrap()
 }
@@ -144,6 +152,10 @@ fn check_same_bits<P: Elem>(
         .with_dtype(<P as burn::tensor::Element>::dtype());
     let mut burn_param = BurnTensor::<1>::from_data(TensorData::new(params, [n]), options.clone());
     let mut burn_state: Option<FusedRmsPropState<1>> = None;
+    let mut batched = config.init_batched();
+    let mut one = Some(One {
+        p: BurnParam::from_tensor(burn_param.clone().autodiff()),
+    });
 
     for (step, g) in grads.into_iter().enumerate() {
         kernel
@@ -157,6 +169,12 @@ fn check_same_bits<P: Elem>(
 
         if with_burn {
             let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), options.clone());
+            let mut grads = GradientsParams::new();
+            let module = one.take().unwrap();
+            grads.register(module.p.id, burn_grad.clone());
+            let (module, outcome) = batched.step(h.lr, module, grads);
+            prop_assert_eq!(outcome, Ok(Vec::new()));
+            one = Some(module);
             let (p, s) = burn.step(h.lr, burn_param, burn_grad, burn_state);
             (burn_param, burn_state) = (p, s);
         }
@@ -176,6 +194,14 @@ fn check_same_bits<P: Elem>(
         prop_assert!(
             diff.is_none(),
             "burn params differ at step {}: (index, bits, kernel's bits) {:?}",
+            step,
+            diff
+        );
+        let batched_values = burn_values::<P>(&one.as_ref().unwrap().p.val());
+        let diff = first_param_difference(&batched_values, &kernel_params);
+        prop_assert!(
+            diff.is_none(),
+            "burn's batched route differs at step {}: (index, bits, kernel's bits) {:?}",
             step,
             diff
         );
