@@ -289,24 +289,28 @@ impl BatchedRmsProp {
         let lined = &mut self.states[..taken.len()];
         for ((_, slot), t) in lined.iter_mut().zip(taken.iter()) {
             let wide = t.param.dtype() != DType::F64;
-            *slot = Some(match slot.take() {
-                Some(KernelState::F32(s)) if wide && s.square_avg.len() == t.len => {
-                    KernelState::F32(s)
+            let (state, kept) = match slot.take() {
+                Some(KernelState::F32(s)) if wide => {
+                    let (s, kept) = s.fit(t.len, &hyper);
+                    (KernelState::F32(s), kept)
                 }
-                Some(KernelState::F64(s)) if !wide && s.square_avg.len() == t.len => {
-                    KernelState::F64(s)
+                Some(KernelState::F64(s)) if !wide => {
+                    let (s, kept) = s.fit(t.len, &hyper);
+                    (KernelState::F64(s), kept)
                 }
                 old => {
-                    if old.is_some() {
-                        Counters::bump(&self.counters.reset);
-                    }
-                    if wide {
+                    let fresh = if wide {
                         KernelState::F32(State::new(t.len, &hyper))
                     } else {
                         KernelState::F64(State::new(t.len, &hyper))
-                    }
+                    };
+                    (fresh, old.is_none())
                 }
-            });
+            };
+            if !kept {
+                Counters::bump(&self.counters.reset);
+            }
+            *slot = Some(state);
         }
         // Only a non-finite gradient under `NonFinite::Error` could make
         // the kernel refuse now (the rate is valid, every length fits), and

@@ -387,3 +387,29 @@ fn bytes_that_are_not_a_checkpoint_leave_the_state_as_it_was() {
     let model = batched_steps(&mut batched, model, 3, DType::F32);
     assert_eq!(bits(&expected), bits(&model));
 }
+
+#[test]
+fn a_checkpoint_of_another_variant_resumes_as_in_the_per_parameter_route() {
+    // Saved without momentum or centering, resumed with both: the buffers
+    // the record lacks start at zero in both routes.
+    let plain = FusedRmsPropConfig::new().with_momentum(0.0);
+    let mut saved = plain.init_batched();
+    let model = batched_steps(&mut saved, Mlp::new(&device()), 0, DType::F32);
+    let bytes = saved.to_record(&model).into_bytes().unwrap();
+    let richer = FusedRmsPropConfig::new()
+        .with_momentum(0.5)
+        .with_centered(true);
+    let mut per_parameter: ModuleOptimizer = richer.init();
+    fused_rmsprop_burn::load_record(&mut per_parameter, bytes.clone()).unwrap();
+    let mut batched = richer.init_batched();
+    batched.load_record(&model, bytes).unwrap();
+    let a = module_steps(&mut per_parameter, model.clone(), 3, DType::F32);
+    let b = batched_steps(&mut batched, model, 3, DType::F32);
+    assert_eq!(bits(&a), bits(&b));
+    let stats = batched.stats();
+    assert_eq!(
+        (stats.states_reset, stats.rejected_steps),
+        (0, 0),
+        "{stats:?}"
+    );
+}

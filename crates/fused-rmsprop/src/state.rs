@@ -75,6 +75,48 @@ impl<S: Float> State<S> {
         state
     }
 
+    /// This state brought in line with a tensor of `len` elements under
+    /// `hyper` (a state carried over or loaded from a checkpoint): a buffer
+    /// of another length makes it a fresh [`State::new`] (and the `bool` is
+    /// `false`); otherwise a buffer `hyper` needs but the state lacks
+    /// starts at zero, as PyTorch and burn start it, and one it does not
+    /// need is dropped. The master copy and the step count are kept.
+    ///
+    /// ```
+    /// use fused_rmsprop::{Hyper, State};
+    /// let plain = State::<f32>::new(3, &Hyper::default());
+    /// let centered = Hyper::default().with_centered(true);
+    /// let (fitted, kept) = plain.clone().fit(3, &centered);
+    /// assert!(kept);
+    /// assert_eq!(fitted.grad_avg, Some(vec![0.0; 3]));
+    /// let (fresh, kept) = plain.fit(4, &centered);
+    /// assert!(!kept);
+    /// assert_eq!(fresh.square_avg.len(), 4);
+    /// ```
+    pub fn fit(self, len: usize, hyper: &Hyper) -> (Self, bool) {
+        let fits = |v: &Vec<S>| v.len() == len;
+        let all_fit = fits(&self.square_avg)
+            && self.grad_avg.as_ref().is_none_or(fits)
+            && self.momentum_buf.as_ref().is_none_or(fits)
+            && self.master.as_ref().is_none_or(fits);
+        if !all_fit {
+            return (Self::new(len, hyper), false);
+        }
+        let zeros = || vec![S::ZERO; len];
+        let grad_avg = hyper
+            .needs_grad_avg()
+            .then(|| self.grad_avg.unwrap_or_else(zeros));
+        let momentum_buf = hyper
+            .needs_momentum_buf()
+            .then(|| self.momentum_buf.unwrap_or_else(zeros));
+        let state = Self {
+            grad_avg,
+            momentum_buf,
+            ..self
+        };
+        (state, true)
+    }
+
     /// Borrows the buffers as a [`StateSlices`] view.
     ///
     /// ```
