@@ -437,7 +437,8 @@ impl ModuleMapper for Take<'_> {
             checkpointing: tensor.gradient_checkpointing_strategy(),
             distributed: tensor.is_distributed(),
             param: flex::writable(flex::to_flex(tensor.inner()), self.counters),
-            grad: flex::readable(flex::to_flex(grad.clone()), self.counters),
+            // A gradient registered by hand may carry autodiff.
+            grad: flex::readable(flex::to_flex(grad.clone().inner()), self.counters),
         };
         self.taken.push(taken);
         Param::from_mapped_value(id, grad, mapper)

@@ -413,3 +413,18 @@ fn a_checkpoint_of_another_variant_resumes_as_in_the_per_parameter_route() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn a_gradient_with_autodiff_registered_by_hand_is_stepped() {
+    let config = FusedRmsPropConfig::new();
+    let model = Mlp::new(&device());
+    let mut reference = config.init_batched();
+    let expected = batched_step(&mut reference, model.clone(), 0, DType::F32);
+    let mut grads = gradients(&model, 0, DType::F32);
+    let id = model.l1.weight.id;
+    let grad: Tensor<2> = grads.remove(id).unwrap();
+    grads.register(id, grad.autodiff());
+    let (model, outcome) = config.init_batched().step(LR, model, grads);
+    assert_eq!(outcome, Ok(Vec::new()));
+    assert_eq!(bits(&model), bits(&expected));
+}
