@@ -218,7 +218,7 @@ struct Many {
 }
 
 #[test]
-fn many_small_tensors_step_on_a_small_stack() {
+fn many_small_tensors_step_and_checkpoint_on_a_small_stack() {
     let worker = std::thread::Builder::new().stack_size(256 * 1024);
     let handle = worker
         .spawn(|| {
@@ -242,8 +242,12 @@ fn many_small_tensors_step_on_a_small_stack() {
             let mut reference: ModuleOptimizer = config.init();
             let expected = reference.step(LR, module.clone(), grads(&module));
             let all = grads(&module);
-            let (module, outcome) = config.init_batched().step(LR, module, all);
+            let mut batched = config.init_batched();
+            let (module, outcome) = batched.step(LR, module, all);
             assert_eq!(outcome, Ok(Vec::new()));
+            // A checkpoint of all of them, read back.
+            let bytes = batched.to_record(&module).into_bytes().unwrap();
+            config.init_batched().load_record(&module, bytes).unwrap();
             let values = |m: &Many| -> Vec<u32> {
                 m.tensors
                     .iter()

@@ -14,7 +14,7 @@
 //! is [`FusedRmsPropState`], the per-parameter route's, whose record layout
 //! (burn's `RmsProp` names) it shares.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
@@ -55,10 +55,15 @@ impl BatchedRmsProp {
     /// ```
     pub fn to_record<M: Module>(&self, module: &M) -> OptimizerRecord {
         let order = ParamOrder::of(module);
+        let states: HashMap<ParamId, &KernelState> = self
+            .states
+            .iter()
+            .filter_map(|(id, state)| state.as_ref().map(|s| (*id, s)))
+            .collect();
         let mut queue = VecDeque::new();
         let mut grads = GradientsParams::new();
         for (id, zeros) in order.params {
-            let Some(state) = self.state_of(id) else {
+            let Some(&state) = states.get(&id) else {
                 continue;
             };
             queue.push_back(state.clone());
@@ -105,14 +110,6 @@ impl BatchedRmsProp {
             .filter_map(|(id, state)| state.map(|s| (id, Some(s))))
             .collect();
         Ok(())
-    }
-
-    /// The state of parameter `id`, if it has one.
-    fn state_of(&self, id: ParamId) -> Option<&KernelState> {
-        self.states
-            .iter()
-            .find(|(other, _)| *other == id)
-            .and_then(|(_, state)| state.as_ref())
     }
 }
 
