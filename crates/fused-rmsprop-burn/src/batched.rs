@@ -197,7 +197,7 @@ impl BatchedRmsProp {
         };
         match &outcome {
             Err(BatchedError::Kernel { error, .. }) => self.counters.rejected(error.clone()),
-            Err(BatchedError::NotInPlace { .. }) => Counters::bump(&self.counters.rejected),
+            Err(BatchedError::NotInPlace { .. }) => self.counters.refused(None),
             Ok(_) => {}
         }
         let mut back = PutBack {

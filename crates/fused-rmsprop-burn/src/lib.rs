@@ -205,7 +205,10 @@ pub struct StepStats {
     /// Steps that left their parameter untouched because its gradient held
     /// NaN or Inf (`NonFinite::Skip`).
     pub skipped_steps: u64,
-    /// Why the last refused step was refused.
+    /// Why the last refused step was refused, when the kernel refused it;
+    /// `None` when the last refusal was the batched route's
+    /// [`BatchedError::NotInPlace`](crate::BatchedError::NotInPlace), which
+    /// the step's own result names.
     pub last_error: Option<fused_rmsprop::Error>,
 }
 
@@ -234,8 +237,13 @@ impl Counters {
     }
 
     fn rejected(&self, err: fused_rmsprop::Error) {
+        self.refused(Some(err));
+    }
+
+    /// A refused step, with the kernel's error when it was the kernel's.
+    fn refused(&self, err: Option<fused_rmsprop::Error>) {
         Self::bump(&self.rejected);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = err;
     }
 
     /// The counts so far.

@@ -142,6 +142,7 @@ fn a_refused_step_leaves_the_module_and_every_state_as_they_were() {
         "{outcome:?}"
     );
     assert_eq!(bits(&model), before);
+    assert!(batched.1.stats().last_error.is_some());
 
     // A gradient of another shape.
     let mut grads = gradients(&model, 2, DType::F32);
@@ -158,6 +159,8 @@ fn a_refused_step_leaves_the_module_and_every_state_as_they_were() {
     assert_eq!(bits(&model), before);
     assert!(model.l1.weight.val().is_require_grad());
     assert_eq!(batched.1.stats().rejected_steps, 3);
+    // Not the kernel's refusal: no stale kernel error left from before.
+    assert_eq!(batched.1.stats().last_error, None);
 
     // The states were untouched: the next step matches the run that never
     // saw the refused ones.
