@@ -316,13 +316,21 @@ impl BatchedRmsProp {
         // the kernel refuse now (the rate is valid, every length fits), and
         // that was checked above for every dtype: a later dtype's call
         // cannot fail after an earlier one wrote.
-        let kernel = &self.kernel;
-        let skipped = run::<f32>(kernel, lr, DType::F32, taken, lined).and_then(|mut s| {
-            s.extend(run::<bf16>(kernel, lr, DType::BF16, taken, lined)?);
-            s.extend(run::<f16>(kernel, lr, DType::F16, taken, lined)?);
-            s.extend(run::<f64>(kernel, lr, DType::F64, taken, lined)?);
-            Ok(s)
-        });
+        let (kernel, counters) = (&self.kernel, &self.counters);
+        let skipped =
+            run::<f32>(kernel, counters, lr, DType::F32, taken, lined).and_then(|mut s| {
+                s.extend(run::<bf16>(
+                    kernel,
+                    counters,
+                    lr,
+                    DType::BF16,
+                    taken,
+                    lined,
+                )?);
+                s.extend(run::<f16>(kernel, counters, lr, DType::F16, taken, lined)?);
+                s.extend(run::<f64>(kernel, counters, lr, DType::F64, taken, lined)?);
+                Ok(s)
+            });
         let skipped = skipped.map_err(|error| BatchedError::Kernel { param: None, error })?;
         for _ in 0..taken.len() - skipped.len() {
             Counters::bump(&self.counters.in_place);
@@ -333,9 +341,12 @@ impl BatchedRmsProp {
 }
 
 /// One `step_many` over the taken parameters of dtype `dtype` (of type `P`);
-/// the ones it skipped.
+/// the ones it skipped. A parameter whose buffer is shared is copied here
+/// (copy-on-write) and counted, not when it was taken: a refused step
+/// copies nothing.
 fn run<P: flex::FlexParam>(
     kernel: &RmsProp,
+    counters: &Counters,
     lr: f64,
     dtype: DType,
     taken: &mut [Taken],
@@ -353,6 +364,9 @@ where
         let Some(state) = state.1.as_mut().and_then(P::State::slices) else {
             continue;
         };
+        if !t.param.is_unique() {
+            counters.copied();
+        }
         ids.push(t.id);
         groups.push(Group::new(
             flex::view_mut::<P>(&mut t.param),
@@ -436,7 +450,8 @@ impl ModuleMapper for Take<'_> {
             require_grad: tensor.is_require_grad(),
             checkpointing: tensor.gradient_checkpointing_strategy(),
             distributed: tensor.is_distributed(),
-            param: flex::writable(flex::to_flex(tensor.inner()), self.counters),
+            // Made writable (a shared buffer copied) only if the step runs.
+            param: flex::readable(flex::to_flex(tensor.inner()), self.counters),
             // A gradient registered by hand may carry autodiff.
             grad: flex::readable(flex::to_flex(grad.clone().inner()), self.counters),
         };

@@ -93,6 +93,27 @@ fn parameters_keep_their_training_state_and_their_buffers() {
     assert_eq!(optim.stats().buffers_copied, copied, "{:?}", optim.stats());
 }
 
+#[test]
+fn a_shared_parameter_is_copied_once_and_only_by_a_step_that_runs() {
+    let mut optim = FusedRmsPropConfig::new().init_batched();
+    let model = Mlp::new(&device());
+    // A clone keeps every buffer shared: the step must not write through it.
+    let kept = model.clone();
+    let before = bits(&kept);
+    let grads = gradients(&model, 0, DType::F32);
+    let (model, outcome) = optim.step(f64::NAN, model, grads);
+    assert!(outcome.is_err());
+    assert_eq!(
+        optim.stats().buffers_copied,
+        0,
+        "a refused step copies nothing"
+    );
+    let model = batched_step(&mut optim, model, 0, DType::F32);
+    let params = bits(&model).len() as u64;
+    assert_eq!(optim.stats().buffers_copied, params, "{:?}", optim.stats());
+    assert_eq!(bits(&kept), before, "the clone's buffers untouched");
+}
+
 fn flex_ptr<const D: usize>(t: &Tensor<D>) -> *const u8 {
     let primitive = t
         .clone()
