@@ -6,9 +6,13 @@
 //! its inputs), burn's floor with the kernel's memory traffic
 //! (`floor-traffic`: an optimizer that returns its inputs after stepping
 //! buffers of the same size outside burn with the bare kernel), candle
-//! (`candle`), or the bare kernel (`kernel-many`: one `step_many`;
-//! `kernel-each`: one call per tensor). Prints the time per step after one
-//! warm-up step (and burn's step statistics).
+//! (`candle`), candle's floor (`candle-floor`: for each `Var`, what any
+//! in-place optimizer must do in candle, its gradient looked up and both
+//! storages locked, and nothing else), or the bare kernel (`kernel-many`:
+//! one `step_many`; `kernel-each`: one call per tensor). A suffix `-16xN`
+//! (`candle-16x100000`, `kernel-many-16x1000`) replaces the model by `N`
+//! tensors of 16 elements. Prints the time per step after one warm-up step
+//! (and burn's step statistics).
 //!
 //! ```text
 //! cargo build --release -p fused-rmsprop-benches --example many_tensors
@@ -25,13 +29,15 @@ use fused_rmsprop_benches::{burn_case, candle_case};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let framework = args.next().unwrap_or_else(|| "burn".into());
+    let name = args.next().unwrap_or_else(|| "burn".into());
     let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100);
-    // `candle-16x1000`, `candle-16x100000`: that many 16-element Vars.
-    let sizes = match framework.strip_prefix("candle-16x") {
-        Some(count) => vec![16; count.parse().expect("a count of Vars")],
-        None if std::env::var("MODEL").as_deref() == Ok("150") => transformer_sizes(),
-        None => many_tensor_sizes(),
+    // `candle-16x1000`, `kernel-many-16x100000`: that many 16-element tensors.
+    let (framework, sizes) = match name.split_once("-16x") {
+        Some((mode, count)) => (
+            mode.to_string(),
+            vec![16; count.parse().expect("a count of tensors")],
+        ),
+        None => (name.clone(), model_sizes()),
     };
     let variant = Variant::Plain;
     let lr = variant.hyper().lr;
@@ -91,7 +97,24 @@ fn main() {
             start = std::time::Instant::now();
             (0..steps).for_each(|_| step());
         }
-        f if f.starts_with("candle") => {
+        "candle-floor" => {
+            let (vars, grads) = candle_case::vars_and_grads(&sizes);
+            let step = || {
+                let mut touched = 0;
+                for var in &vars {
+                    let Some(grad) = grads.get(var) else { continue };
+                    let (_, layout) = grad.storage_and_layout();
+                    touched += layout.start_offset();
+                    let (_, layout) = var.storage_and_layout();
+                    touched += layout.start_offset();
+                }
+                std::hint::black_box(touched);
+            };
+            step();
+            start = std::time::Instant::now();
+            (0..steps).for_each(|_| step());
+        }
+        "candle" => {
             let (vars, grads) = candle_case::vars_and_grads(&sizes);
             let mut opt = candle_case::fused(vars, variant);
             opt.step(&grads).expect("a step");
@@ -102,16 +125,22 @@ fn main() {
         }
         other => {
             eprintln!(
-                "many_tensors: unknown framework {other:?}; burn, burn-batched, burn-single, floor, floor-traffic, candle, kernel-many or kernel-each"
+                "many_tensors: unknown mode {other:?}; burn, burn-batched, burn-single, floor, floor-traffic, candle, candle-floor, kernel-many or kernel-each (with an optional -16xN suffix)"
             );
             std::process::exit(2);
         }
     }
     let per_step = start.elapsed() / steps as u32;
-    println!(
-        "{framework}: {} tensors, {per_step:?} per step",
-        sizes.len()
-    );
+    println!("{name}: {} tensors, {per_step:?} per step", sizes.len());
+}
+
+/// The 2,000-tensor model's sizes, or the 150-tensor one's with `MODEL=150`.
+fn model_sizes() -> Vec<usize> {
+    if std::env::var("MODEL").as_deref() == Ok("150") {
+        transformer_sizes()
+    } else {
+        many_tensor_sizes()
+    }
 }
 
 /// Per parameter size: side buffers of that size, and which one the next
