@@ -35,30 +35,66 @@ use crate::storage::{CpuParam, cpu_slice};
 /// small variables pays one kernel dispatch (a few microseconds) per batch.
 pub const VARS_PER_DISPATCH: usize = 32;
 
-/// One variable to step: its index among the optimizer's variables, the
-/// variable, its contiguous gradient (sharing no storage with any variable),
-/// its state.
-pub(crate) type Entry<'a, T> = (usize, &'a Var, Tensor, &'a mut State<<T as Param>::State>);
+/// The variables of one dtype `T` to step: each one's index among the
+/// optimizer's variables, the variable and its state, and beside them (in a
+/// vector of their own, which the read locks borrow while the states are
+/// lent to the kernel) its contiguous gradient, sharing no storage with any
+/// variable.
+pub(crate) struct Batch<'a, T: Param> {
+    targets: Vec<(usize, &'a Var, &'a mut State<T::State>)>,
+    grads: Vec<Tensor>,
+}
 
-/// Steps `entries` (all of dtype `T`) in batches of nested in-place ops;
-/// returns the indices of the variables skipped for a non-finite gradient.
-/// Errors name the variable by its index among the optimizer's.
+impl<T: Param> Default for Batch<'_, T> {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            grads: Vec::new(),
+        }
+    }
+}
+
+impl<'a, T: CpuParam> Batch<'a, T> {
+    pub(crate) fn push(
+        &mut self,
+        index: usize,
+        var: &'a Var,
+        grad: Tensor,
+        state: &'a mut State<T::State>,
+    ) {
+        self.targets.push((index, var, state));
+        self.grads.push(grad);
+    }
+
+    /// The first gradient holding a NaN or an infinity: the variable's
+    /// index and the element's.
+    pub(crate) fn first_non_finite(&self) -> Result<Option<(usize, usize)>> {
+        for ((index, ..), grad) in self.targets.iter().zip(&self.grads) {
+            let (storage, layout) = grad.storage_and_layout();
+            if let Some(at) = fused_rmsprop::find_non_finite(cpu_slice::<T>(&storage, layout)?) {
+                return Ok(Some((*index, at)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Steps `batch` in nested in-place ops of at most [`VARS_PER_DISPATCH`]
+/// variables; returns the indices of the variables skipped for a
+/// non-finite gradient. Errors name the variable by its index among the
+/// optimizer's.
 ///
 /// Under `NonFinite::Error` the caller has checked every gradient already
-/// (a batch cannot see the next batch's gradients before it writes).
+/// (a dispatch cannot see the next one's gradients before it writes).
 pub(crate) fn step_all<T: CpuParam>(
     kernel: &fused_rmsprop::RmsProp,
     lr: f64,
-    entries: Vec<Entry<'_, T>>,
+    batch: Batch<'_, T>,
 ) -> Result<Vec<usize>> {
-    if entries.is_empty() {
+    let Batch { targets, grads } = batch;
+    if targets.is_empty() {
         return Ok(Vec::new());
     }
-    let indices: Vec<usize> = entries.iter().map(|e| e.0).collect();
-    let (targets, grads): (Vec<_>, Vec<_>) = entries
-        .into_iter()
-        .map(|(i, v, g, s)| ((i, v, s), g))
-        .unzip();
     // Read locks on every gradient, held for the whole step.
     let guards: Vec<_> = grads.iter().map(Tensor::storage_and_layout).collect();
     let mut grad_slices = Vec::with_capacity(guards.len());
@@ -79,33 +115,33 @@ pub(crate) fn step_all<T: CpuParam>(
             step: &mut state.step,
         });
     let mut skipped = Vec::new();
-    let mut first = 0;
+    let mut indices = Vec::with_capacity(VARS_PER_DISPATCH);
     loop {
-        let batch: Vec<Pending<'_, T>> = pending.by_ref().take(VARS_PER_DISPATCH).collect();
-        if batch.is_empty() {
+        let dispatch: Vec<Pending<'_, T>> = pending.by_ref().take(VARS_PER_DISPATCH).collect();
+        if dispatch.is_empty() {
             return Ok(skipped);
         }
-        let batch_len = batch.len();
+        indices.clear();
+        indices.extend(dispatch.iter().map(|p| p.index));
         let report = RefCell::new(Ok(StepReport::default()));
         nest(
             kernel,
             lr,
-            batch.into_iter(),
-            Vec::with_capacity(batch_len),
-            &mut Vec::with_capacity(batch_len),
+            dispatch.into_iter(),
+            Vec::with_capacity(indices.len()),
+            &mut Vec::with_capacity(indices.len()),
             &report,
         )?;
         match report.into_inner() {
-            Ok(report) => skipped.extend(report.skipped().iter().map(|&g| indices[first + g])),
+            Ok(report) => skipped.extend(report.skipped().iter().map(|&g| indices[g])),
             Err(fused_rmsprop::Error::NonFiniteGradient { group, index }) => {
                 return Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {
-                    group: indices[first + group],
+                    group: indices[group],
                     index,
                 }));
             }
             Err(err) => return Err(kernel_error(err)),
         }
-        first += batch_len;
     }
 }
 

@@ -8,7 +8,7 @@ use candle_nn::Optimizer as _;
 use fused_rmsprop::{Hyper, NonFinite, State, bf16, f16};
 use rustc_hash::FxHashMap;
 
-use crate::inplace::step_all;
+use crate::inplace::{Batch, step_all};
 use crate::storage::storage_key;
 use crate::{ParamsRmsProp, Result, TensorOpsRmsProp};
 
@@ -60,10 +60,11 @@ impl VarState {
 /// Cost of a step: one pass over each variable's parameters, gradient and
 /// state; one kernel dispatch per [`VARS_PER_DISPATCH`](crate::VARS_PER_DISPATCH)
 /// variables of one dtype (spread over rayon's pool when the batch is
-/// larger than [`fused_rmsprop::PARALLEL_MIN_ELEMENTS`]); a few small vectors
-/// of slice descriptors and a hash set of storage addresses (the aliasing
-/// check). No tensor is allocated, except a copy of a gradient that shares
-/// storage with a variable.
+/// larger than [`fused_rmsprop::PARALLEL_MIN_ELEMENTS`]); a few vectors of
+/// slice descriptors (about 120 bytes per variable) and a map of storage
+/// addresses (the aliasing check; its table kept from step to step). No
+/// tensor is allocated, except a copy of a gradient that shares storage with
+/// a variable.
 ///
 /// ```
 /// use candle_core::{Device, Var};
@@ -84,6 +85,9 @@ pub struct RmsProp {
     /// The variables the in-place route cannot step, and their optimizer.
     fallback: Option<(Vec<Var>, TensorOpsRmsProp)>,
     last_skipped: Vec<Var>,
+    /// The step's map from storage address to variable, kept for its
+    /// allocation (cleared when a step starts).
+    owners: FxHashMap<usize, usize>,
 }
 
 /// A variable with a gradient, as a step's first pass found it.
@@ -91,14 +95,44 @@ struct Visit<'a> {
     /// The variable's index among the in-place route's.
     index: usize,
     var: &'a Var,
-    grad: &'a Tensor,
-    /// `grad` made contiguous (`grad` itself when it already was).
-    contiguous: Tensor,
+    /// The gradient, contiguous (the gradient itself when it already was).
+    grad: Tensor,
     /// Which storage `grad` uses (see `storage_key`).
     grad_key: Option<usize>,
-    /// Whether the variable has no elements.
-    empty: bool,
     state: &'a mut VarState,
+}
+
+/// A step's variables by dtype, each dtype stepped by one kernel call.
+#[derive(Default)]
+struct Batches<'a> {
+    f32s: Batch<'a, f32>,
+    f64s: Batch<'a, f64>,
+    bf16s: Batch<'a, bf16>,
+    f16s: Batch<'a, f16>,
+}
+
+impl Batches<'_> {
+    /// Under [`NonFinite::Error`]: the first gradient (in the variables'
+    /// order) holding a NaN or an infinity, as the kernel's error, before
+    /// any batch writes.
+    fn check_all_finite(&self) -> Result<()> {
+        let first = [
+            self.f32s.first_non_finite()?,
+            self.f64s.first_non_finite()?,
+            self.bf16s.first_non_finite()?,
+            self.f16s.first_non_finite()?,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match first {
+            None => Ok(()),
+            Some((group, index)) => Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {
+                group,
+                index,
+            })),
+        }
+    }
 }
 
 /// Whether the in-place route can step `var`.
@@ -167,12 +201,16 @@ impl candle_nn::Optimizer for RmsProp {
         let lr = self.params.lr;
         fused_rmsprop::Hyper::validate(&self.kernel.hyper().with_lr(lr)).map_err(kernel_error)?;
         // One visit per variable (with 100,000 variables their metadata no
-        // longer fits in cache, so each visit costs misses): its gradient
-        // checked and made contiguous, the keys of both storages. Each
-        // variable's storage is write-locked once, so no two may share one.
-        // The keys are addresses: Fx hashing, not SipHash (no untrusted keys).
-        let mut owners = FxHashMap::with_capacity_and_hasher(self.vars.len(), Default::default());
+        // longer fits in cache, so each visit costs misses, and so does every
+        // byte of the step's own vectors): its gradient checked and made
+        // contiguous, the keys of both storages. Each variable's storage is
+        // write-locked once, so no two may share one. The keys are
+        // addresses: Fx hashing, not SipHash (no untrusted keys); the map's
+        // table is kept from step to step.
+        let owners = &mut self.owners;
+        owners.clear();
         let mut visited = Vec::with_capacity(self.vars.len());
+        let mut empty = Vec::new();
         for (index, (var, state)) in self.vars.iter_mut().enumerate() {
             let Some(grad) = grads.get(var) else { continue };
             check_grad("variable", index, var, grad)?;
@@ -184,43 +222,43 @@ impl candle_nn::Optimizer for RmsProp {
                      each variable must own its storage to be stepped in place"
                 )));
             }
+            if var.elem_count() == 0 {
+                // Nothing to lock or compute; the step still counts.
+                empty.push(state);
+                continue;
+            }
+            // The contiguous form shares the gradient's storage only when
+            // the gradient already was contiguous (otherwise it is a copy of
+            // its own), so its key says whether it may alias a variable.
+            let grad = grad.contiguous()?;
             visited.push(Visit {
                 index,
                 var,
+                grad_key: storage_key(&grad),
                 grad,
-                contiguous: grad.contiguous()?,
-                grad_key: storage_key(grad),
-                empty: var.elem_count() == 0,
                 state,
             });
         }
-        // Gradients sharing no storage with any variable: an aliased one is
-        // copied (its contiguous form shares the storage when it already was
-        // contiguous).
-        let mut entries = Vec::with_capacity(visited.len());
-        let mut empty = Vec::new();
+        // Each variable goes to its dtype's batch; a gradient sharing storage
+        // with any variable is copied first.
+        let mut batches = Batches::default();
         for visit in visited {
-            if visit.empty {
-                // Nothing to lock or compute; the step still counts.
-                empty.push(visit.state);
-                continue;
-            }
             let aliased = visit.grad_key.is_some_and(|key| owners.contains_key(&key));
             let grad = if aliased {
-                // A copy of the gradient as it is (its contiguous form, when
-                // it was not contiguous, is already a copy of its own).
-                if visit.grad.is_contiguous() {
-                    visit.grad.copy()?
-                } else {
-                    visit.contiguous
-                }
+                visit.grad.copy()?
             } else {
-                visit.contiguous
+                visit.grad
             };
-            entries.push((visit.index, visit.var, grad, visit.state));
+            let (index, var) = (visit.index, visit.var);
+            match visit.state {
+                VarState::F32(s) => batches.f32s.push(index, var, grad, s),
+                VarState::F64(s) => batches.f64s.push(index, var, grad, s),
+                VarState::BF16(s) => batches.bf16s.push(index, var, grad, s),
+                VarState::F16(s) => batches.f16s.push(index, var, grad, s),
+            }
         }
         if self.params.non_finite == NonFinite::Error {
-            check_all_finite(&entries)?;
+            batches.check_all_finite()?;
         }
         // The tensor-op route's gradients, checked before anything is written.
         let mut skipped = Vec::new();
@@ -235,20 +273,10 @@ impl candle_nn::Optimizer for RmsProp {
         };
 
         // One kernel call per dtype (one parameter type per call).
-        let (mut f32s, mut f64s, mut bf16s, mut f16s) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (index, var, grad, state) in entries {
-            match state {
-                VarState::F32(s) => f32s.push((index, var, grad, s)),
-                VarState::F64(s) => f64s.push((index, var, grad, s)),
-                VarState::BF16(s) => bf16s.push((index, var, grad, s)),
-                VarState::F16(s) => f16s.push((index, var, grad, s)),
-            }
-        }
-        let mut in_place_skipped = step_all::<f32>(&self.kernel, lr, f32s)?;
-        in_place_skipped.extend(step_all::<f64>(&self.kernel, lr, f64s)?);
-        in_place_skipped.extend(step_all::<bf16>(&self.kernel, lr, bf16s)?);
-        in_place_skipped.extend(step_all::<f16>(&self.kernel, lr, f16s)?);
+        let mut in_place_skipped = step_all(&self.kernel, lr, batches.f32s)?;
+        in_place_skipped.extend(step_all(&self.kernel, lr, batches.f64s)?);
+        in_place_skipped.extend(step_all(&self.kernel, lr, batches.bf16s)?);
+        in_place_skipped.extend(step_all(&self.kernel, lr, batches.f16s)?);
         in_place_skipped.sort_unstable();
         for state in empty {
             *state.step_mut() += 1;
@@ -326,32 +354,6 @@ fn fallback_grads(
     Ok(kept)
 }
 
-/// Under [`NonFinite::Error`]: the first gradient holding a NaN or an
-/// infinity, as the kernel's error, before any batch writes.
-fn check_all_finite(entries: &[(usize, &Var, Tensor, &mut VarState)]) -> Result<()> {
-    fn first<T: crate::storage::CpuParam>(grad: &Tensor) -> Result<Option<usize>> {
-        let (storage, layout) = grad.storage_and_layout();
-        Ok(fused_rmsprop::find_non_finite(crate::storage::cpu_slice::<
-            T,
-        >(&storage, layout)?))
-    }
-    for (group, _, grad, state) in entries {
-        let found = match state {
-            VarState::F32(_) => first::<f32>(grad)?,
-            VarState::F64(_) => first::<f64>(grad)?,
-            VarState::BF16(_) => first::<bf16>(grad)?,
-            VarState::F16(_) => first::<f16>(grad)?,
-        };
-        if let Some(index) = found {
-            return Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {
-                group: *group,
-                index,
-            }));
-        }
-    }
-    Ok(())
-}
-
 impl RmsProp {
     /// The variables the last step left untouched because their gradient
     /// held a NaN or an infinity (only under [`NonFinite::Skip`]).
@@ -423,6 +425,7 @@ impl RmsProp {
             route,
             fallback,
             last_skipped: Vec::new(),
+            owners: FxHashMap::default(),
         })
     }
 
