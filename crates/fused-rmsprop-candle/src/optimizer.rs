@@ -188,7 +188,7 @@ impl candle_nn::Optimizer for RmsProp {
     }
 
     /// Steps every variable that has a gradient in `grads`; the others are
-    /// left alone. Everything is checked first (gradient shape and dtype,
+    /// left alone. Everything is checked first (gradient shape, dtype and device,
     /// the learning rate, two variables sharing one storage, and under
     /// [`NonFinite::Error`] every gradient's values): on error nothing is
     /// written.
@@ -303,23 +303,31 @@ impl candle_nn::Optimizer for RmsProp {
     }
 }
 
-/// An error unless `grad` has the shape and dtype of `var` (`what` `index`
-/// names the variable in the message).
+/// An error unless `grad` has the shape, dtype and device of `var` (`what`
+/// `index` names the variable in the message). Checked for every variable
+/// before any is written: a gradient on another device would otherwise be
+/// found only when its dtype's batch is reached, after another dtype's batch
+/// was written.
 fn check_grad(what: &str, index: usize, var: &Var, grad: &Tensor) -> Result<()> {
-    if grad.shape() == var.shape() && grad.dtype() == var.dtype() {
+    if grad.shape() == var.shape()
+        && grad.dtype() == var.dtype()
+        && grad.device().same_device(var.device())
+    {
         return Ok(());
     }
     Err(candle_core::Error::msg(format!(
-        "fused RMSprop: gradient of {what} {index} is {:?} {:?}, the variable is {:?} {:?}",
+        "fused RMSprop: gradient of {what} {index} is {:?} {:?} on {:?}, the variable is {:?} {:?} on {:?}",
         grad.dtype(),
         grad.shape(),
+        grad.device().location(),
         var.dtype(),
-        var.shape()
+        var.shape(),
+        var.device().location(),
     )))
 }
 
-/// The gradients of the tensor-op route's variables, checked (shape and
-/// dtype; under [`NonFinite::Error`] and [`NonFinite::Skip`] their values,
+/// The gradients of the tensor-op route's variables, checked (shape, dtype
+/// and device; under [`NonFinite::Error`] and [`NonFinite::Skip`] their values,
 /// with one reduction each: `sum(g * 0)` is NaN exactly when `g` holds a NaN
 /// or an infinity). A skipped variable's gradient is left out and the
 /// variable pushed to `skipped`.
