@@ -25,6 +25,7 @@ use std::cell::RefCell;
 
 use candle_core::{CpuStorage, Layout, Tensor, Var};
 use fused_rmsprop::{Group, Param, State, StateSlices, StepReport};
+use rustc_hash::FxHashMap;
 
 use crate::Result;
 use crate::optimizer::kernel_error;
@@ -38,32 +39,47 @@ pub const VARS_PER_DISPATCH: usize = 32;
 /// The variables of one dtype `T` to step: each one's index among the
 /// optimizer's variables, the variable and its state, and beside them (in a
 /// vector of their own, which the read locks borrow while the states are
-/// lent to the kernel) its contiguous gradient, sharing no storage with any
-/// variable.
+/// lent to the kernel) its contiguous gradient, which shares no storage with
+/// any variable once [`copy_aliased`](Self::copy_aliased) has run.
 pub(crate) struct Batch<'a, T: Param> {
     targets: Vec<(usize, &'a Var, &'a mut State<T::State>)>,
     grads: Vec<Tensor>,
-}
-
-impl<T: Param> Default for Batch<'_, T> {
-    fn default() -> Self {
-        Self {
-            targets: Vec::new(),
-            grads: Vec::new(),
-        }
-    }
+    /// Which storage each gradient uses (see `storage_key`).
+    keys: Vec<Option<usize>>,
 }
 
 impl<'a, T: CpuParam> Batch<'a, T> {
+    /// An empty batch with room for `n` variables.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            targets: Vec::with_capacity(n),
+            grads: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+        }
+    }
+
     pub(crate) fn push(
         &mut self,
         index: usize,
         var: &'a Var,
         grad: Tensor,
+        key: Option<usize>,
         state: &'a mut State<T::State>,
     ) {
         self.targets.push((index, var, state));
         self.grads.push(grad);
+        self.keys.push(key);
+    }
+
+    /// Replaces each gradient whose storage is a key of `owners` (a
+    /// variable's storage) by a copy.
+    pub(crate) fn copy_aliased(&mut self, owners: &FxHashMap<usize, usize>) -> Result<()> {
+        for (grad, key) in self.grads.iter_mut().zip(&self.keys) {
+            if key.is_some_and(|key| owners.contains_key(&key)) {
+                *grad = grad.copy()?;
+            }
+        }
+        Ok(())
     }
 
     /// The first gradient holding a NaN or an infinity: the variable's
@@ -91,7 +107,7 @@ pub(crate) fn step_all<T: CpuParam>(
     lr: f64,
     batch: Batch<'_, T>,
 ) -> Result<Vec<usize>> {
-    let Batch { targets, grads } = batch;
+    let Batch { targets, grads, .. } = batch;
     if targets.is_empty() {
         return Ok(Vec::new());
     }

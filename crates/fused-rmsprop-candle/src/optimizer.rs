@@ -46,6 +46,17 @@ pub(crate) enum VarState {
 }
 
 impl VarState {
+    /// Which of the four dtypes this is, as an index: `f32`, `f64`, `bf16`,
+    /// `f16`.
+    fn kind(&self) -> usize {
+        match self {
+            VarState::F32(_) => 0,
+            VarState::F64(_) => 1,
+            VarState::BF16(_) => 2,
+            VarState::F16(_) => 3,
+        }
+    }
+
     /// The steps this state has taken.
     pub(crate) fn step_mut(&mut self) -> &mut u64 {
         match self {
@@ -88,22 +99,12 @@ pub struct RmsProp {
     /// The step's map from storage address to variable, kept for its
     /// allocation (cleared when a step starts).
     owners: FxHashMap<usize, usize>,
-}
-
-/// A variable with a gradient, as a step's first pass found it.
-struct Visit<'a> {
-    /// The variable's index among the in-place route's.
-    index: usize,
-    var: &'a Var,
-    /// The gradient, contiguous (the gradient itself when it already was).
-    grad: Tensor,
-    /// Which storage `grad` uses (see `storage_key`).
-    grad_key: Option<usize>,
-    state: &'a mut VarState,
+    /// How many variables of each dtype (in the order of
+    /// [`VarState::kind`]): the room a step's batches need.
+    kinds: [usize; 4],
 }
 
 /// A step's variables by dtype, each dtype stepped by one kernel call.
-#[derive(Default)]
 struct Batches<'a> {
     f32s: Batch<'a, f32>,
     f64s: Batch<'a, f64>,
@@ -112,6 +113,17 @@ struct Batches<'a> {
 }
 
 impl Batches<'_> {
+    /// Empty batches with room for `counts` variables, in the order of
+    /// [`VarState::kind`].
+    fn with_capacities([f32s, f64s, bf16s, f16s]: [usize; 4]) -> Self {
+        Self {
+            f32s: Batch::with_capacity(f32s),
+            f64s: Batch::with_capacity(f64s),
+            bf16s: Batch::with_capacity(bf16s),
+            f16s: Batch::with_capacity(f16s),
+        }
+    }
+
     /// Under [`NonFinite::Error`]: the first gradient (in the variables'
     /// order) holding a NaN or an infinity, as the kernel's error, before
     /// any batch writes.
@@ -200,16 +212,18 @@ impl candle_nn::Optimizer for RmsProp {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let lr = self.params.lr;
         fused_rmsprop::Hyper::validate(&self.kernel.hyper().with_lr(lr)).map_err(kernel_error)?;
-        // One visit per variable (with 100,000 variables their metadata no
-        // longer fits in cache, so each visit costs misses, and so does every
-        // byte of the step's own vectors): its gradient checked and made
-        // contiguous, the keys of both storages. Each variable's storage is
-        // write-locked once, so no two may share one. The keys are
-        // addresses: Fx hashing, not SipHash (no untrusted keys); the map's
-        // table is kept from step to step.
+        // One visit per variable before anything is locked (with 100,000
+        // variables their metadata no longer fits in cache, so each visit
+        // costs misses, and so does every byte of the step's own vectors):
+        // its gradient checked and made contiguous, the keys of both
+        // storages. Each variable's storage is write-locked once, so no two
+        // may share one. The keys are addresses: Fx hashing, not SipHash (no
+        // untrusted keys); the map's table is kept from step to step.
         let owners = &mut self.owners;
         owners.clear();
-        let mut visited = Vec::with_capacity(self.vars.len());
+        // Each variable goes straight to its dtype's batch, whose vectors
+        // are allocated once, at that dtype's number of variables.
+        let mut batches = Batches::with_capacities(self.kinds);
         let mut empty = Vec::new();
         for (index, (var, state)) in self.vars.iter_mut().enumerate() {
             let Some(grad) = grads.get(var) else { continue };
@@ -231,32 +245,20 @@ impl candle_nn::Optimizer for RmsProp {
             // the gradient already was contiguous (otherwise it is a copy of
             // its own), so its key says whether it may alias a variable.
             let grad = grad.contiguous()?;
-            visited.push(Visit {
-                index,
-                var,
-                grad_key: storage_key(&grad),
-                grad,
-                state,
-            });
-        }
-        // Each variable goes to its dtype's batch; a gradient sharing storage
-        // with any variable is copied first.
-        let mut batches = Batches::default();
-        for visit in visited {
-            let aliased = visit.grad_key.is_some_and(|key| owners.contains_key(&key));
-            let grad = if aliased {
-                visit.grad.copy()?
-            } else {
-                visit.grad
-            };
-            let (index, var) = (visit.index, visit.var);
-            match visit.state {
-                VarState::F32(s) => batches.f32s.push(index, var, grad, s),
-                VarState::F64(s) => batches.f64s.push(index, var, grad, s),
-                VarState::BF16(s) => batches.bf16s.push(index, var, grad, s),
-                VarState::F16(s) => batches.f16s.push(index, var, grad, s),
+            let key = storage_key(&grad);
+            match state {
+                VarState::F32(s) => batches.f32s.push(index, var, grad, key, s),
+                VarState::F64(s) => batches.f64s.push(index, var, grad, key, s),
+                VarState::BF16(s) => batches.bf16s.push(index, var, grad, key, s),
+                VarState::F16(s) => batches.f16s.push(index, var, grad, key, s),
             }
         }
+        // With every variable's storage known: a gradient sharing storage
+        // with any of them is copied.
+        batches.f32s.copy_aliased(owners)?;
+        batches.f64s.copy_aliased(owners)?;
+        batches.bf16s.copy_aliased(owners)?;
+        batches.f16s.copy_aliased(owners)?;
         if self.params.non_finite == NonFinite::Error {
             batches.check_all_finite()?;
         }
@@ -420,6 +422,8 @@ impl RmsProp {
             .enumerate()
             .map(|(i, v)| state_for(&v, i, &hyper).map(|s| (v, s)))
             .collect::<Result<Vec<_>>>()?;
+        let mut kinds = [0; 4];
+        vars.iter().for_each(|(_, state)| kinds[state.kind()] += 1);
         let fallback = if other.is_empty() {
             None
         } else {
@@ -434,6 +438,7 @@ impl RmsProp {
             fallback,
             last_skipped: Vec::new(),
             owners: FxHashMap::default(),
+            kinds,
         })
     }
 
