@@ -11,8 +11,9 @@
 //! storages locked, and nothing else), or the bare kernel (`kernel-many`:
 //! one `step_many`; `kernel-each`: one call per tensor). A suffix `-16xN`
 //! (`candle-16x100000`, `kernel-many-16x1000`) replaces the model by `N`
-//! tensors of 16 elements. Prints the time per step after one warm-up step
-//! (and burn's step statistics).
+//! tensors of 16 elements. burn's parameters are `f32`, or `bf16`/`f16` with
+//! `DTYPE=bf16`/`DTYPE=f16` in the environment. Prints the time per step
+//! after one warm-up step (and burn's step statistics).
 //!
 //! ```text
 //! cargo build --release -p fused-rmsprop-benches --example many_tensors
@@ -44,7 +45,7 @@ fn main() {
     let start;
     // One warm-up step, then `steps` timed ones.
     let run_burn = |optim: burn_case::Stepper| {
-        let mut case = burn_case::Case::new(&sizes, optim, lr);
+        let mut case = burn_case::Case::new_in(burn_dtype(), &sizes, optim, lr);
         case.step();
         let start = std::time::Instant::now();
         for _ in 0..steps {
@@ -132,6 +133,16 @@ fn main() {
     }
     let per_step = start.elapsed() / steps as u32;
     println!("{name}: {} tensors, {per_step:?} per step", sizes.len());
+}
+
+/// The dtype of burn's parameters: `f32`, or `DTYPE=bf16` / `DTYPE=f16` in
+/// the environment.
+fn burn_dtype() -> burn::tensor::DType {
+    match std::env::var("DTYPE").as_deref() {
+        Ok("bf16") => burn::tensor::DType::BF16,
+        Ok("f16") => burn::tensor::DType::F16,
+        _ => burn::tensor::DType::F32,
+    }
 }
 
 /// The 2,000-tensor model's sizes, or the 150-tensor one's with `MODEL=150`.
