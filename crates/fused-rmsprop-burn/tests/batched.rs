@@ -269,9 +269,6 @@ fn many_small_tensors_step_and_checkpoint_on_a_small_stack() {
             let mut batched = config.init_batched();
             let (module, outcome) = batched.step(LR, module, all);
             assert_eq!(outcome, Ok(Vec::new()));
-            // A checkpoint of all of them, read back.
-            let bytes = batched.to_record(&module).into_bytes().unwrap();
-            config.init_batched().load_record(&module, bytes).unwrap();
             let values = |m: &Many| -> Vec<u32> {
                 m.tensors
                     .iter()
@@ -280,6 +277,22 @@ fn many_small_tensors_step_and_checkpoint_on_a_small_stack() {
                     .collect()
             };
             assert_eq!(values(&expected), values(&module));
+            // A checkpoint of all of them, read back by both routes; the
+            // next step of each matches the optimizer that never stopped.
+            let bytes = batched.to_record(&module).into_bytes().unwrap();
+            let mut resumed = config.init_batched();
+            resumed.load_record(&module, bytes.clone()).unwrap();
+            let mut per_parameter: ModuleOptimizer = config.init();
+            fused_rmsprop_burn::load_record(&mut per_parameter, bytes).unwrap();
+            let expected = reference.step(LR, expected.clone(), grads(&expected));
+            let (from_batched, outcome) = resumed.step(LR, module.clone(), grads(&module));
+            assert_eq!(outcome, Ok(Vec::new()));
+            let from_per_parameter = per_parameter.step(LR, module.clone(), grads(&module));
+            assert_eq!(values(&expected), values(&from_batched));
+            assert_eq!(values(&expected), values(&from_per_parameter));
+            // And the per-parameter route's own checkpoint of 5,000 states.
+            let bytes = per_parameter.to_record().into_bytes().unwrap();
+            fused_rmsprop_burn::load_record(&mut config.init(), bytes).unwrap();
         })
         .unwrap();
     handle.join().unwrap();
