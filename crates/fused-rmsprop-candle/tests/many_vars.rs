@@ -178,3 +178,43 @@ fn a_transposed_view_of_its_own_variable_as_gradient_is_read_as_it_was() {
     assert_eq!(flat(&w), flat(&reference));
     assert_ne!(flat(&w), values);
 }
+
+#[test]
+fn aliased_gradients_of_every_dtype_in_one_optimizer_are_copied_first() {
+    let dtypes = [DType::F32, DType::F64, DType::BF16, DType::F16];
+    let var = |values: &[f32], dtype| {
+        let t = Tensor::new(values, &Device::Cpu).unwrap();
+        Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap()
+    };
+    // Two variables per dtype, `a` and `b`.
+    let make = || -> Vec<Var> {
+        dtypes
+            .iter()
+            .flat_map(|&d| [var(&[1.0, -2.0, 0.5], d), var(&[0.25, 4.0, -1.0], d)])
+            .collect()
+    };
+    // a's gradient is a itself and b's gradient is a too, or copies of a.
+    let gradients = |vars: &[Var], copied: bool| {
+        let mut grads = GradStore::default();
+        for pair in vars.chunks(2) {
+            let a = || match copied {
+                true => pair[0].as_tensor().copy().unwrap(),
+                false => pair[0].as_tensor().clone(),
+            };
+            grads.insert(pair[0].as_tensor(), a());
+            grads.insert(pair[1].as_tensor(), a());
+        }
+        grads
+    };
+    let as_f64 = |v: &Var| v.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+
+    let vars = make();
+    let before: Vec<_> = vars.iter().map(as_f64).collect();
+    step_or_hang(vars.clone(), gradients(&vars, false)).unwrap();
+    let reference = make();
+    step_or_hang(reference.clone(), gradients(&reference, true)).unwrap();
+    for ((v, r), b) in vars.iter().zip(&reference).zip(before) {
+        assert_eq!(as_f64(v), as_f64(r), "{:?}", v.dtype());
+        assert_ne!(as_f64(v), b, "{:?} stepped", v.dtype());
+    }
+}
