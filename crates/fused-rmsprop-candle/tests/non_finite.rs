@@ -95,6 +95,29 @@ fn error_writes_nothing_across_dtypes() {
     assert_eq!(b.to_vec1::<f64>().unwrap(), [4.0, 5.0]);
 }
 
+/// With poisoned gradients in several dtypes the error names the first
+/// variable in the optimizer's order, whichever dtype is stepped first.
+#[test]
+fn error_names_the_first_poisoned_variable_across_dtypes() {
+    let wide = Var::new(&[4.0f64, 5.0], &Device::Cpu).unwrap();
+    let narrow = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+    let mut opt = RmsProp::new(vec![wide.clone(), narrow.clone()], with(NonFinite::Error)).unwrap();
+    let mut g = candle_core::backprop::GradStore::default();
+    g.insert(
+        wide.as_tensor(),
+        Tensor::new(&[0.5f64, f64::NAN], &Device::Cpu).unwrap(),
+    );
+    g.insert(
+        narrow.as_tensor(),
+        Tensor::new(&[f32::INFINITY, 0.5], &Device::Cpu).unwrap(),
+    );
+    let err = opt.step(&g).unwrap_err().to_string();
+    assert!(
+        err.contains("group 0") && err.contains("element 1"),
+        "{err}"
+    );
+}
+
 /// Zero-element variables: accepted, stepped (nothing to do), saved and
 /// loaded like any other.
 #[test]
