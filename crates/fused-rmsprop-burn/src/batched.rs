@@ -316,21 +316,13 @@ impl BatchedRmsProp {
         // the kernel refuse now (the rate is valid, every length fits), and
         // that was checked above for every dtype: a later dtype's call
         // cannot fail after an earlier one wrote.
-        let (kernel, counters) = (&self.kernel, &self.counters);
-        let skipped =
-            run::<f32>(kernel, counters, lr, DType::F32, taken, lined).and_then(|mut s| {
-                s.extend(run::<bf16>(
-                    kernel,
-                    counters,
-                    lr,
-                    DType::BF16,
-                    taken,
-                    lined,
-                )?);
-                s.extend(run::<f16>(kernel, counters, lr, DType::F16, taken, lined)?);
-                s.extend(run::<f64>(kernel, counters, lr, DType::F64, taken, lined)?);
-                Ok(s)
-            });
+        let with = (&self.kernel, &self.counters, lr);
+        let skipped = run::<f32>(with, DType::F32, taken, lined).and_then(|mut s| {
+            s.extend(run::<bf16>(with, DType::BF16, taken, lined)?);
+            s.extend(run::<f16>(with, DType::F16, taken, lined)?);
+            s.extend(run::<f64>(with, DType::F64, taken, lined)?);
+            Ok(s)
+        });
         let skipped = skipped.map_err(|error| BatchedError::Kernel { param: None, error })?;
         for _ in 0..taken.len() - skipped.len() {
             Counters::bump(&self.counters.in_place);
@@ -345,9 +337,7 @@ impl BatchedRmsProp {
 /// (copy-on-write) and counted, not when it was taken: a refused step
 /// copies nothing.
 fn run<P: flex::FlexParam>(
-    kernel: &RmsProp,
-    counters: &Counters,
-    lr: f64,
+    (kernel, counters, lr): (&RmsProp, &Counters, f64),
     dtype: DType,
     taken: &mut [Taken],
     states: &mut [(ParamId, Option<KernelState>)],

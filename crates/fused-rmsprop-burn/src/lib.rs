@@ -207,8 +207,7 @@ pub struct StepStats {
     pub skipped_steps: u64,
     /// Why the last refused step was refused, when the kernel refused it;
     /// `None` when the last refusal was the batched route's
-    /// [`BatchedError::NotInPlace`](crate::BatchedError::NotInPlace), which
-    /// the step's own result names.
+    /// [`BatchedError::NotInPlace`], which the step's own result names.
     pub last_error: Option<fused_rmsprop::Error>,
 }
 

@@ -200,8 +200,8 @@ impl candle_nn::Optimizer for RmsProp {
     }
 
     /// Steps every variable that has a gradient in `grads`; the others are
-    /// left alone. Everything is checked first (gradient shape, dtype and device,
-    /// the learning rate, two variables sharing one storage, and under
+    /// left alone. Everything is checked first (gradient shape, dtype and
+    /// device, the learning rate, two variables sharing one storage, and under
     /// [`NonFinite::Error`] every gradient's values): on error nothing is
     /// written.
     ///
@@ -212,7 +212,7 @@ impl candle_nn::Optimizer for RmsProp {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let lr = self.params.lr;
         fused_rmsprop::Hyper::validate(&self.kernel.hyper().with_lr(lr)).map_err(kernel_error)?;
-        // One visit per variable before anything is locked (with 100,000
+        // One visit per variable before any storage is written (with 100,000
         // variables their metadata no longer fits in cache, so each visit
         // costs misses, and so does every byte of the step's own vectors):
         // its gradient checked and made contiguous, the keys of both
