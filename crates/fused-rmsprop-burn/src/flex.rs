@@ -32,30 +32,45 @@ where
 {
 }
 
-/// Why the batched route cannot step `param` in place (`None`: it can):
-/// the parameter off Flex or of a dtype the kernel lacks, the gradient of
-/// another dtype or shape, or off Flex.
-pub(crate) fn refusal<const D: usize>(param: &Tensor<D>, grad: &Tensor<D>) -> Option<String> {
-    // The module's parameters are on the autodiff device over Flex.
-    let on_flex =
-        |t: &Tensor<D>| matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_));
+/// Why the kernel cannot step `param` with `grad` in place (`None`: it
+/// can): either off Flex (autodiff over Flex counts as Flex), the parameter
+/// of a dtype the kernel lacks, or the gradient of another dtype. Shared by
+/// both routes' checks.
+fn not_steppable<const D: usize>(param: &Tensor<D>, grad: &Tensor<D>) -> Option<String> {
     let dtype = param.dtype();
     if !on_flex(param) {
         Some(format!("on {:?}, not a Flex device", param.device()))
     } else if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
         Some(format!("dtype {dtype:?}"))
-    } else if grad.dtype() != dtype || grad.dims() != param.dims() {
+    } else if grad.dtype() != dtype {
         Some(format!(
-            "gradient {:?} {:?} for a parameter {dtype:?} {:?}",
-            grad.dtype(),
-            grad.dims(),
-            param.dims()
+            "gradient {:?} for a parameter {dtype:?}",
+            grad.dtype()
         ))
     } else if !on_flex(grad) {
         Some(format!("gradient on {:?}", grad.device()))
     } else {
         None
     }
+}
+
+/// Whether `t` lives on a Flex device, directly or under autodiff.
+fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
+    matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+}
+
+/// Why the batched route cannot step `param` in place (`None`: it can):
+/// [`not_steppable`], or the gradient of another shape.
+pub(crate) fn refusal<const D: usize>(param: &Tensor<D>, grad: &Tensor<D>) -> Option<String> {
+    not_steppable(param, grad).or_else(|| {
+        (grad.dims() != param.dims()).then(|| {
+            format!(
+                "gradient {:?} for a parameter {:?}",
+                grad.dims(),
+                param.dims()
+            )
+        })
+    })
 }
 
 /// The index of the first NaN or infinity in `grad` (contiguous, of a dtype
@@ -77,14 +92,9 @@ pub(crate) fn applies<const D: usize>(
     grad: &Tensor<D>,
     state: &FusedRmsPropState<D>,
 ) -> bool {
-    let on_flex = |t: &Tensor<D>| matches!(t.device().as_dispatch(), DispatchDevice::Flex(_));
-    let dtype = param.dtype();
-    let kept = state_dtype(dtype);
+    let kept = state_dtype(param.dtype());
     let state_like = |t: &Tensor<D>| t.dtype() == kept && on_flex(t);
-    matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16)
-        && on_flex(param)
-        && grad.dtype() == dtype
-        && on_flex(grad)
+    not_steppable(param, grad).is_none()
         && state_like(&state.square_avg)
         && state.grad_avg.as_ref().is_none_or(state_like)
         && state.momentum_buf.as_ref().is_none_or(state_like)

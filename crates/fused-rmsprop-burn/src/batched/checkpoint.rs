@@ -114,7 +114,7 @@ impl BatchedRmsProp {
 }
 
 /// A module's float parameters in the order a `ModuleOptimizer` visits them
-/// (each once), with a zero gradient for each.
+/// (each once), with a way to register a zero gradient for each.
 struct ParamOrder {
     params: Vec<(ParamId, Zeros)>,
 }
@@ -152,8 +152,11 @@ struct Visitor {
 impl ModuleVisitor for Visitor {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if self.seen.insert(param.id) {
-            let zeros = param.val().inner().zeros_like();
-            let register = move |grads: &mut GradientsParams, id| grads.register(id, zeros);
+            // Made only when registered: `to_record` registers only the
+            // parameters that have a state.
+            let value = param.val().inner();
+            let register =
+                move |grads: &mut GradientsParams, id| grads.register(id, value.zeros_like());
             self.params.push((param.id, Zeros(Box::new(register))));
         }
     }
