@@ -21,6 +21,7 @@
 //! shares a storage with a variable (see `RmsProp::step`); gradients are read
 //! under read locks taken before the nesting starts.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use candle_core::{CpuStorage, Layout, Tensor, Var};
@@ -39,11 +40,11 @@ pub const VARS_PER_DISPATCH: usize = 32;
 /// The variables of one dtype `T` to step: each one's index among the
 /// optimizer's variables, the variable and its state, and beside them (in a
 /// vector of their own, which the read locks borrow while the states are
-/// lent to the kernel) its contiguous gradient, which shares no storage with
-/// any variable once [`copy_aliased`](Self::copy_aliased) has run.
+/// lent to the kernel) its contiguous gradient, borrowed from the gradient
+/// store or a copy, which shares no storage with any variable once [`copy_aliased`](Self::copy_aliased) has run.
 pub(crate) struct Batch<'a, T: Param> {
     targets: Vec<(usize, &'a Var, &'a mut State<T::State>)>,
-    grads: Vec<Tensor>,
+    grads: Vec<Cow<'a, Tensor>>,
     /// Which storage each gradient uses (see `storage_key`).
     keys: Vec<Option<usize>>,
 }
@@ -62,7 +63,7 @@ impl<'a, T: CpuParam> Batch<'a, T> {
         &mut self,
         index: usize,
         var: &'a Var,
-        grad: Tensor,
+        grad: Cow<'a, Tensor>,
         key: Option<usize>,
         state: &'a mut State<T::State>,
     ) {
@@ -76,7 +77,7 @@ impl<'a, T: CpuParam> Batch<'a, T> {
     pub(crate) fn copy_aliased(&mut self, owners: &FxHashMap<usize, usize>) -> Result<()> {
         for (grad, key) in self.grads.iter_mut().zip(&self.keys) {
             if key.is_some_and(|key| owners.contains_key(&key)) {
-                *grad = grad.copy()?;
+                *grad = Cow::Owned(grad.copy()?);
             }
         }
         Ok(())
@@ -112,7 +113,7 @@ pub(crate) fn step_all<T: CpuParam>(
         return Ok(Vec::new());
     }
     // Read locks on every gradient, held for the whole step.
-    let guards: Vec<_> = grads.iter().map(Tensor::storage_and_layout).collect();
+    let guards: Vec<_> = grads.iter().map(|g| g.storage_and_layout()).collect();
     let mut grad_slices = Vec::with_capacity(guards.len());
     for (guard, layout) in &guards {
         grad_slices.push(cpu_slice::<T>(guard, layout)?);

@@ -1,5 +1,6 @@
 //! [`RmsProp`]: the `candle_nn::Optimizer`, its variables and their state.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use candle_core::backprop::GradStore;
@@ -241,10 +242,15 @@ impl candle_nn::Optimizer for RmsProp {
                 empty.push(state);
                 continue;
             }
-            // The contiguous form shares the gradient's storage only when
-            // the gradient already was contiguous (otherwise it is a copy of
-            // its own), so its key says whether it may alias a variable.
-            let grad = grad.contiguous()?;
+            // A contiguous gradient is read where it is (borrowed from the
+            // store: no reference count touched, none dropped at the end of
+            // the step); any other is copied to a contiguous tensor of its
+            // own. Either way its key says whether it may alias a variable.
+            let grad = if grad.is_contiguous() {
+                Cow::Borrowed(grad)
+            } else {
+                Cow::Owned(grad.contiguous()?)
+            };
             let key = storage_key(&grad);
             match state {
                 VarState::F32(s) => batches.f32s.push(index, var, grad, key, s),
