@@ -12,7 +12,8 @@
 //! one `step_many`; `kernel-each`: one call per tensor). A suffix `-16xN`
 //! (`candle-16x100000`, `kernel-many-16x1000`) replaces the model by `N`
 //! tensors of 16 elements. burn's parameters are `f32`, or `bf16`/`f16` with
-//! `DTYPE=bf16`/`DTYPE=f16` in the environment. Prints the time per step
+//! `DTYPE=bf16`/`DTYPE=f16` in the environment; `THREADS=1` runs the bare
+//! kernel (`kernel-*`, `floor-traffic`) on one thread. Prints the time per step
 //! after one warm-up step (and burn's step statistics).
 //!
 //! ```text
@@ -76,12 +77,12 @@ fn main() {
         }
         "floor" => start = run_burn(burn_case::floor().into()),
         "floor-traffic" => {
-            let kernel = fused_rmsprop::RmsProp::new(variant.hyper()).expect("valid");
+            let kernel = bare_kernel(variant);
             let traffic = burn::optim::ModuleOptimizer::from(Traffic::new(&sizes, kernel));
             start = run_burn(traffic.into());
         }
         "kernel-many" | "kernel-each" => {
-            let kernel = fused_rmsprop::RmsProp::new(variant.hyper()).expect("valid");
+            let kernel = bare_kernel(variant);
             let mut buffers: Vec<Buffers> =
                 sizes.iter().map(|&k| Buffers::new(k, variant)).collect();
             let mut step = || {
@@ -133,6 +134,21 @@ fn main() {
     }
     let per_step = start.elapsed() / steps as u32;
     println!("{name}: {} tensors, {per_step:?} per step", sizes.len());
+}
+
+/// The bare kernel of `kernel-many`, `kernel-each` and `floor-traffic`: on
+/// the pool's threads, or on the calling thread alone with `THREADS=1` in the
+/// environment (as `burn-single` steps burn's parameters).
+fn bare_kernel(variant: Variant) -> fused_rmsprop::RmsProp {
+    let kernel = fused_rmsprop::RmsProp::new(variant.hyper()).expect("valid");
+    if std::env::var("THREADS").as_deref() != Ok("1") {
+        return kernel;
+    }
+    let single = fused_rmsprop::Execution {
+        threads: fused_rmsprop::Threads::Single,
+        ..Default::default()
+    };
+    kernel.with_execution(single).expect("valid")
 }
 
 /// The dtype of burn's parameters: `f32`, or `DTYPE=bf16` / `DTYPE=f16` in
