@@ -30,6 +30,7 @@ use rustc_hash::FxHashMap;
 
 use crate::Result;
 use crate::optimizer::kernel_error;
+use crate::spare::Spare;
 use crate::storage::{CpuParam, cpu_slice};
 
 /// The most variables one nested dispatch holds. Each level of nesting costs
@@ -41,7 +42,8 @@ pub const VARS_PER_DISPATCH: usize = 32;
 /// optimizer's variables, the variable and its state, and beside them (in a
 /// vector of their own, which the read locks borrow while the states are
 /// lent to the kernel) its contiguous gradient, borrowed from the gradient
-/// store or a copy, which shares no storage with any variable once [`copy_aliased`](Self::copy_aliased) has run.
+/// store or a copy, which shares no storage with any variable once
+/// [`copy_aliased`](Self::copy_aliased) has run.
 pub(crate) struct Batch<'a, T: Param> {
     targets: Vec<(usize, &'a Var, &'a mut State<T::State>)>,
     grads: Vec<Cow<'a, Tensor>>,
@@ -49,13 +51,25 @@ pub(crate) struct Batch<'a, T: Param> {
     keys: Vec<Option<usize>>,
 }
 
+/// The allocations of one dtype's step vectors, kept from step to step
+/// (see [`Spare`]): the batch's three and the locks and slices of its
+/// gradients.
+#[derive(Debug, Default)]
+pub(crate) struct BatchSpare {
+    targets: Spare<[usize; 3]>,
+    grads: Spare<[usize; 2]>,
+    keys: Spare<[usize; 2]>,
+    locks: Spare<[usize; 2]>,
+    slices: Spare<[usize; 2]>,
+}
+
 impl<'a, T: CpuParam> Batch<'a, T> {
-    /// An empty batch with room for `n` variables.
-    pub(crate) fn with_capacity(n: usize) -> Self {
+    /// An empty batch with room for `n` variables, in `spare`'s allocations.
+    pub(crate) fn with_capacity(spare: &mut BatchSpare, n: usize) -> Self {
         Self {
-            targets: Vec::with_capacity(n),
-            grads: Vec::with_capacity(n),
-            keys: Vec::with_capacity(n),
+            targets: spare.targets.take(n),
+            grads: spare.grads.take(n),
+            keys: spare.keys.take(n),
         }
     }
 
@@ -107,36 +121,59 @@ pub(crate) fn step_all<T: CpuParam>(
     kernel: &fused_rmsprop::RmsProp,
     lr: f64,
     batch: Batch<'_, T>,
+    spare: &mut BatchSpare,
 ) -> Result<Vec<usize>> {
-    let Batch { targets, grads, .. } = batch;
-    if targets.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Read locks on every gradient, held for the whole step.
-    let guards: Vec<_> = grads.iter().map(|g| g.storage_and_layout()).collect();
-    let mut grad_slices = Vec::with_capacity(guards.len());
-    for (guard, layout) in &guards {
-        grad_slices.push(cpu_slice::<T>(guard, layout)?);
-    }
-    let mut pending = targets
-        .into_iter()
-        .zip(grad_slices)
-        .map(|((index, var, state), grad)| Pending {
-            index,
-            var,
-            grad,
-            state: &mut state.square_avg,
-            grad_avg: state.grad_avg.as_deref_mut(),
-            momentum_buf: state.momentum_buf.as_deref_mut(),
-            master: state.master.as_deref_mut(),
-            step: &mut state.step,
-        });
+    let Batch {
+        mut targets,
+        grads,
+        keys,
+    } = batch;
+    spare.keys.keep(keys);
     let mut skipped = Vec::new();
+    if !targets.is_empty() {
+        // Read locks on every gradient, held for the whole step.
+        let mut locks = spare.locks.take(grads.len());
+        locks.extend(grads.iter().map(|g| g.storage_and_layout()));
+        let mut slices = spare.slices.take(locks.len());
+        for (lock, layout) in &locks {
+            slices.push(cpu_slice::<T>(lock, layout)?);
+        }
+        let pending = targets
+            .drain(..)
+            .zip(slices.drain(..))
+            .map(|((index, var, state), grad)| Pending {
+                index,
+                var,
+                grad,
+                state: &mut state.square_avg,
+                grad_avg: state.grad_avg.as_deref_mut(),
+                momentum_buf: state.momentum_buf.as_deref_mut(),
+                master: state.master.as_deref_mut(),
+                step: &mut state.step,
+            });
+        step_in_dispatches(kernel, lr, pending, &mut skipped)?;
+        spare.slices.keep(slices);
+        spare.locks.keep(locks);
+    }
+    spare.targets.keep(targets);
+    spare.grads.keep(grads);
+    Ok(skipped)
+}
+
+/// Steps `pending` in nested in-place ops of at most [`VARS_PER_DISPATCH`]
+/// variables, pushing to `skipped` the indices of the variables skipped for
+/// a non-finite gradient.
+fn step_in_dispatches<'a, T: CpuParam>(
+    kernel: &fused_rmsprop::RmsProp,
+    lr: f64,
+    mut pending: impl Iterator<Item = Pending<'a, T>>,
+    skipped: &mut Vec<usize>,
+) -> Result<()> {
     let mut indices = Vec::with_capacity(VARS_PER_DISPATCH);
     loop {
         let dispatch: Vec<Pending<'_, T>> = pending.by_ref().take(VARS_PER_DISPATCH).collect();
         if dispatch.is_empty() {
-            return Ok(skipped);
+            return Ok(());
         }
         indices.clear();
         indices.extend(dispatch.iter().map(|p| p.index));
@@ -260,5 +297,28 @@ impl<T: CpuParam> candle_core::InplaceOp1 for NestedStep<'_, '_, T> {
         );
         counters.push(this.step);
         nest(kernel, lr, pending, groups, &mut counters, self.report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{align_of, size_of};
+
+    use super::*;
+
+    /// A [`Spare`] keeps an allocation only for items laid out like its
+    /// stand-in (otherwise every step allocates again, silently).
+    #[test]
+    fn every_kept_vector_is_laid_out_like_its_stand_in() {
+        fn same<T, W>() -> bool {
+            size_of::<T>() == size_of::<W>() && align_of::<T>() == align_of::<W>()
+        }
+        assert!(same::<(usize, &Var, &mut State<f32>), [usize; 3]>());
+        assert!(same::<(usize, &Var, &mut State<f64>), [usize; 3]>());
+        assert!(same::<Cow<'_, Tensor>, [usize; 2]>());
+        assert!(same::<Option<usize>, [usize; 2]>());
+        assert!(same::<(candle_core::StorageRef<'_>, &Layout), [usize; 2]>());
+        assert!(same::<&[f64], [usize; 2]>());
+        assert!(same::<&[fused_rmsprop::bf16], [usize; 2]>());
     }
 }

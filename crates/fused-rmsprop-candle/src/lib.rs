@@ -73,6 +73,7 @@ mod checkpoint;
 mod inplace;
 mod optimizer;
 mod params;
+mod spare;
 mod storage;
 mod tensor_ops;
 

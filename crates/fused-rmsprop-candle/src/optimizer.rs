@@ -9,7 +9,7 @@ use candle_nn::Optimizer as _;
 use fused_rmsprop::{Hyper, NonFinite, State, bf16, f16};
 use rustc_hash::FxHashMap;
 
-use crate::inplace::{Batch, step_all};
+use crate::inplace::{Batch, BatchSpare, step_all};
 use crate::storage::storage_key;
 use crate::{ParamsRmsProp, Result, TensorOpsRmsProp};
 
@@ -73,10 +73,11 @@ impl VarState {
 /// state; one kernel dispatch per [`VARS_PER_DISPATCH`](crate::VARS_PER_DISPATCH)
 /// variables of one dtype (spread over rayon's pool when the batch is
 /// larger than [`fused_rmsprop::PARALLEL_MIN_ELEMENTS`]); a few vectors of
-/// slice descriptors (about 120 bytes per variable) and a map of storage
-/// addresses (the aliasing check; its table kept from step to step). No
-/// tensor is allocated, except a copy of a gradient that shares storage with
-/// a variable.
+/// slice descriptors and a map of storage addresses (the aliasing check),
+/// about 120 bytes per variable, whose allocations are kept from step to
+/// step (not freed and faulted back in at each step). No tensor is
+/// allocated, except a copy of a gradient that shares storage with a
+/// variable or is not contiguous.
 ///
 /// ```
 /// use candle_core::{Device, Var};
@@ -103,6 +104,9 @@ pub struct RmsProp {
     /// How many variables of each dtype (in the order of
     /// [`VarState::kind`]): the room a step's batches need.
     kinds: [usize; 4],
+    /// The allocations of each dtype's step vectors (in the order of
+    /// [`VarState::kind`]), kept from step to step.
+    spares: [BatchSpare; 4],
 }
 
 /// A step's variables by dtype, each dtype stepped by one kernel call.
@@ -114,14 +118,18 @@ struct Batches<'a> {
 }
 
 impl Batches<'_> {
-    /// Empty batches with room for `counts` variables, in the order of
-    /// [`VarState::kind`].
-    fn with_capacities([f32s, f64s, bf16s, f16s]: [usize; 4]) -> Self {
+    /// Empty batches with room for `counts` variables, in `spares`'
+    /// allocations (both in the order of [`VarState::kind`]).
+    fn with_capacities(
+        spares: &mut [BatchSpare; 4],
+        [f32s, f64s, bf16s, f16s]: [usize; 4],
+    ) -> Self {
+        let [s32, s64, sb16, sf16] = spares;
         Self {
-            f32s: Batch::with_capacity(f32s),
-            f64s: Batch::with_capacity(f64s),
-            bf16s: Batch::with_capacity(bf16s),
-            f16s: Batch::with_capacity(f16s),
+            f32s: Batch::with_capacity(s32, f32s),
+            f64s: Batch::with_capacity(s64, f64s),
+            bf16s: Batch::with_capacity(sb16, bf16s),
+            f16s: Batch::with_capacity(sf16, f16s),
         }
     }
 
@@ -224,7 +232,7 @@ impl candle_nn::Optimizer for RmsProp {
         owners.clear();
         // Each variable goes straight to its dtype's batch, whose vectors
         // are allocated once, at that dtype's number of variables.
-        let mut batches = Batches::with_capacities(self.kinds);
+        let mut batches = Batches::with_capacities(&mut self.spares, self.kinds);
         let mut empty = Vec::new();
         for (index, (var, state)) in self.vars.iter_mut().enumerate() {
             let Some(grad) = grads.get(var) else { continue };
@@ -281,10 +289,11 @@ impl candle_nn::Optimizer for RmsProp {
         };
 
         // One kernel call per dtype (one parameter type per call).
-        let mut in_place_skipped = step_all(&self.kernel, lr, batches.f32s)?;
-        in_place_skipped.extend(step_all(&self.kernel, lr, batches.f64s)?);
-        in_place_skipped.extend(step_all(&self.kernel, lr, batches.bf16s)?);
-        in_place_skipped.extend(step_all(&self.kernel, lr, batches.f16s)?);
+        let [s32, s64, sb16, sf16] = &mut self.spares;
+        let mut in_place_skipped = step_all(&self.kernel, lr, batches.f32s, s32)?;
+        in_place_skipped.extend(step_all(&self.kernel, lr, batches.f64s, s64)?);
+        in_place_skipped.extend(step_all(&self.kernel, lr, batches.bf16s, sb16)?);
+        in_place_skipped.extend(step_all(&self.kernel, lr, batches.f16s, sf16)?);
         in_place_skipped.sort_unstable();
         for state in empty {
             *state.step_mut() += 1;
@@ -445,6 +454,7 @@ impl RmsProp {
             last_skipped: Vec::new(),
             owners: FxHashMap::default(),
             kinds,
+            spares: Default::default(),
         })
     }
 
