@@ -31,7 +31,7 @@ use rustc_hash::FxHashMap;
 use crate::Result;
 use crate::optimizer::kernel_error;
 use crate::spare::Spare;
-use crate::storage::{CpuParam, cpu_slice};
+use crate::storage::{CpuParam, buffer_key, cpu_slice};
 
 /// The most variables one nested dispatch holds. Each level of nesting costs
 /// about 1.6 KiB of stack, so a batch needs about 50 KiB; a step of many
@@ -42,13 +42,10 @@ pub const VARS_PER_DISPATCH: usize = 32;
 /// optimizer's variables, the variable and its state, and beside them (in a
 /// vector of their own, which the read locks borrow while the states are
 /// lent to the kernel) its contiguous gradient, borrowed from the gradient
-/// store or a copy, which shares no storage with any variable once
-/// [`copy_aliased`](Self::copy_aliased) has run.
+/// store or a copy.
 pub(crate) struct Batch<'a, T: Param> {
     targets: Vec<(usize, &'a Var, &'a mut State<T::State>)>,
     grads: Vec<Cow<'a, Tensor>>,
-    /// Which storage each gradient uses (see `storage_key`).
-    keys: Vec<Option<usize>>,
 }
 
 /// The allocations of one dtype's step vectors, kept from step to step
@@ -58,7 +55,6 @@ pub(crate) struct Batch<'a, T: Param> {
 pub(crate) struct BatchSpare {
     targets: Spare<[usize; 3]>,
     grads: Spare<[usize; 2]>,
-    keys: Spare<[usize; 2]>,
     locks: Spare<[usize; 2]>,
     slices: Spare<[usize; 2]>,
 }
@@ -69,7 +65,6 @@ impl<'a, T: CpuParam> Batch<'a, T> {
         Self {
             targets: spare.targets.take(n),
             grads: spare.grads.take(n),
-            keys: spare.keys.take(n),
         }
     }
 
@@ -78,23 +73,10 @@ impl<'a, T: CpuParam> Batch<'a, T> {
         index: usize,
         var: &'a Var,
         grad: Cow<'a, Tensor>,
-        key: Option<usize>,
         state: &'a mut State<T::State>,
     ) {
         self.targets.push((index, var, state));
         self.grads.push(grad);
-        self.keys.push(key);
-    }
-
-    /// Replaces each gradient whose storage is a key of `owners` (a
-    /// variable's storage) by a copy.
-    pub(crate) fn copy_aliased(&mut self, owners: &FxHashMap<usize, usize>) -> Result<()> {
-        for (grad, key) in self.grads.iter_mut().zip(&self.keys) {
-            if key.is_some_and(|key| owners.contains_key(&key)) {
-                *grad = Cow::Owned(grad.copy()?);
-            }
-        }
-        Ok(())
     }
 
     /// The first gradient holding a NaN or an infinity: the variable's
@@ -115,28 +97,44 @@ impl<'a, T: CpuParam> Batch<'a, T> {
 /// non-finite gradient. Errors name the variable by its index among the
 /// optimizer's.
 ///
+/// Every gradient is read-locked before the first variable is
+/// write-locked, and held so for the whole step. A gradient whose storage
+/// is a key of `owners` (the storage of a variable of the step, its own or
+/// another's) is copied under that read lock and the lock let go at once:
+/// the step reads it as it was before the step, and never waits for a lock
+/// it holds itself.
+///
 /// Under `NonFinite::Error` the caller has checked every gradient already
 /// (a dispatch cannot see the next one's gradients before it writes).
 pub(crate) fn step_all<T: CpuParam>(
     kernel: &fused_rmsprop::RmsProp,
     lr: f64,
     batch: Batch<'_, T>,
+    owners: &FxHashMap<usize, usize>,
     spare: &mut BatchSpare,
 ) -> Result<Vec<usize>> {
-    let Batch {
-        mut targets,
-        grads,
-        keys,
-    } = batch;
-    spare.keys.keep(keys);
+    let Batch { mut targets, grads } = batch;
     let mut skipped = Vec::new();
     if !targets.is_empty() {
-        // Read locks on every gradient, held for the whole step.
+        // `None` where the gradient was copied (into `copies`, in order).
         let mut locks = spare.locks.take(grads.len());
-        locks.extend(grads.iter().map(|g| g.storage_and_layout()));
+        let mut copies: Vec<Vec<T>> = Vec::new();
+        for grad in &grads {
+            let (storage, layout) = grad.storage_and_layout();
+            if buffer_key(&storage).is_some_and(|key| owners.contains_key(&key)) {
+                copies.push(cpu_slice::<T>(&storage, layout)?.to_vec());
+                locks.push(None);
+            } else {
+                locks.push(Some((storage, layout)));
+            }
+        }
+        let mut copied = copies.iter();
         let mut slices = spare.slices.take(locks.len());
-        for (lock, layout) in &locks {
-            slices.push(cpu_slice::<T>(lock, layout)?);
+        for lock in &locks {
+            slices.push(match lock {
+                Some((storage, layout)) => cpu_slice::<T>(storage, layout)?,
+                None => copied.next().map(Vec::as_slice).unwrap_or_default(),
+            });
         }
         let pending = targets
             .drain(..)
@@ -316,8 +314,10 @@ mod tests {
         assert!(same::<(usize, &Var, &mut State<f32>), [usize; 3]>());
         assert!(same::<(usize, &Var, &mut State<f64>), [usize; 3]>());
         assert!(same::<Cow<'_, Tensor>, [usize; 2]>());
-        assert!(same::<Option<usize>, [usize; 2]>());
-        assert!(same::<(candle_core::StorageRef<'_>, &Layout), [usize; 2]>());
+        assert!(same::<
+            Option<(candle_core::StorageRef<'_>, &Layout)>,
+            [usize; 2],
+        >());
         assert!(same::<&[f64], [usize; 2]>());
         assert!(same::<&[fused_rmsprop::bf16], [usize; 2]>());
     }

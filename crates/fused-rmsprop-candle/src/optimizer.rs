@@ -224,10 +224,11 @@ impl candle_nn::Optimizer for RmsProp {
         // One visit per variable before any storage is written (with 100,000
         // variables their metadata no longer fits in cache, so each visit
         // costs misses, and so does every byte of the step's own vectors):
-        // its gradient checked and made contiguous, the keys of both
-        // storages. Each variable's storage is write-locked once, so no two
-        // may share one. The keys are addresses: Fx hashing, not SipHash (no
-        // untrusted keys); the map's table is kept from step to step.
+        // its gradient checked and made contiguous, its storage's key (a
+        // read lock taken and let go). Each variable's storage is
+        // write-locked once, so no two may share one. The keys are
+        // addresses: Fx hashing, not SipHash (no untrusted keys); the map's
+        // table is kept from step to step.
         let owners = &mut self.owners;
         owners.clear();
         // Each variable goes straight to its dtype's batch, whose vectors
@@ -253,26 +254,21 @@ impl candle_nn::Optimizer for RmsProp {
             // A contiguous gradient is read where it is (borrowed from the
             // store: no reference count touched, none dropped at the end of
             // the step); any other is copied to a contiguous tensor of its
-            // own. Either way its key says whether it may alias a variable.
+            // own. Whether it shares storage with a variable is seen when
+            // its dtype's batch read-locks it, with every variable's storage
+            // known by then.
             let grad = if grad.is_contiguous() {
                 Cow::Borrowed(grad)
             } else {
                 Cow::Owned(grad.contiguous()?)
             };
-            let key = storage_key(&grad);
             match state {
-                VarState::F32(s) => batches.f32s.push(index, var, grad, key, s),
-                VarState::F64(s) => batches.f64s.push(index, var, grad, key, s),
-                VarState::BF16(s) => batches.bf16s.push(index, var, grad, key, s),
-                VarState::F16(s) => batches.f16s.push(index, var, grad, key, s),
+                VarState::F32(s) => batches.f32s.push(index, var, grad, s),
+                VarState::F64(s) => batches.f64s.push(index, var, grad, s),
+                VarState::BF16(s) => batches.bf16s.push(index, var, grad, s),
+                VarState::F16(s) => batches.f16s.push(index, var, grad, s),
             }
         }
-        // With every variable's storage known: a gradient sharing storage
-        // with any of them is copied.
-        batches.f32s.copy_aliased(owners)?;
-        batches.f64s.copy_aliased(owners)?;
-        batches.bf16s.copy_aliased(owners)?;
-        batches.f16s.copy_aliased(owners)?;
         if self.params.non_finite == NonFinite::Error {
             batches.check_all_finite()?;
         }
@@ -289,11 +285,16 @@ impl candle_nn::Optimizer for RmsProp {
         };
 
         // One kernel call per dtype (one parameter type per call).
+        // A gradient shares storage only with variables of its own dtype (a
+        // storage has one), so each batch's copies are made before that
+        // batch, or any other, writes the variable they copy.
         let [s32, s64, sb16, sf16] = &mut self.spares;
-        let mut in_place_skipped = step_all(&self.kernel, lr, batches.f32s, s32)?;
-        in_place_skipped.extend(step_all(&self.kernel, lr, batches.f64s, s64)?);
-        in_place_skipped.extend(step_all(&self.kernel, lr, batches.bf16s, sb16)?);
-        in_place_skipped.extend(step_all(&self.kernel, lr, batches.f16s, sf16)?);
+        let owners = &*owners;
+        let kernel = &self.kernel;
+        let mut in_place_skipped = step_all(kernel, lr, batches.f32s, owners, s32)?;
+        in_place_skipped.extend(step_all(kernel, lr, batches.f64s, owners, s64)?);
+        in_place_skipped.extend(step_all(kernel, lr, batches.bf16s, owners, sb16)?);
+        in_place_skipped.extend(step_all(kernel, lr, batches.f16s, owners, sf16)?);
         in_place_skipped.sort_unstable();
         for state in empty {
             *state.step_mut() += 1;

@@ -62,8 +62,12 @@ pub(crate) fn cpu_slice<'s, T: CpuParam>(storage: &'s Storage, layout: &Layout) 
 /// Takes the storage's read lock for the time of the look-up only, so it is
 /// safe to call before the step takes any write lock.
 pub(crate) fn storage_key(tensor: &Tensor) -> Option<usize> {
-    let (storage, _) = tensor.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
+    buffer_key(&tensor.storage_and_layout().0)
+}
+
+/// [`storage_key`] of a storage already locked.
+pub(crate) fn buffer_key(storage: &Storage) -> Option<usize> {
+    let Storage::Cpu(cpu) = storage else {
         return None;
     };
     let (address, empty) = match cpu {
