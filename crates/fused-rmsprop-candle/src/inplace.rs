@@ -17,9 +17,10 @@
 //! It is sound without `unsafe`: each slice is borrowed from a storage whose
 //! write lock is held by an enclosing op for as long as the slice lives, and
 //! the borrow checker sees that. No lock is taken twice: the caller
-//! guarantees that no two variables share a storage and that no gradient
-//! shares a storage with a variable (see `RmsProp::step`); gradients are read
-//! under read locks taken before the nesting starts.
+//! guarantees that no two variables share a storage (see `RmsProp::step`),
+//! and [`step_all`] read-locks every gradient before the nesting starts,
+//! copying (and letting go of) each one that shares a storage with a
+//! variable of the step.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -49,7 +50,7 @@ pub(crate) struct Batch<'a, T: Param> {
 }
 
 /// The allocations of one dtype's step vectors, kept from step to step
-/// (see [`Spare`]): the batch's three and the locks and slices of its
+/// (see [`Spare`]): the batch's two, and the locks and slices of its
 /// gradients.
 #[derive(Debug, Default)]
 pub(crate) struct BatchSpare {
