@@ -11,7 +11,11 @@
 //! storages locked, and nothing else), or the bare kernel (`kernel-many`:
 //! one `step_many`; `kernel-each`: one call per tensor). A suffix `-16xN`
 //! (`candle-16x100000`, `kernel-many-16x1000`) replaces the model by `N`
-//! tensors of 16 elements. burn's parameters are `f32`, or `bf16`/`f16` with
+//! tensors of 16 elements. `candle-growth` times candle's step on 1,000
+//! and on 100,000 16-element `Var`s in alternation in one process (a
+//! round: 200 steps of the one, 3 of the other, `STEPS` rounds) and prints
+//! each round's cost per `Var` and their ratio, so that the host's
+//! changing load weighs on both sides alike. burn's parameters are `f32`, or `bf16`/`f16` with
 //! `DTYPE=bf16`/`DTYPE=f16` in the environment; `THREADS=1` runs the bare
 //! kernel (`kernel-*`, `floor-traffic`) on one thread. Prints the time per step
 //! after one warm-up step (and burn's step statistics).
@@ -116,6 +120,10 @@ fn main() {
             start = std::time::Instant::now();
             (0..steps).for_each(|_| step());
         }
+        "candle-growth" => {
+            candle_growth(variant, steps.max(1));
+            return;
+        }
         "candle" => {
             let (vars, grads) = candle_case::vars_and_grads(&sizes);
             let mut opt = candle_case::fused(vars, variant);
@@ -127,7 +135,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "many_tensors: unknown mode {other:?}; burn, burn-batched, burn-single, floor, floor-traffic, candle, candle-floor, kernel-many or kernel-each (with an optional -16xN suffix)"
+                "many_tensors: unknown mode {other:?}; burn, burn-batched, burn-single, floor, floor-traffic, candle, candle-floor, candle-growth, kernel-many or kernel-each (with an optional -16xN suffix)"
             );
             std::process::exit(2);
         }
@@ -221,4 +229,42 @@ impl burn::optim::Optimizer for Traffic {
     fn to_device<const D: usize>(state: (), _device: &burn::tensor::Device) {
         state
     }
+}
+
+/// `candle-growth`: `rounds` rounds, each timing 200 steps of candle's
+/// optimizer over 1,000 16-element `Var`s and 3 steps over 100,000 (about
+/// the same time), back to back, each after one untimed step; prints µs per
+/// `Var` for both and the ratio per round, then the median ratio.
+fn candle_growth(variant: Variant, rounds: usize) {
+    let setup = |count: usize| {
+        let (vars, grads) = candle_case::vars_and_grads(&vec![16; count]);
+        let mut opt = candle_case::fused(vars, variant);
+        opt.step(&grads).expect("a step");
+        move |steps: usize| {
+            // One untimed step first: each side's data back in cache after
+            // the other side's steps, as in a run of its own.
+            opt.step(&grads).expect("a step");
+            let start = std::time::Instant::now();
+            for _ in 0..steps {
+                opt.step(&grads).expect("a step");
+            }
+            start.elapsed().as_secs_f64() * 1e6 / (steps * count) as f64
+        }
+    };
+    let mut small = setup(1_000);
+    let mut large = setup(100_000);
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let (a, b) = (small(200), large(3));
+        ratios.push(b / a);
+        println!(
+            "round {round}: {a:.3} µs per Var at 1,000, {b:.3} at 100,000, ratio {:.2}",
+            b / a
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "candle-growth: median ratio {:.2} over {rounds} rounds",
+        ratios[rounds / 2]
+    );
 }
