@@ -7,8 +7,9 @@
 //! (`floor-traffic`: an optimizer that returns its inputs after stepping
 //! buffers of the same size outside burn with the bare kernel), candle
 //! (`candle`), candle's floor (`candle-floor`: for each `Var`, what any
-//! in-place optimizer must do in candle, its gradient looked up and both
-//! storages locked, and nothing else), or the bare kernel (`kernel-many`:
+//! in-place optimizer must do in candle, its gradient looked up and
+//! read-locked and the `Var`'s storage taken through an in-place op that
+//! writes nothing, and nothing else), or the bare kernel (`kernel-many`:
 //! one `step_many`; `kernel-each`: one call per tensor). A suffix `-16xN`
 //! (`candle-16x100000`, `kernel-many-16x1000`) replaces the model by `N`
 //! tensors of 16 elements. `candle-growth` times candle's step on 1,000
@@ -109,10 +110,11 @@ fn main() {
                 let mut touched = 0;
                 for var in &vars {
                     let Some(grad) = grads.get(var) else { continue };
-                    let (_, layout) = grad.storage_and_layout();
+                    let (storage, layout) = grad.storage_and_layout();
                     touched += layout.start_offset();
-                    let (_, layout) = var.storage_and_layout();
-                    touched += layout.start_offset();
+                    // The only public way to write a `Var`'s storage.
+                    var.inplace_op1(&Touch).expect("an in-place op");
+                    drop(storage);
                 }
                 std::hint::black_box(touched);
             };
@@ -267,4 +269,22 @@ fn candle_growth(variant: Variant, rounds: usize) {
         "candle-growth: median ratio {:.2} over {rounds} rounds",
         ratios[rounds / 2]
     );
+}
+
+/// The in-place op of `candle-floor`: holds the storage and writes nothing.
+struct Touch;
+
+impl candle_core::InplaceOp1 for Touch {
+    fn name(&self) -> &'static str {
+        "touch"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        _layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        std::hint::black_box(storage);
+        Ok(())
+    }
 }
