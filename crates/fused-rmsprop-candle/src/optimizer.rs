@@ -75,9 +75,9 @@ impl VarState {
 /// larger than [`fused_rmsprop::PARALLEL_MIN_ELEMENTS`]); a few vectors of
 /// slice descriptors and a map of storage addresses (the aliasing check),
 /// about 120 bytes per variable, whose allocations are kept from step to
-/// step (not freed and faulted back in at each step). No tensor is
-/// allocated, except a copy of a gradient that shares storage with a
-/// variable or is not contiguous.
+/// step (not freed and faulted back in at each step). Nothing else is
+/// allocated, except a contiguous copy of a gradient that is not contiguous
+/// or shares storage with a variable.
 ///
 /// ```
 /// use candle_core::{Device, Var};
