@@ -16,10 +16,11 @@
 //! and on 100,000 16-element `Var`s in alternation in one process (a
 //! round: 200 steps of the one, 3 of the other, `STEPS` rounds) and prints
 //! each round's cost per `Var` and their ratio, so that the host's
-//! changing load weighs on both sides alike. burn's parameters are `f32`, or `bf16`/`f16` with
-//! `DTYPE=bf16`/`DTYPE=f16` in the environment; `THREADS=1` runs the bare
-//! kernel (`kernel-*`, `floor-traffic`) on one thread. Prints the time per step
-//! after one warm-up step (and burn's step statistics).
+//! changing load weighs on both sides alike. burn's parameters are `f32`,
+//! or `bf16`/`f16` with `DTYPE=bf16`/`DTYPE=f16` in the environment;
+//! `THREADS=1` runs the bare kernel (`kernel-*`, `floor-traffic`) on one
+//! thread. Prints the time per step after one warm-up step (and burn's step
+//! statistics).
 //!
 //! ```text
 //! cargo build --release -p fused-rmsprop-benches --example many_tensors

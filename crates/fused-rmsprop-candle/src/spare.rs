@@ -9,8 +9,9 @@
 //! that grew with the number of variables. A [`Spare`] keeps such a
 //! vector's allocation without its items: emptied and retyped to a stand-in
 //! item `W` of the same size and alignment that borrows nothing, which the
-//! standard library's in-place `collect` does without reallocating (the
-//! tests check that it does, for every vector the step keeps).
+//! standard library's in-place `collect` does without reallocating (a test
+//! here checks that it does; one in `inplace` that every vector the step
+//! keeps is laid out like its stand-in).
 
 /// The allocation of an empty vector whose items are laid out like `W`.
 #[derive(Debug, Default)]
