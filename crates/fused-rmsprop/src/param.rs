@@ -144,11 +144,18 @@ wide_param!(f64, u64, "f64");
 pub(crate) trait Half: Param<State = f32> {
     fn to_bits(self) -> u16;
     fn from_bits(bits: u16) -> Self;
-    /// [`Param::widen`] on every lane.
+    /// [`Param::widen`] on every lane, except that a NaN's quiet bit may be
+    /// left as it was: the kernel stores no widened value unchanged (every
+    /// state and parameter it writes has gone through arithmetic, which
+    /// reads a signalling NaN as a NaN, and has its NaNs made canonical), so
+    /// the bit never reaches memory.
     fn widen_lanes<S: Simd>(simd: S, bits: S::u32s) -> S::f32s;
-    /// [`Param::round_nearest`] on every lane.
+    /// [`Param::round_nearest`] on every lane whose NaNs are the canonical
+    /// `f32` NaN, as [`update_lanes`](crate::simd::update_lanes) returns
+    /// them (another NaN may round to anything).
     fn round_nearest_lanes<S: Simd>(simd: S, x: S::f32s) -> S::u32s;
-    /// [`Param::round_stochastic`] on every lane.
+    /// [`Param::round_stochastic`] on every lane, NaNs canonical as for
+    /// [`Half::round_nearest_lanes`].
     fn round_stochastic_lanes<S: Simd>(simd: S, x: S::f32s, random: S::u32s) -> S::u32s;
 }
 
@@ -267,33 +274,32 @@ impl Half for bf16 {
     }
     #[inline(always)]
     fn widen_lanes<S: Simd>(simd: S, bits: S::u32s) -> S::f32s {
-        // The bits move up by 16; a NaN gets its quiet bit, as in `half`.
-        let wide = shl(simd, bits, 16);
-        let quiet = simd.select_u32s(
-            is_nan_lanes(simd, wide),
-            splat(simd, 0x0040_0000),
-            splat(simd, 0),
-        );
-        simd.transmute_f32s_u32s(simd.or_u32s(wide, quiet))
+        // The bits move up by 16. `half` also sets a NaN's quiet bit, which
+        // no stored result can show (see the trait): leaving it out, with
+        // the rounding's NaN test below, takes 8-11% off a bf16 step in
+        // cache (BENCHMARKS.md).
+        simd.transmute_f32s_u32s(shl(simd, bits, 16))
     }
     #[inline(always)]
     fn round_nearest_lanes<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
-        // (bits + 0x7FFF + lsb) >> 16: ties go to the even neighbour.
+        // (bits + 0x7FFF + lsb) >> 16: ties go to the even neighbour. The
+        // canonical NaN 0x7FC0_0000 has zero low bits, so it becomes 0x7FC0,
+        // the canonical bf16 NaN, with no test for NaN.
         let bits = simd.transmute_u32s_f32s(x);
         let lsb = simd.and_u32s(shr(simd, bits, 16), splat(simd, 1));
-        let rounded = shr(
+        shr(
             simd,
             simd.add_u32s(simd.add_u32s(bits, splat(simd, 0x7FFF)), lsb),
             16,
-        );
-        simd.select_u32s(is_nan_lanes(simd, bits), splat(simd, 0x7FC0), rounded)
+        )
     }
     #[inline(always)]
     fn round_stochastic_lanes<S: Simd>(simd: S, x: S::f32s, random: S::u32s) -> S::u32s {
+        // The canonical NaN's low 16 bits are zero: noise below 2^16 leaves
+        // its top half, 0x7FC0, as it is.
         let bits = simd.transmute_u32s_f32s(x);
         let noise = simd.and_u32s(random, splat(simd, 0xFFFF));
-        let rounded = shr(simd, simd.add_u32s(bits, noise), 16);
-        simd.select_u32s(is_nan_lanes(simd, bits), splat(simd, 0x7FC0), rounded)
+        shr(simd, simd.add_u32s(bits, noise), 16)
     }
 }
 
@@ -524,9 +530,16 @@ mod tests {
             .collect();
         each_isa(Widen::<H>(&all, core::marker::PhantomData), |isa, got| {
             for ((b, g), w) in all.iter().zip(&got).zip(&want) {
+                // A NaN may keep its quiet bit clear (the trait's contract);
+                // sign and payload are `half`'s.
+                let got = if f32::from_bits(*w).is_nan() {
+                    g | 0x0040_0000
+                } else {
+                    *g
+                };
                 assert_eq!(
-                    g,
-                    w,
+                    got,
+                    *w,
                     "{} {b:#06x} on {isa}: {g:#010x}, half {w:#010x}",
                     H::NAME
                 );
@@ -565,6 +578,11 @@ mod tests {
                 assert_eq!(*w, H::round_nearest_reference(*x), "{} from {x:e}", H::NAME);
             }
         }
+        // The lanes take NaNs canonical, as the kernel hands them over.
+        let inputs: Vec<f32> = inputs
+            .iter()
+            .map(|&x| if x.is_nan() { f32::NAN } else { x })
+            .collect();
         each_isa(
             Narrow::<H>(&inputs, None, core::marker::PhantomData),
             |isa, got| {

@@ -159,6 +159,8 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
             if c.master {
                 master_head[i] = p;
             }
+            // `p`'s NaNs are canonical (`update_lanes`), as the rounding
+            // lanes require.
             let rounded = if c.stochastic {
                 let first = offset + (i * width) as u64;
                 H::round_stochastic_lanes(simd, p, random.bits(simd, first))

@@ -157,6 +157,8 @@ pub trait Arbitrary16: Param<State = f32> {
     fn any_bits() -> BoxedStrategy<Self>;
     /// `x` rounded to nearest.
     fn from_f32(x: f32) -> Self;
+    /// The value of bit pattern `bits`.
+    fn from_bits(bits: u16) -> Self;
 }
 
 impl Arbitrary16 for bf16 {
@@ -166,6 +168,9 @@ impl Arbitrary16 for bf16 {
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
     }
+    fn from_bits(bits: u16) -> Self {
+        bf16::from_bits(bits)
+    }
 }
 
 impl Arbitrary16 for f16 {
@@ -174,6 +179,9 @@ impl Arbitrary16 for f16 {
     }
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
+    }
+    fn from_bits(bits: u16) -> Self {
+        f16::from_bits(bits)
     }
 }
 
