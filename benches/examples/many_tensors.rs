@@ -19,7 +19,10 @@
 //! changing load weighs on both sides alike. burn's parameters are `f32`,
 //! or `bf16`/`f16` with `DTYPE=bf16`/`DTYPE=f16` in the environment;
 //! `THREADS=1` runs the bare kernel (`kernel-*`, `floor-traffic`) on one
-//! thread. Prints the time per step after one warm-up step (and burn's step
+//! thread; `LEARNER=1` has burn's modes hold a clone of the module while
+//! the optimizer steps it, as burn-train's `Learner` does (every parameter
+//! buffer shared during the step); `MODEL=16M` is one tensor of 16M
+//! elements. Prints the time per step after one warm-up step (and burn's step
 //! statistics).
 //!
 //! ```text
@@ -53,10 +56,18 @@ fn main() {
     // One warm-up step, then `steps` timed ones.
     let run_burn = |optim: burn_case::Stepper| {
         let mut case = burn_case::Case::new_in(burn_dtype(), &sizes, optim, lr);
-        case.step();
+        let learner = std::env::var("LEARNER").as_deref() == Ok("1");
+        let mut step = || {
+            if learner {
+                case.step_holding_the_module()
+            } else {
+                case.step()
+            }
+        };
+        step();
         let start = std::time::Instant::now();
         for _ in 0..steps {
-            case.step();
+            step();
         }
         start
     };
@@ -174,10 +185,10 @@ fn burn_dtype() -> burn::tensor::DType {
 
 /// The 2,000-tensor model's sizes, or the 150-tensor one's with `MODEL=150`.
 fn model_sizes() -> Vec<usize> {
-    if std::env::var("MODEL").as_deref() == Ok("150") {
-        transformer_sizes()
-    } else {
-        many_tensor_sizes()
+    match std::env::var("MODEL").as_deref() {
+        Ok("150") => transformer_sizes(),
+        Ok("16M") => vec![1 << 24],
+        _ => many_tensor_sizes(),
     }
 }
 

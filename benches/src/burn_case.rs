@@ -97,6 +97,16 @@ impl Case {
         });
     }
 
+    /// [`Case::step`] the way burn-train's `Learner` steps (0.22:
+    /// `self.model = self.model().optimize(..)`, where `model()` is a
+    /// clone): a clone of the module is held while the optimizer steps, so
+    /// every parameter's buffer is shared during the step.
+    pub fn step_holding_the_module(&mut self) {
+        let held = self.module.clone();
+        self.step();
+        drop(held);
+    }
+
     /// The parameters' values, concatenated.
     pub fn values(&self) -> Vec<f32> {
         let module = self.module.as_ref().expect("a module between steps");

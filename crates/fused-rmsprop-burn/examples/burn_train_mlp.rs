@@ -22,11 +22,10 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer, RmsPropConfig};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device};
 use fused_rmsprop_burn::{BatchedRmsProp, FusedRmsPropConfig};
-use iris::{Classifier, IrisBatch, IrisBatcher, IrisItem};
+use iris::{Classifier, IrisBatcher, IrisItem};
 
 const EPOCHS: usize = 10;
 const BATCH: usize = 16;
@@ -61,7 +60,7 @@ fn main() {
     device.seed(0);
     let mut initial = Classifier::new(HIDDEN, &device);
     if dtype != DType::F32 {
-        initial = initial.map(&mut Cast(dtype));
+        initial = initial.cast(dtype);
     }
     let (train, valid) = iris::train_valid_split();
     println!(
@@ -88,20 +87,12 @@ fn main() {
     // process's first-use costs (thread pool start, page faults).
     println!("\nwarm-up: one epoch with each optimizer");
     for (_, optim) in optimizers() {
-        train_epochs(initial.clone(), optim, 1, &train, &valid, dtype, &device);
+        train_epochs(initial.clone(), optim, 1, &train, &valid, &device);
     }
     let mut times = Vec::new();
     for (name, optim) in optimizers() {
         println!("\n== {name} ==");
-        let spent = train_epochs(
-            initial.clone(),
-            optim,
-            EPOCHS,
-            &train,
-            &valid,
-            dtype,
-            &device,
-        );
+        let spent = train_epochs(initial.clone(), optim, EPOCHS, &train, &valid, &device);
         println!("{name}: {:.1} ms in optim.step", spent.as_secs_f64() * 1e3);
         times.push(spent);
     }
@@ -143,7 +134,6 @@ fn train_epochs(
     epochs: usize,
     train: &[IrisItem],
     valid: &[IrisItem],
-    dtype: DType,
     device: &Device,
 ) -> Duration {
     let mut spent = Duration::ZERO;
@@ -151,8 +141,7 @@ fn train_epochs(
     for epoch in 1..=epochs {
         let mut loss_sum = 0.0;
         for (b, items) in train.chunks(BATCH).enumerate() {
-            let output =
-                model.classify(cast_batch(IrisBatcher.batch(items.to_vec(), device), dtype));
+            let output = model.classify(IrisBatcher.batch(items.to_vec(), device));
             loss_sum += output.loss.clone().cast(DType::F32).into_scalar::<f32>();
             let grads = GradientsParams::from_grads(output.loss.backward(), &model);
             let started = Instant::now();
@@ -166,7 +155,7 @@ fn train_epochs(
             );
             let _ = std::io::stdout().flush();
         }
-        let accuracy = accuracy(&model, valid, dtype, device);
+        let accuracy = accuracy(&model, valid, device);
         println!(
             "  train loss {:.4}, valid accuracy {:.1}%",
             loss_sum / batches as f32,
@@ -177,8 +166,8 @@ fn train_epochs(
 }
 
 /// The share of `items` the model classifies correctly.
-fn accuracy(model: &Classifier, items: &[IrisItem], dtype: DType, device: &Device) -> f32 {
-    let batch = cast_batch(IrisBatcher.batch(items.to_vec(), device), dtype);
+fn accuracy(model: &Classifier, items: &[IrisItem], device: &Device) -> f32 {
+    let batch = IrisBatcher.batch(items.to_vec(), device);
     let predicted: Vec<i64> = model
         .forward(batch.inputs)
         .argmax(1)
@@ -192,26 +181,4 @@ fn accuracy(model: &Classifier, items: &[IrisItem], dtype: DType, device: &Devic
         .filter(|(p, item)| **p == item.label)
         .count();
     right as f32 / items.len() as f32
-}
-
-fn cast_batch(batch: IrisBatch, dtype: DType) -> IrisBatch {
-    IrisBatch {
-        inputs: batch.inputs.cast(dtype),
-        targets: batch.targets,
-    }
-}
-
-/// Converts every float parameter of a module to one dtype.
-struct Cast(DType);
-
-impl burn::module::ModuleMapper for Cast {
-    fn map_float<const D: usize>(
-        &mut self,
-        param: burn::module::Param<Tensor<D>>,
-    ) -> burn::module::Param<Tensor<D>> {
-        // Cast outside the autodiff graph and track the result as a new
-        // leaf, so the cast is not part of every step's graph.
-        let dtype = self.0;
-        param.map(|t| Tensor::from_inner(t.inner().cast(dtype)).require_grad())
-    }
 }

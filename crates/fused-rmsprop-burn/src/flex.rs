@@ -13,6 +13,7 @@ use burn::backend::{DispatchDevice, Flex};
 use burn::tensor::{DType, Tensor};
 use fused_rmsprop::{Param, RmsProp, StateSlices, StepReport, bf16, f16};
 
+use crate::shared::Spares;
 use crate::state::state_dtype;
 use crate::{Counters, FusedRmsPropState};
 
@@ -103,16 +104,24 @@ pub(crate) fn applies<const D: usize>(
 /// One step in place. `applies` holds and `state` fits `param`; `lr` is
 /// valid. Each buffer that is shared with another owner or not contiguous
 /// is copied first (counted in `counters`); every other one is written
-/// where it lies.
+/// where it lies. A shared parameter is copied into a buffer `spares` kept
+/// for it when there is one (module `shared`).
 pub(crate) fn step<const D: usize>(
     kernel: &RmsProp,
     lr: f64,
     param: Tensor<D>,
     grad: Tensor<D>,
     state: FusedRmsPropState<D>,
-    counters: &Counters,
+    (counters, spares): (&Counters, &Spares),
 ) -> (Tensor<D>, FusedRmsPropState<D>) {
-    let mut param = writable(to_flex(param), counters);
+    let param = readable(to_flex(param), counters);
+    let mut param = if param.is_unique() {
+        spares.forget(&param);
+        param
+    } else {
+        counters.copied();
+        spares.unshare(param)
+    };
     let grad = readable(to_flex(grad), counters);
     let mut square_avg = writable(to_flex(state.square_avg), counters);
     let mut grad_avg = state.grad_avg.map(|t| writable(to_flex(t), counters));

@@ -54,6 +54,17 @@
 //! transposed view) is made contiguous. [`FusedRmsProp::stats`] counts these
 //! copies.
 //!
+//! burn-train's `Learner` is such an owner: it holds a clone of the model
+//! while the optimizer steps it (burn-train 0.22), so there every parameter
+//! is copied every step. The optimizer keeps the buffer each shared
+//! parameter arrived in (the `Learner` lets go of it when the step returns)
+//! and copies the parameter's next step into it, so the copy reuses memory
+//! instead of allocating it afresh, which for a large parameter cost more
+//! than the step itself (a 16M `f32` parameter: 51-55 ms per step with
+//! fresh buffers, 11-15 ms with kept ones, 7.5-9.5 ms unshared; Xeon, 2
+//! threads, BENCHMARKS.md). The kept buffers cost memory: one more buffer
+//! per parameter that arrives shared.
+//!
 //! # bf16 and f16 parameters
 //! A `bf16` or `f16` parameter keeps its state in `f32` (burn's own
 //! `RmsProp` keeps it in the parameter's dtype and computes in 16 bits): the
@@ -118,6 +129,7 @@ mod composed;
 mod config;
 mod flex;
 mod record;
+mod shared;
 mod state;
 
 use std::sync::Arc;
@@ -161,6 +173,7 @@ pub struct FusedRmsProp {
     kernel: RmsProp,
     route: Route,
     counters: Arc<Counters>,
+    spares: Arc<shared::Spares>,
 }
 
 /// Which route a step takes.
@@ -279,6 +292,7 @@ impl FusedRmsProp {
             kernel: RmsProp::new(hyper)?,
             route: Route::Auto,
             counters: Arc::default(),
+            spares: Arc::default(),
         })
     }
 
@@ -382,7 +396,8 @@ impl Optimizer for FusedRmsProp {
         let (tensor, state) = if self.route == Route::Auto && flex::applies(&tensor, &grad, &state)
         {
             Counters::bump(&self.counters.in_place);
-            flex::step(&self.kernel, lr, tensor, grad, state, &self.counters)
+            let shared = (&*self.counters, &*self.spares);
+            flex::step(&self.kernel, lr, tensor, grad, state, shared)
         } else {
             Counters::bump(&self.counters.composed);
             if hyper.non_finite == NonFinite::Propagate || composed::all_finite(&grad) {

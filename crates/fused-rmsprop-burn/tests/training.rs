@@ -141,6 +141,47 @@ fn training_loop_steps_in_place_without_copies() {
     );
 }
 
+/// burn-train's `Learner` holds a clone of the model while the optimizer
+/// steps it, so every parameter arrives shared. The held model is never
+/// written, the numbers are those of a loop that holds nothing, and from
+/// the second step on each parameter alternates between two buffers (the
+/// one it arrived in is kept for its next step) instead of a fresh one per
+/// step; in every dtype the kernel steps.
+#[test]
+fn a_model_held_during_the_step_is_not_written_and_buffers_are_reused() {
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let plain = FusedRmsPropConfig::new().with_momentum(0.5).build();
+        let held = FusedRmsPropConfig::new().with_momentum(0.5).build();
+        let handle = held.clone();
+        let (mut plain, mut held) = (ModuleOptimizer::from(plain), ModuleOptimizer::from(held));
+        let mut alone = Mlp::new(&device()).cast(dtype);
+        let mut model = alone.clone();
+        let mut pointers = Vec::new();
+        for i in 0..6 {
+            alone = train_step(&mut plain, alone, i, LR, dtype);
+            let holding = model.clone();
+            let before = holding.values();
+            model = train_step(&mut held, model, i, LR, dtype);
+            assert_eq!(
+                holding.values(),
+                before,
+                "{dtype:?}: the held model was written"
+            );
+            drop(holding);
+            pointers.push(flex_ptr(&model.l2.weight.val().inner()));
+        }
+        assert_eq!(model.values(), alone.values(), "{dtype:?}");
+        let stats = handle.stats();
+        assert_eq!(stats.in_place_steps, 6 * 6, "{dtype:?}: {stats:?}");
+        assert_eq!(stats.buffers_copied, 6 * 6, "{dtype:?}: every step copied");
+        // Steps 2, 4, 6 land in one buffer, 3 and 5 in the other.
+        assert_eq!(pointers[1], pointers[3], "{dtype:?}: {pointers:?}");
+        assert_eq!(pointers[3], pointers[5], "{dtype:?}: {pointers:?}");
+        assert_eq!(pointers[2], pointers[4], "{dtype:?}: {pointers:?}");
+        assert_ne!(pointers[1], pointers[2], "{dtype:?}: {pointers:?}");
+    }
+}
+
 fn flex_ptr<const D: usize>(t: &Tensor<D>) -> *const u8 {
     let primitive = t
         .clone()

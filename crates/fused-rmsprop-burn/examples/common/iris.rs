@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, Relu};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_train::logger::MetricLogger;
 use burn_train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn_train::metric::{MetricDefinition, MetricId, NumericEntry};
@@ -100,7 +100,25 @@ impl Classifier {
         }
     }
 
+    /// This classifier with every parameter converted to `dtype` (a bf16 or
+    /// f16 model; the batches are converted to it in [`Classifier::forward`]).
+    pub fn cast(self, dtype: DType) -> Self {
+        self.map(&mut Cast(dtype))
+    }
+
+    /// The dtype of the parameters.
+    pub fn dtype(&self) -> DType {
+        self.input.weight.val().dtype()
+    }
+
+    /// The logits of `inputs` (any float dtype: converted to the model's).
     pub fn forward(&self, inputs: Tensor<2>) -> Tensor<2> {
+        let dtype = self.dtype();
+        let inputs = if inputs.dtype() == dtype {
+            inputs
+        } else {
+            inputs.cast(dtype)
+        };
         let x = self.relu.forward(self.input.forward(inputs));
         let x = self.relu.forward(self.hidden.forward(x));
         self.output.forward(x)
@@ -129,6 +147,18 @@ impl Classifier {
                     .expect("f32 data")
             })
             .collect()
+    }
+}
+
+/// Converts every float parameter of a module to one dtype.
+struct Cast(DType);
+
+impl ModuleMapper for Cast {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        // Cast outside the autodiff graph and track the result as a new
+        // leaf, so the cast is not part of every step's graph.
+        let dtype = self.0;
+        param.map(|t| Tensor::from_inner(t.inner().cast(dtype)).require_grad())
     }
 }
 
