@@ -25,7 +25,10 @@
 //! tensor ops, candle-nn's `AdamW` and `SGD`; Burn's fused optimizer against
 //! Burn's `RmsProp` through `ModuleOptimizer` (the scalar spec only up to
 //! 1M elements: its speed per element does not change with size). Then the
-//! 150-tensor transformer-sized model in both frameworks, and whole training steps
+//! 150-tensor transformer-sized model in both frameworks, Burn's two
+//! optimizers again at the largest size and on that model with the module
+//! held during the step as burn-train's `Learner` holds it (every parameter
+//! shared, so the fused optimizer copies each first), and whole training steps
 //! (forward, backward, optimizer) of a small MLP, built-in vs fused.
 //!
 //! Then 16-bit parameters: the kernel's bf16 and f16 step (each rounding
@@ -802,40 +805,70 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
 /// every step. Both take the same number of steps, so their parameters can
 /// be compared at the end.
 fn burn_rows(case: String, sizes: &[usize], variant: Variant, threads: usize, rows: &mut Vec<Row>) {
+    burn_rows_stepped(case, sizes, variant, threads, Stepping::Alone, rows);
+}
+
+/// How the training loop around a burn optimizer holds the module.
+#[derive(Clone, Copy, PartialEq)]
+enum Stepping {
+    /// It hands the module over (a loop of the user's own).
+    Alone,
+    /// It holds a clone during the step, as burn-train's `Learner` does.
+    Held,
+}
+
+/// [`burn_rows`] with the module held as `stepping` says.
+fn burn_rows_stepped(
+    case: String,
+    sizes: &[usize],
+    variant: Variant,
+    threads: usize,
+    stepping: Stepping,
+    rows: &mut Vec<Row>,
+) {
     let lr = variant.hyper().lr;
     let mut baseline = burn_case::Case::new(sizes, burn_case::burn_rmsprop(variant), lr);
     let mut fused = burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init(), lr);
+    let step = |case: &mut burn_case::Case| match stepping {
+        Stepping::Alone => case.step(),
+        Stepping::Held => case.step_holding_the_module(),
+    };
     let n: usize = sizes.iter().sum();
     let bytes = (n * variant.bytes_per_element()) as f64;
     let budget = Duration::from_millis(if n >= 1 << 24 { 1000 } else { 700 });
     let [mut skeleton, mut skeleton_prefetch] = skeletons(n, variant, threads);
-    let first = interleaved_medians(1, 2, &mut [&mut || baseline.step()]);
+    let first = interleaved_medians(1, 2, &mut [&mut || step(&mut baseline)]);
     let reps = reps_for(budget, first[0] * 2, BASELINE_MIN_REPS, 100);
     let times = interleaved_medians(
         0,
         reps,
-        &mut [&mut || baseline.step(), &mut || fused.step()],
+        &mut [&mut || step(&mut baseline), &mut || step(&mut fused)],
     );
     // The baseline took 3 steps more (warm-up and the first timing).
     for _ in 0..3 {
-        fused.step();
+        step(&mut fused);
     }
     let diff = max_abs_diff(&baseline.values(), &fused.values());
     let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
     let (own_t, skeleton_t) = fused_and_limit(
-        &mut || fused.step(),
+        &mut || step(&mut fused),
         &mut [&mut *skeleton, &mut *skeleton_prefetch],
         budget / 2,
     );
+    let held = if stepping == Stepping::Held {
+        " (Learner: module held)"
+    } else {
+        ""
+    };
     rows.push(Row {
         framework: "burn",
-        baseline: "burn RmsProp".into(),
+        baseline: format!("burn RmsProp{held}"),
         case,
         variant,
         elements: n,
         threads: rayon::current_num_threads(),
         baseline_ns: base_t * 1e9,
-        fused: "FusedRmsProp".into(),
+        fused: format!("FusedRmsProp{held}"),
         fused_ns: fused_t * 1e9,
         gbps: Some(bytes / own_t / 1e9),
         roofline_fraction: Some(skeleton_t / own_t),
@@ -921,7 +954,7 @@ fn main() {
     let units = options.sizes.len() * options.variants.len()
         + model_units
         + usize::from(options.training)
-        + usize::from(options.model)
+        + 2 * usize::from(options.model)
         + options.half.len();
     let progress = indicatif::ProgressBar::new(units as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
@@ -1007,6 +1040,28 @@ fn main() {
             }
             progress.inc(1);
         }
+    }
+    if options.model {
+        // burn-train's Learner holds the model it steps: every parameter
+        // arrives shared. The largest size and the 150-tensor model, plain.
+        let variant = options.variants[0];
+        progress.set_message("burn, the module held as burn-train's Learner holds it");
+        let largest = options.sizes.iter().copied().max().unwrap_or(1 << 24);
+        let model = workload::transformer_sizes();
+        for (case, sizes) in [
+            (size_label(largest), vec![largest]),
+            (format!("model-{}", model.len()), model),
+        ] {
+            burn_rows_stepped(
+                case,
+                &sizes,
+                variant,
+                options.threads,
+                Stepping::Held,
+                &mut rows,
+            );
+        }
+        progress.inc(1);
     }
     if options.training {
         // One variant is enough to show what the swap buys a whole step.
