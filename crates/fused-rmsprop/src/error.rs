@@ -32,7 +32,8 @@ pub enum Error {
     LengthMismatch {
         /// Which group of a multi-tensor step (0 for a single tensor).
         group: usize,
-        /// `"grads"`, `"square_avg"`, `"grad_avg"` or `"momentum_buf"`.
+        /// `"grads"`, `"source"`, `"square_avg"`, `"grad_avg"`,
+        /// `"momentum_buf"` or `"master"`.
         buffer: &'static str,
         /// The parameter's length.
         expected: usize,

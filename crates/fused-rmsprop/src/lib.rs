@@ -255,8 +255,11 @@ pub struct RmsProp {
 /// ```
 #[derive(Debug)]
 pub struct Group<'a, P: Param> {
-    /// The parameters, updated in place.
+    /// The parameters, updated in place (or written, when `source` is set).
     pub params: &'a mut [P],
+    /// Where the step reads the parameters' values, when not from `params`
+    /// (see [`Group::with_source`]); `None` by default.
+    pub source: Option<&'a [P]>,
     /// The gradients, read only.
     pub grads: &'a [P],
     /// The state, updated in place.
@@ -282,11 +285,36 @@ impl<'a, P: Param> Group<'a, P> {
     pub fn new(params: &'a mut [P], grads: &'a [P], state: StateSlices<'a, P::State>) -> Self {
         Self {
             params,
+            source: None,
             grads,
             state,
             step: 0,
             stream: 0,
         }
+    }
+
+    /// An out-of-place step: the parameters' values are read from `source`
+    /// and the results written to `params`, whose contents the step never
+    /// reads. For a parameter whose own buffer is shared and must not be
+    /// written: one pass instead of copying `source` into `params` first,
+    /// with the same bits as that copy followed by an in-place step. The
+    /// state is still updated in place. `source` must have the parameters'
+    /// length ([`Error::LengthMismatch`] with buffer `"source"`).
+    ///
+    /// ```
+    /// # use fused_rmsprop::{Group, Hyper, RmsProp, StateSlices};
+    /// let opt = RmsProp::new(Hyper::default())?;
+    /// let shared = [1.0f32, -1.0];
+    /// let (mut out, mut v) = ([0.0f32; 2], [0.0f32; 2]);
+    /// let group = Group::new(&mut out, &[0.5, -0.5], StateSlices::new(&mut v)).with_source(&shared);
+    /// opt.step_many(0.01, [group])?;
+    /// assert!(out[0] < 1.0 && out[1] > -1.0);
+    /// # Ok::<(), fused_rmsprop::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_source(mut self, source: &'a [P]) -> Self {
+        self.source = Some(source);
+        self
     }
 
     /// Sets the step number and stream that key stochastic rounding.
@@ -486,7 +514,7 @@ impl RmsProp {
             .enumerate()
             .map(|(i, g)| {
                 let key = seed.map_or(0, |seed| rounding::key(seed, g.step, g.stream));
-                Chunk::new(i, &coefficients, g.params, g.grads, g.state, key)
+                Chunk::new(i, &coefficients, g.params, g.source, g.grads, g.state, key)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut report = StepReport::default();

@@ -305,7 +305,7 @@ mod tests {
         let chunks: Vec<_> = buffers
             .iter_mut()
             .enumerate()
-            .map(|(i, (p, g, v))| Chunk::new(i, &c, p, g, StateSlices::new(v), 0).unwrap())
+            .map(|(i, (p, g, v))| Chunk::new(i, &c, p, None, g, StateSlices::new(v), 0).unwrap())
             .collect();
         let tasks = pack(chunks, 340, 3, 64);
         // 340 / 3 rounds up to 114, then to a multiple of 64: 128 per task.

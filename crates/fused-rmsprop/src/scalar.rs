@@ -16,6 +16,7 @@ use crate::{Float, Param, rounding};
 pub(crate) fn step<P: Param>(c: &Coefficients<P::State>, chunk: Chunk<'_, P>) {
     let Chunk {
         params,
+        source,
         grads,
         square_avg,
         grad_avg,
@@ -37,8 +38,10 @@ pub(crate) fn step<P: Param>(c: &Coefficients<P::State>, chunk: Chunk<'_, P>) {
         };
         let p = if c.master {
             master[i]
-        } else {
+        } else if source.is_empty() {
             params[i].widen()
+        } else {
+            source[i].widen()
         };
         let p = update_element(
             c,

@@ -42,6 +42,7 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
         let (head, tail) = self.chunk.split_at(whole);
         let Chunk {
             params,
+            source,
             grads,
             square_avg,
             grad_avg,
@@ -49,6 +50,7 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
             ..
         } = head;
         let (params_head, params_tail) = T::as_lanes_mut::<S>(params);
+        let (source_head, source_tail) = T::as_lanes::<S>(source);
         let (grads_head, grads_tail) = T::as_lanes::<S>(grads);
         let (square_head, square_tail) = T::as_lanes_mut::<S>(square_avg);
         let (grad_avg_head, grad_avg_tail) = T::as_lanes_mut::<S>(grad_avg);
@@ -58,6 +60,7 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
         let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<T::Lanes<S>>().max(1);
         for i in 0..params_head.len() {
             prefetch::prefetch(params_head, i + ahead);
+            prefetch::prefetch(source_head, i + ahead);
             prefetch::prefetch(grads_head, i + ahead);
             prefetch::prefetch(square_head, i + ahead);
             prefetch::prefetch(grad_avg_head, i + ahead);
@@ -76,7 +79,11 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
                 simd,
                 c,
                 &lanes,
-                params_head[i],
+                if source_head.is_empty() {
+                    params_head[i]
+                } else {
+                    source_head[i]
+                },
                 grads_head[i],
                 &mut square_head[i],
                 grad_avg,
@@ -84,6 +91,7 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
             );
         }
         debug_assert!(params_tail.is_empty() && grads_tail.is_empty());
+        debug_assert!(source_tail.is_empty());
         debug_assert!(square_tail.is_empty() && grad_avg_tail.is_empty());
         debug_assert!(momentum_tail.is_empty());
 

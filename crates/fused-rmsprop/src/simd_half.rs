@@ -104,6 +104,7 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
         let (head, tail) = self.chunk.split_at(whole);
         let Chunk {
             params,
+            source,
             grads,
             square_avg,
             grad_avg,
@@ -126,14 +127,17 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
             .enumerate()
         {
             prefetch::prefetch(grads, (i + ahead) * width);
+            prefetch::prefetch(source, (i + ahead) * width);
             prefetch::prefetch(square_head, i + ahead);
             prefetch::prefetch(grad_avg_head, i + ahead);
             prefetch::prefetch(momentum_head, i + ahead);
             prefetch::prefetch(master_head, i + ahead);
             let p = if c.master {
                 master_head[i]
-            } else {
+            } else if source.is_empty() {
                 H::widen_lanes(simd, load::<H, S>(params16))
+            } else {
+                H::widen_lanes(simd, load::<H, S>(&source[i * width..]))
             };
             let g = H::widen_lanes(simd, load::<H, S>(grads16));
             let grad_avg = if c.centered {

@@ -76,6 +76,10 @@ impl<T: Float> Coefficients<T> {
 #[derive(Debug)]
 pub(crate) struct Chunk<'a, P: Param> {
     pub params: &'a mut [P],
+    /// The parameters' values before the step when they are not in
+    /// `params` (an out-of-place step writes `params` without reading it);
+    /// empty when the step reads `params`.
+    pub source: &'a [P],
     pub grads: &'a [P],
     pub square_avg: &'a mut [P::State],
     pub grad_avg: &'a mut [P::State],
@@ -96,6 +100,7 @@ impl<'a, P: Param> Chunk<'a, P> {
         group: usize,
         coefficients: &Coefficients<P::State>,
         params: &'a mut [P],
+        source: Option<&'a [P]>,
         grads: &'a [P],
         state: StateSlices<'a, P::State>,
         key: u64,
@@ -122,6 +127,9 @@ impl<'a, P: Param> Chunk<'a, P> {
                 (true, Some(slice)) => check_len(buffer, slice.len()).map(|()| slice),
             };
         check_len("grads", grads.len())?;
+        if let Some(source) = source {
+            check_len("source", source.len())?;
+        }
         check_len("square_avg", state.square_avg.len())?;
         let grad_avg = required("grad_avg", coefficients.centered, state.grad_avg)?;
         let momentum_buf = required(
@@ -132,6 +140,7 @@ impl<'a, P: Param> Chunk<'a, P> {
         let master = required("master", coefficients.master, state.master)?;
         Ok(Self {
             params,
+            source: source.unwrap_or_default(),
             grads,
             square_avg: state.square_avg,
             grad_avg,
@@ -158,6 +167,11 @@ impl<'a, P: Param> Chunk<'a, P> {
             }
         }
         let (params_a, params_b) = self.params.split_at_mut(mid);
+        let (source_a, source_b) = if self.source.is_empty() {
+            (self.source, self.source)
+        } else {
+            self.source.split_at(mid)
+        };
         let (grads_a, grads_b) = self.grads.split_at(mid);
         let (square_a, square_b) = self.square_avg.split_at_mut(mid);
         let (grad_avg_a, grad_avg_b) = split(self.grad_avg, mid);
@@ -166,6 +180,7 @@ impl<'a, P: Param> Chunk<'a, P> {
         (
             Chunk {
                 params: params_a,
+                source: source_a,
                 grads: grads_a,
                 square_avg: square_a,
                 grad_avg: grad_avg_a,
@@ -176,6 +191,7 @@ impl<'a, P: Param> Chunk<'a, P> {
             },
             Chunk {
                 params: params_b,
+                source: source_b,
                 grads: grads_b,
                 square_avg: square_b,
                 grad_avg: grad_avg_b,
