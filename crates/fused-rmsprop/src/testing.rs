@@ -12,7 +12,47 @@
 
 use proptest::prelude::*;
 
-use crate::{EpsPlacement, Float, Hyper, NonFinite, Param, Rounding, WeightDecay, bf16, f16};
+use crate::{
+    EpsPlacement, Execution, Float, Hyper, Isa, Kernel, NonFinite, Param, Rounding, Threads,
+    WeightDecay, bf16, f16,
+};
+
+/// The scalar specification on the calling thread: what every other path
+/// must match bit for bit.
+pub const SPEC: Execution = Execution {
+    kernel: Kernel::Scalar,
+    threads: Threads::Single,
+};
+
+/// Every path of this machine but [`SPEC`]: each instruction set on one
+/// thread, the default kernel cut into 2, 3 and 7 tasks, the scalar
+/// specification cut into 4, and the default execution.
+///
+/// ```
+/// assert!(fused_rmsprop::testing::other_paths().len() >= 6);
+/// ```
+pub fn other_paths() -> Vec<Execution> {
+    let tasks = |n| Threads::Exactly(core::num::NonZeroUsize::new(n).expect("a positive count"));
+    let mut paths: Vec<Execution> = Isa::available()
+        .into_iter()
+        .map(|isa| Execution {
+            kernel: Kernel::Simd(isa),
+            threads: Threads::Single,
+        })
+        .collect();
+    for n in [2, 3, 7] {
+        paths.push(Execution {
+            kernel: Kernel::Auto,
+            threads: tasks(n),
+        });
+    }
+    paths.push(Execution {
+        kernel: Kernel::Scalar,
+        threads: tasks(4),
+    });
+    paths.push(Execution::default());
+    paths
+}
 
 /// Values that break naive kernels: signed zeros, infinities, NaNs of both
 /// signs and with payloads, the smallest subnormal, the largest finite

@@ -10,34 +10,11 @@
 use std::num::NonZeroUsize;
 
 use fused_rmsprop::testing::{self, Arbitrary16};
+use fused_rmsprop::testing::{SPEC, other_paths};
 use fused_rmsprop::{
-    Execution, Group, Hyper, Isa, Kernel, RmsProp, Rounding, State, StateSlices, Threads, bf16, f16,
+    Execution, Group, Hyper, Kernel, RmsProp, Rounding, State, StateSlices, Threads, bf16, f16,
 };
 use proptest::prelude::*;
-
-/// Every path but the specification.
-fn other_paths() -> Vec<Execution> {
-    let mut paths: Vec<Execution> = Isa::available()
-        .into_iter()
-        .map(|isa| Execution {
-            kernel: Kernel::Simd(isa),
-            threads: Threads::Single,
-        })
-        .collect();
-    for tasks in [2, 3, 7] {
-        paths.push(Execution {
-            kernel: Kernel::Auto,
-            threads: Threads::Exactly(NonZeroUsize::new(tasks).unwrap()),
-        });
-    }
-    paths.push(Execution::default());
-    paths
-}
-
-const SPEC: Execution = Execution {
-    kernel: Kernel::Scalar,
-    threads: Threads::Single,
-};
 
 /// The inputs of one case: start values and one gradient vector per step.
 #[derive(Clone, Debug)]

@@ -3,33 +3,16 @@
 //! the bits of copying `source` into the buffer and stepping in place (the
 //! scalar specification), state included, and leaves `source` as it was.
 
-use std::num::NonZeroUsize;
-
 use fused_rmsprop::testing::{self, Arbitrary16};
+use fused_rmsprop::testing::{SPEC, other_paths};
 use fused_rmsprop::{
-    Error, Execution, Group, Hyper, Isa, Kernel, Param, RmsProp, State, StateSlices, Threads, bf16,
-    f16,
+    Error, Execution, Group, Hyper, Param, RmsProp, State, StateSlices, bf16, f16,
 };
 use proptest::prelude::*;
 
 /// Every path, the specification first.
 fn paths() -> Vec<Execution> {
-    let mut paths = vec![Execution {
-        kernel: Kernel::Scalar,
-        threads: Threads::Single,
-    }];
-    paths.extend(Isa::available().into_iter().map(|isa| Execution {
-        kernel: Kernel::Simd(isa),
-        threads: Threads::Single,
-    }));
-    for tasks in [2, 3, 7] {
-        paths.push(Execution {
-            kernel: Kernel::Auto,
-            threads: Threads::Exactly(NonZeroUsize::new(tasks).unwrap()),
-        });
-    }
-    paths.push(Execution::default());
-    paths
+    std::iter::once(SPEC).chain(other_paths()).collect()
 }
 
 /// The parameters and every state buffer after two steps of `params` on

@@ -9,36 +9,9 @@
 use std::num::NonZeroUsize;
 
 use fused_rmsprop::testing::{self, Arbitrary};
-use fused_rmsprop::{Execution, Float, Group, Hyper, Isa, Kernel, RmsProp, State, Threads};
+use fused_rmsprop::testing::{SPEC, other_paths};
+use fused_rmsprop::{Execution, Float, Group, Hyper, Kernel, RmsProp, State, Threads};
 use proptest::prelude::*;
-
-/// Every path but the specification.
-fn other_paths() -> Vec<Execution> {
-    let mut paths: Vec<Execution> = Isa::available()
-        .into_iter()
-        .map(|isa| Execution {
-            kernel: Kernel::Simd(isa),
-            threads: Threads::Single,
-        })
-        .collect();
-    for tasks in [2, 3, 7] {
-        paths.push(Execution {
-            kernel: Kernel::Auto,
-            threads: Threads::Exactly(NonZeroUsize::new(tasks).unwrap()),
-        });
-    }
-    paths.push(Execution {
-        kernel: Kernel::Scalar,
-        threads: Threads::Exactly(NonZeroUsize::new(4).unwrap()),
-    });
-    paths.push(Execution::default());
-    paths
-}
-
-const SPEC: Execution = Execution {
-    kernel: Kernel::Scalar,
-    threads: Threads::Single,
-};
 
 fn bits<T: Float>(values: &[T]) -> Vec<u64> {
     values.iter().map(|x| x.to_bits_u64()).collect()
