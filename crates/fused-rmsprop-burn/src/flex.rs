@@ -11,7 +11,7 @@
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::tensor::{DType, Tensor};
-use fused_rmsprop::{Param, RmsProp, StateSlices, StepReport, bf16, f16};
+use fused_rmsprop::{Group, Param, RmsProp, StateSlices, StepReport, bf16, f16};
 
 use crate::shared::Spares;
 use crate::state::state_dtype;
@@ -104,8 +104,8 @@ pub(crate) fn applies<const D: usize>(
 /// One step in place. `applies` holds and `state` fits `param`; `lr` is
 /// valid. Each buffer that is shared with another owner or not contiguous
 /// is copied first (counted in `counters`); every other one is written
-/// where it lies. A shared parameter is copied into a buffer `spares` kept
-/// for it when there is one (module `shared`).
+/// where it lies. A shared parameter is stepped out of place into a buffer
+/// `spares` kept for it when there is one (module `shared`).
 pub(crate) fn step<const D: usize>(
     kernel: &RmsProp,
     lr: f64,
@@ -115,9 +115,9 @@ pub(crate) fn step<const D: usize>(
     (counters, spares): (&Counters, &Spares),
 ) -> (Tensor<D>, FusedRmsPropState<D>) {
     let param = readable(to_flex(param), counters);
-    let mut param = if param.is_unique() {
+    let (mut param, source) = if param.is_unique() {
         spares.forget(&param);
-        param
+        (param, None)
     } else {
         counters.copied();
         spares.unshare(param)
@@ -129,6 +129,7 @@ pub(crate) fn step<const D: usize>(
 
     let buffers = Buffers {
         param: &mut param,
+        source: source.as_ref(),
         grad: &grad,
         square_avg: &mut square_avg,
         grad_avg: grad_avg.as_mut(),
@@ -143,11 +144,22 @@ pub(crate) fn step<const D: usize>(
     // Lengths agree (the state fits the parameter, the gradient has its
     // shape) and lr was validated, so the kernel refuses only a non-finite
     // gradient under `NonFinite::Error`; it has then written nothing.
-    match result {
-        Ok(report) if report.is_skipped(0) => counters.skipped(),
-        Ok(_) => {}
-        Err(err) => counters.rejected(err),
-    }
+    let written = match result {
+        Ok(report) if report.is_skipped(0) => {
+            counters.skipped();
+            false
+        }
+        Ok(_) => true,
+        Err(err) => {
+            counters.rejected(err);
+            false
+        }
+    };
+    // Out of place and not written: the parameter is where it arrived.
+    let param = match source {
+        Some(source) if !written => spares.unwritten(param, source),
+        _ => param,
+    };
 
     let state = FusedRmsPropState {
         square_avg: from_flex(square_avg),
@@ -160,6 +172,9 @@ pub(crate) fn step<const D: usize>(
 /// The Flex tensors of one step.
 struct Buffers<'a> {
     param: &'a mut FlexTensor,
+    /// Where the parameter's values are read when not from `param` (an
+    /// out-of-place step; module `shared`).
+    source: Option<&'a FlexTensor>,
     grad: &'a FlexTensor,
     square_avg: &'a mut FlexTensor,
     grad_avg: Option<&'a mut FlexTensor>,
@@ -180,7 +195,11 @@ fn run<P: FlexParam>(
     if let Some(momentum_buf) = b.momentum_buf {
         state = state.with_momentum_buf(view_mut::<P::State>(momentum_buf));
     }
-    kernel.step_slices(lr, view_mut::<P>(b.param), grads, state)
+    let mut group = Group::new(view_mut::<P>(b.param), grads, state);
+    if let Some(source) = b.source {
+        group = group.with_source(view::<P>(source));
+    }
+    kernel.step_many(lr, [group])
 }
 
 pub(crate) fn to_flex<const D: usize>(tensor: Tensor<D>) -> FlexTensor {

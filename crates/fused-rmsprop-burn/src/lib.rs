@@ -56,14 +56,16 @@
 //!
 //! burn-train's `Learner` is such an owner: it holds a clone of the model
 //! while the optimizer steps it (burn-train 0.22), so there every parameter
-//! is copied every step. The optimizer keeps the buffer each shared
+//! arrives shared, every step. The optimizer keeps the buffer each shared
 //! parameter arrived in (the `Learner` lets go of it when the step returns)
-//! and copies the parameter's next step into it, so the copy reuses memory
-//! instead of allocating it afresh, which for a large parameter cost more
-//! than the step itself (a 16M `f32` parameter: 51-55 ms per step with
-//! fresh buffers, 11-15 ms with kept ones, 7.5-9.5 ms unshared; Xeon, 2
-//! threads, BENCHMARKS.md). The kept buffers cost memory: one more buffer
-//! per parameter that arrives shared.
+//! and writes the parameter's next step into it, reading the parameter
+//! where it arrived (the kernel's out-of-place step: no copy, no
+//! allocation). Left to copy-on-write, every step allocated and copied each
+//! parameter first, which for a large parameter cost more than the step
+//! itself: a 16M `f32` parameter stepped in 51-55 ms that way, 9.5-10.7 ms
+//! out of place into kept buffers, 5-7 ms unshared in the same minutes
+//! (Xeon, 2 threads, BENCHMARKS.md). The kept buffers cost memory: one more
+//! buffer per parameter that arrives shared, for as long as it does.
 //!
 //! # bf16 and f16 parameters
 //! A `bf16` or `f16` parameter keeps its state in `f32` (burn's own
@@ -208,8 +210,10 @@ pub struct StepStats {
     /// Steps run with composed tensor ops (other devices and dtypes, or
     /// [`Route::ComposedOps`]).
     pub composed_steps: u64,
-    /// Buffers the in-place route had to copy first (shared or
-    /// non-contiguous).
+    /// Buffers the in-place route could not write where they lay: copied
+    /// first (non-contiguous, or shared with no kept buffer ready), or a
+    /// shared parameter stepped out of place into a buffer kept for it
+    /// (see "When a step copies").
     pub buffers_copied: u64,
     /// States that did not fit their parameter and were started afresh.
     pub states_reset: u64,

@@ -5,18 +5,20 @@
 //! until the step returns.
 //!
 //! A shared buffer is never written (its other owner may read it), so such
-//! a parameter's values go to a buffer of our own first and the step writes
-//! there. Left to burn's copy-on-write, that buffer is a fresh allocation
-//! every step: for a large parameter, memory the system hands out page by
-//! page, each page faulted in while the copy writes it (a 16M `f32`
+//! a parameter's results go to a buffer of our own. Left to burn's
+//! copy-on-write, that buffer is a fresh allocation every step, filled by a
+//! copy before the step: for a large parameter, memory the system hands out
+//! page by page, each page faulted in while the copy writes it (a 16M `f32`
 //! parameter stepped 5-6x slower than unshared, BENCHMARKS.md). Instead,
 //! [`Spares`] keeps the buffer the parameter arrived in (its other owner
 //! lets go of it once the step returns) under the address of the buffer
 //! the step hands back, and the next step of that parameter, arriving in
-//! the buffer handed back, copies into the kept one if by then nobody else
-//! holds it: two buffers per parameter, used in turn, allocated once. The
-//! price is memory: one more buffer per shared parameter, kept between
-//! steps (copy-on-write needs it during each step anyway).
+//! the buffer handed back, writes its results into the kept one if by then
+//! nobody else holds it, reading the parameter where it arrived (the
+//! kernel's out-of-place step, no copy): two buffers per parameter, used in
+//! turn, allocated once. The price is memory: one more buffer per shared
+//! parameter, kept between steps (copy-on-write needs it during each step
+//! anyway).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,9 +28,6 @@ use fused_rmsprop::{bf16, f16};
 
 use crate::flex::FlexTensor;
 
-/// Below this many bytes a copy runs on the calling thread.
-const PARALLEL_COPY_BYTES: usize = 1 << 20;
-
 /// The kept buffers, by the address of the buffer handed back in their
 /// place.
 #[derive(Debug, Default)]
@@ -37,27 +36,36 @@ pub(crate) struct Spares {
 }
 
 impl Spares {
-    /// `shared`'s values in a buffer `shared` does not share: the buffer
-    /// kept for it by the previous step when nobody else holds that one any
-    /// more, a new one otherwise. Keeps `shared`'s own buffer for the next
-    /// step.
-    pub(crate) fn unshare(&self, shared: FlexTensor) -> FlexTensor {
+    /// Where the step of the parameter `shared` writes, and where it reads
+    /// when that is not the same place: the buffer kept for it by the
+    /// previous step when nobody else holds that one any more (its contents
+    /// stale, `shared` to read), or else a copy of `shared` of its own (to
+    /// step in place). Keeps `shared`'s own buffer for the next step.
+    pub(crate) fn unshare(&self, shared: FlexTensor) -> (FlexTensor, Option<FlexTensor>) {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        let spare = kept.remove(&address(&shared));
-        let own = match spare {
-            Some(mut bytes) if bytes.len() == shared.bytes().len() => {
-                match Arc::get_mut(&mut bytes) {
-                    Some(target) => {
-                        copy(shared.bytes(), target);
-                        FlexTensor::from_arc(bytes, shared.layout().clone(), shared.dtype())
-                    }
-                    None => copy_on_write(shared.clone()),
-                }
+        let spare = kept
+            .remove(&address(&shared))
+            .filter(|bytes| bytes.len() == shared.bytes().len() && Arc::strong_count(bytes) == 1);
+        let arrived = shared.data_arc();
+        let (target, source) = match spare {
+            Some(bytes) => {
+                let target = FlexTensor::from_arc(bytes, shared.layout().clone(), shared.dtype());
+                (target, Some(shared))
             }
-            _ => copy_on_write(shared.clone()),
+            None => (copy_on_write(shared), None),
         };
-        kept.insert(address(&own), shared.data_arc());
-        own
+        kept.insert(address(&target), arrived);
+        (target, source)
+    }
+
+    /// After a step into `target` from `source` that wrote nothing (a
+    /// skipped or refused step): `source` is the parameter still, and
+    /// `target` is kept for its next step instead.
+    pub(crate) fn unwritten(&self, target: FlexTensor, source: FlexTensor) -> FlexTensor {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.remove(&address(&target));
+        kept.insert(address(&source), target.data_arc());
+        source
     }
 
     /// Lets go of the buffer kept for a parameter that now arrives unshared
@@ -85,20 +93,4 @@ fn copy_on_write(mut tensor: FlexTensor) -> FlexTensor {
         _ => _ = tensor.storage_mut::<f32>(),
     }
     tensor
-}
-
-/// `source` into `target` (of the same length), on the pool's threads when
-/// large.
-fn copy(source: &[u8], target: &mut [u8]) {
-    if source.len() < PARALLEL_COPY_BYTES {
-        target.copy_from_slice(source);
-        return;
-    }
-    // Pieces of at least 256 KiB, at most 16 of them.
-    let piece = (source.len() / 16)
-        .max(PARALLEL_COPY_BYTES / 4)
-        .next_multiple_of(64);
-    let pieces: Vec<(&mut [u8], &[u8])> =
-        target.chunks_mut(piece).zip(source.chunks(piece)).collect();
-    fused_rmsprop::run_tasks(pieces, |(to, from)| to.copy_from_slice(from));
 }

@@ -182,6 +182,49 @@ fn a_model_held_during_the_step_is_not_written_and_buffers_are_reused() {
     }
 }
 
+/// A held parameter whose step writes nothing (a gradient with a NaN under
+/// `NonFinite::Skip` or `Error`) keeps its values, though the out-of-place
+/// step that wrote nothing had a kept buffer of stale values ready; the
+/// steps around it match a parameter that was never held.
+#[test]
+fn a_held_parameter_whose_step_writes_nothing_keeps_its_values() {
+    use fused_rmsprop::NonFinite;
+    for policy in [NonFinite::Skip, NonFinite::Error] {
+        let config = FusedRmsPropConfig::new().with_non_finite_grads(policy);
+        let (held, alone) = (config.build(), config.build());
+        let device = Device::default();
+        let start = [1.0, 2.0, 3.0, 4.0];
+        let (mut p_held, mut p_alone) = (
+            Tensor::<1>::from_floats(start, &device),
+            Tensor::<1>::from_floats(start, &device),
+        );
+        let (mut s_held, mut s_alone) = (None, None);
+        for i in 0..8 {
+            let g = if i % 3 == 2 {
+                [0.5, f32::NAN, 0.25, 0.0]
+            } else {
+                [0.5, -0.5, 0.25, 1.0]
+            };
+            let g = Tensor::<1>::from_floats(g, &device);
+            let holding = p_held.clone();
+            let before = to_vec(holding.clone());
+            (p_held, s_held) = held.step(0.1, p_held, g.clone(), s_held);
+            assert_eq!(
+                to_vec(holding),
+                before,
+                "{policy:?}, step {i}: the holder's copy"
+            );
+            (p_alone, s_alone) = alone.step(0.1, p_alone, g, s_alone);
+            assert_eq!(
+                to_vec(p_held.clone()),
+                to_vec(p_alone.clone()),
+                "{policy:?}, step {i}"
+            );
+        }
+        assert_eq!(held.stats().buffers_copied, 8, "{policy:?}");
+    }
+}
+
 fn flex_ptr<const D: usize>(t: &Tensor<D>) -> *const u8 {
     let primitive = t
         .clone()
