@@ -18,10 +18,11 @@
 //! kernel's out-of-place step, no copy): two buffers per parameter, used in
 //! turn, allocated once. The price is memory: one more buffer per shared
 //! parameter, kept between steps (copy-on-write needs it during each step
-//! anyway).
+//! anyway). The buffer kept for a parameter nobody holds any more (a model
+//! replaced by a loaded one) is let go at the next sweep of the map.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use burn::tensor::{Bytes, DType};
 use fused_rmsprop::{bf16, f16};
@@ -32,7 +33,44 @@ use crate::flex::FlexTensor;
 /// place.
 #[derive(Debug, Default)]
 pub(crate) struct Spares {
-    kept: Mutex<HashMap<usize, Arc<Bytes>>>,
+    kept: Mutex<Kept>,
+}
+
+/// The map of kept buffers, with each entry the buffer handed back (weakly:
+/// once nobody holds it, as when a model is replaced by a loaded one, the
+/// entry can never be used and is dropped at the next sweep).
+#[derive(Debug, Default)]
+struct Kept {
+    by_address: HashMap<usize, (Weak<Bytes>, Arc<Bytes>)>,
+    /// The size at which the next insertion sweeps out dead entries.
+    sweep_at: usize,
+}
+
+/// The smallest size at which the map is swept.
+const FIRST_SWEEP: usize = 64;
+
+impl Kept {
+    fn take(&mut self, address: usize) -> Option<Arc<Bytes>> {
+        self.by_address.remove(&address).map(|(_, kept)| kept)
+    }
+
+    /// Keeps `kept` for the parameter handed back in `handed_back`; now and
+    /// then (each time the map has doubled) drops the entries whose handed
+    /// back buffer nobody holds any more, so the map stays within twice the
+    /// number of live entries.
+    fn keep(&mut self, handed_back: &FlexTensor, kept: Arc<Bytes>) {
+        let weak = Arc::downgrade(&handed_back.data_arc());
+        self.by_address.insert(address(handed_back), (weak, kept));
+        if self.by_address.len() >= self.sweep_at.max(FIRST_SWEEP) {
+            self.by_address
+                .retain(|_, (handed_back, _)| handed_back.strong_count() > 0);
+            self.sweep_at = 2 * self.by_address.len();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_address.len()
+    }
 }
 
 impl Spares {
@@ -44,7 +82,7 @@ impl Spares {
     pub(crate) fn unshare(&self, shared: FlexTensor) -> (FlexTensor, Option<FlexTensor>) {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         let spare = kept
-            .remove(&address(&shared))
+            .take(address(&shared))
             .filter(|bytes| bytes.len() == shared.bytes().len() && Arc::strong_count(bytes) == 1);
         let arrived = shared.data_arc();
         let (target, source) = match spare {
@@ -54,7 +92,7 @@ impl Spares {
             }
             None => (copy_on_write(shared), None),
         };
-        kept.insert(address(&target), arrived);
+        kept.keep(&target, arrived);
         (target, source)
     }
 
@@ -63,8 +101,8 @@ impl Spares {
     /// `target` is kept for its next step instead.
     pub(crate) fn unwritten(&self, target: FlexTensor, source: FlexTensor) -> FlexTensor {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.remove(&address(&target));
-        kept.insert(address(&source), target.data_arc());
+        kept.take(address(&target));
+        kept.keep(&source, target.data_arc());
         source
     }
 
@@ -72,8 +110,8 @@ impl Spares {
     /// in `tensor` (a loop that stopped holding a second copy of its model).
     pub(crate) fn forget(&self, tensor: &FlexTensor) {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        if !kept.is_empty() {
-            kept.remove(&address(tensor));
+        if kept.len() > 0 {
+            kept.take(address(tensor));
         }
     }
 }
@@ -93,4 +131,64 @@ fn copy_on_write(mut tensor: FlexTensor) -> FlexTensor {
         _ => _ = tensor.storage_mut::<f32>(),
     }
     tensor
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::TensorData;
+
+    use super::*;
+
+    fn tensor(n: usize) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(vec![1.5f32; n], [n]))
+    }
+
+    /// Parameters that arrive shared, are handed back, and are then
+    /// dropped (a model replaced by a loaded one) leave no entries behind
+    /// beyond twice those still live.
+    #[test]
+    fn entries_of_parameters_nobody_holds_are_swept() {
+        let spares = Spares::default();
+        for _round in 0..10 {
+            let handed_back: Vec<FlexTensor> = (0..100)
+                .map(|_| {
+                    let arrived = tensor(8);
+                    let holder = arrived.clone();
+                    // A new buffer at the address of a dropped one finds
+                    // that one's kept buffer: any buffer of the length that
+                    // nobody else holds is a valid place to write.
+                    let (target, _source) = spares.unshare(arrived);
+                    drop(holder);
+                    target
+                })
+                .collect();
+            drop(handed_back);
+        }
+        let live = spares.kept.lock().unwrap().len();
+        assert!(
+            live <= 2 * 100,
+            "{live} entries kept for 100 live ones at most"
+        );
+    }
+
+    /// The next step of a parameter handed back finds its kept buffer, and
+    /// reads where the parameter arrived.
+    #[test]
+    fn a_parameter_handed_back_finds_its_kept_buffer() {
+        let spares = Spares::default();
+        let first = tensor(4);
+        let held = first.clone();
+        let first_buffer = address(&first);
+        let (handed_back, source) = spares.unshare(first);
+        assert!(source.is_none());
+        drop(held); // the holder lets go of the buffer the parameter arrived in
+        let held = handed_back.clone();
+        let (target, source) = spares.unshare(handed_back);
+        assert_eq!(
+            address(&target),
+            first_buffer,
+            "written into the kept buffer"
+        );
+        assert_eq!(source.map(|s| address(&s)), Some(address(&held)));
+    }
 }
