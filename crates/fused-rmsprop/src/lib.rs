@@ -299,7 +299,10 @@ impl<'a, P: Param> Group<'a, P> {
     /// written: one pass instead of copying `source` into `params` first,
     /// with the same bits as that copy followed by an in-place step. The
     /// state is still updated in place. `source` must have the parameters'
-    /// length ([`Error::LengthMismatch`] with buffer `"source"`).
+    /// length ([`Error::LengthMismatch`] with buffer `"source"`). A step
+    /// that writes nothing (an error, or this group skipped for a
+    /// non-finite gradient under [`NonFinite::Skip`]) leaves `params` as it
+    /// was, not a copy of `source`.
     ///
     /// ```
     /// # use fused_rmsprop::{Group, Hyper, RmsProp, StateSlices};
