@@ -13,7 +13,7 @@ use burn::backend::{DispatchDevice, Flex};
 use burn::tensor::{DType, Tensor};
 use fused_rmsprop::{Group, Param, RmsProp, StateSlices, StepReport, bf16, f16};
 
-use crate::shared::Spares;
+use crate::shared::{Spares, Unshared};
 use crate::state::state_dtype;
 use crate::{Counters, FusedRmsPropState};
 
@@ -115,9 +115,9 @@ pub(crate) fn step<const D: usize>(
     (counters, spares): (&Counters, &Spares),
 ) -> (Tensor<D>, FusedRmsPropState<D>) {
     let param = readable(to_flex(param), counters);
-    let (mut param, source) = if param.is_unique() {
+    let mut param = if param.is_unique() {
         spares.forget(&param);
-        (param, None)
+        Unshared::own(param)
     } else {
         counters.copied();
         spares.unshare(param)
@@ -128,8 +128,8 @@ pub(crate) fn step<const D: usize>(
     let mut momentum_buf = state.momentum_buf.map(|t| writable(to_flex(t), counters));
 
     let buffers = Buffers {
-        param: &mut param,
-        source: source.as_ref(),
+        param: &mut param.target,
+        source: param.source.as_ref(),
         grad: &grad,
         square_avg: &mut square_avg,
         grad_avg: grad_avg.as_mut(),
@@ -155,11 +155,9 @@ pub(crate) fn step<const D: usize>(
             false
         }
     };
-    // Out of place and not written: the parameter is where it arrived.
-    let param = match source {
-        Some(source) if !written => spares.unwritten(param, source),
-        _ => param,
-    };
+    // A shared parameter: the buffer it ends in is handed back, the other
+    // kept for its next step.
+    let param = spares.handed_back(param, written);
 
     let state = FusedRmsPropState {
         square_avg: from_flex(square_avg),

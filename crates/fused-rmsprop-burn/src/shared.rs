@@ -78,32 +78,58 @@ impl Spares {
     /// when that is not the same place: the buffer kept for it by the
     /// previous step when nobody else holds that one any more (its contents
     /// stale, `shared` to read), or else a copy of `shared` of its own (to
-    /// step in place). Keeps `shared`'s own buffer for the next step.
-    pub(crate) fn unshare(&self, shared: FlexTensor) -> (FlexTensor, Option<FlexTensor>) {
+    /// step in place). Hand the result to [`Spares::handed_back`] once the
+    /// step is done.
+    pub(crate) fn unshare(&self, shared: FlexTensor) -> Unshared {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         let spare = kept
             .take(address(&shared))
             .filter(|bytes| bytes.len() == shared.bytes().len() && Arc::strong_count(bytes) == 1);
-        let arrived = shared.data_arc();
-        let (target, source) = match spare {
-            Some(bytes) => {
-                let target = FlexTensor::from_arc(bytes, shared.layout().clone(), shared.dtype());
-                (target, Some(shared))
-            }
-            None => (copy_on_write(shared), None),
-        };
-        kept.keep(&target, arrived);
-        (target, source)
+        drop(kept);
+        let arrived = Some(shared.data_arc());
+        match spare {
+            Some(bytes) => Unshared {
+                target: FlexTensor::from_arc(bytes, shared.layout().clone(), shared.dtype()),
+                source: Some(shared),
+                arrived,
+            },
+            None => Unshared {
+                target: copy_on_write(shared),
+                source: None,
+                arrived,
+            },
+        }
     }
 
-    /// After a step into `target` from `source` that wrote nothing (a
-    /// skipped or refused step): `source` is the parameter still, and
-    /// `target` is kept for its next step instead.
-    pub(crate) fn unwritten(&self, target: FlexTensor, source: FlexTensor) -> FlexTensor {
+    /// The parameter to hand back after the step `unshared` was for, which
+    /// `written` says wrote the target or not (a skipped or refused step):
+    /// the target, or, out of place and not written, the parameter where it
+    /// arrived. The other buffer is kept for the next step. Called after
+    /// the kernel has run: the weak reference a kept entry holds on the
+    /// buffer handed back must not be taken before the step writes it
+    /// (burn's copy-on-write moves a buffer that has weak references to a
+    /// new allocation even when nobody else holds it, which would leave the
+    /// entry looking dead).
+    pub(crate) fn handed_back(&self, unshared: Unshared, written: bool) -> FlexTensor {
+        let Unshared {
+            target,
+            source,
+            arrived,
+        } = unshared;
+        let Some(arrived) = arrived else {
+            return target; // it arrived unshared: nothing to keep
+        };
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.take(address(&target));
-        kept.keep(&source, target.data_arc());
-        source
+        match source {
+            Some(source) if !written => {
+                kept.keep(&source, target.data_arc());
+                source
+            }
+            _ => {
+                kept.keep(&target, arrived);
+                target
+            }
+        }
     }
 
     /// Lets go of the buffer kept for a parameter that now arrives unshared
@@ -112,6 +138,29 @@ impl Spares {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         if kept.len() > 0 {
             kept.take(address(tensor));
+        }
+    }
+}
+
+/// A parameter's step in the making: where it writes and reads, and for a
+/// shared parameter the buffer it arrived in (see [`Spares::unshare`]).
+pub(crate) struct Unshared {
+    /// Where the step writes.
+    pub target: FlexTensor,
+    /// Where it reads, when not from `target`.
+    pub source: Option<FlexTensor>,
+    /// The buffer a shared parameter arrived in; `None` for one stepped
+    /// where it lies.
+    arrived: Option<Arc<Bytes>>,
+}
+
+impl Unshared {
+    /// A parameter this step owns alone: written where it lies.
+    pub(crate) fn own(param: FlexTensor) -> Self {
+        Self {
+            target: param,
+            source: None,
+            arrived: None,
         }
     }
 }
@@ -157,7 +206,8 @@ mod tests {
                     // A new buffer at the address of a dropped one finds
                     // that one's kept buffer: any buffer of the length that
                     // nobody else holds is a valid place to write.
-                    let (target, _source) = spares.unshare(arrived);
+                    let unshared = spares.unshare(arrived);
+                    let target = spares.handed_back(unshared, true);
                     drop(holder);
                     target
                 })
@@ -179,16 +229,17 @@ mod tests {
         let first = tensor(4);
         let held = first.clone();
         let first_buffer = address(&first);
-        let (handed_back, source) = spares.unshare(first);
-        assert!(source.is_none());
+        let unshared = spares.unshare(first);
+        assert!(unshared.source.is_none());
+        let handed_back = spares.handed_back(unshared, true);
         drop(held); // the holder lets go of the buffer the parameter arrived in
         let held = handed_back.clone();
-        let (target, source) = spares.unshare(handed_back);
+        let unshared = spares.unshare(handed_back);
         assert_eq!(
-            address(&target),
+            address(&unshared.target),
             first_buffer,
             "written into the kept buffer"
         );
-        assert_eq!(source.map(|s| address(&s)), Some(address(&held)));
+        assert_eq!(unshared.source.as_ref().map(address), Some(address(&held)));
     }
 }

@@ -182,6 +182,76 @@ fn a_model_held_during_the_step_is_not_written_and_buffers_are_reused() {
     }
 }
 
+/// Parameters of one tensor each, for a model of many.
+#[derive(burn::module::Module, Debug)]
+struct Many {
+    params: Vec<burn::module::Param<Tensor<1>>>,
+}
+
+/// The same with a model of 200 parameters (the kept buffers' map is swept
+/// now and then from 64 entries): every parameter still alternates between
+/// two buffers, a held model is never written.
+#[test]
+fn a_held_model_of_many_parameters_reuses_every_buffer() {
+    let device = device();
+    let values = |k: usize, scale: f32| -> Vec<f32> {
+        (0..8)
+            .map(|i| scale * ((i * 7 + k * 13) % 11) as f32 - 0.5)
+            .collect()
+    };
+    let mut model = Many {
+        params: (0..200)
+            .map(|k| {
+                burn::module::Param::from_tensor(Tensor::<1>::from_floats(
+                    values(k, 0.1).as_slice(),
+                    &device,
+                ))
+            })
+            .collect(),
+    };
+    let grads: Vec<Tensor<1>> = (0..200)
+        .map(|k| Tensor::<1>::from_floats(values(k, 0.01).as_slice(), &Device::default()))
+        .collect();
+    let optim = FusedRmsPropConfig::new().build();
+    let handle = optim.clone();
+    let mut optim = ModuleOptimizer::from(optim);
+    let mut pointers: Vec<Vec<*const u8>> = Vec::new();
+    for _ in 0..6 {
+        let mut gradients = burn::optim::GradientsParams::new();
+        for (p, g) in model.params.iter().zip(&grads) {
+            gradients.register(p.id, g.clone());
+        }
+        let holding = model.clone();
+        let before = holding.params[7].val().into_data();
+        model = optim.step(LR, model, gradients);
+        assert_eq!(
+            holding.params[7].val().into_data(),
+            before,
+            "the held model was written"
+        );
+        drop(holding);
+        pointers.push(
+            model
+                .params
+                .iter()
+                .map(|p| flex_ptr(&p.val().inner()))
+                .collect(),
+        );
+    }
+    let [_, p2, p3, p4, p5, p6] = &pointers[..] else {
+        unreachable!("six steps")
+    };
+    for (k, (((p2, p3), p4), (p5, p6))) in
+        p2.iter().zip(p3).zip(p4).zip(p5.iter().zip(p6)).enumerate()
+    {
+        assert_eq!(p2, p4, "parameter {k}: steps 2 and 4 in one buffer");
+        assert_eq!(p4, p6, "parameter {k}: steps 4 and 6 in one buffer");
+        assert_eq!(p3, p5, "parameter {k}: steps 3 and 5 in the other");
+        assert_ne!(p2, p3, "parameter {k}");
+    }
+    assert_eq!(handle.stats().buffers_copied, 6 * 200);
+}
+
 /// A held parameter whose step writes nothing (a gradient with a NaN under
 /// `NonFinite::Skip` or `Error`) keeps its values, though the out-of-place
 /// step that wrote nothing had a kept buffer of stale values ready; the
