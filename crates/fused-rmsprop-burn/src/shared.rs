@@ -106,10 +106,10 @@ impl Spares {
     /// the target, or, out of place and not written, the parameter where it
     /// arrived. The other buffer is kept for the next step. Called after
     /// the kernel has run: the weak reference a kept entry holds on the
-    /// buffer handed back must not be taken before the step writes it
-    /// (burn's copy-on-write moves a buffer that has weak references to a
-    /// new allocation even when nobody else holds it, which would leave the
-    /// entry looking dead).
+    /// buffer handed back must not be taken before the step writes it:
+    /// Flex's copy-on-write is `Arc::make_mut`, which, when weak references
+    /// remain, gives the value a new `Arc` even if nobody else holds it
+    /// (the bytes stay where they are), and the entry would look dead.
     pub(crate) fn handed_back(&self, unshared: Unshared, written: bool) -> FlexTensor {
         let Unshared {
             target,
