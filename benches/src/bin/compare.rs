@@ -28,7 +28,8 @@
 //! 150-tensor transformer-sized model in both frameworks, Burn's two
 //! optimizers again at the largest size and on that model with the module
 //! held during the step as burn-train's `Learner` holds it (every parameter
-//! shared, so the fused optimizer copies each first), and whole training steps
+//! shared, so the fused optimizer writes each into a buffer it keeps for it
+//! instead of in place), and whole training steps
 //! (forward, backward, optimizer) of a small MLP, built-in vs fused.
 //!
 //! Then 16-bit parameters: the kernel's bf16 and f16 step (each rounding
