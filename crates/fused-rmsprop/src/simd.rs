@@ -40,63 +40,77 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
         let width = core::mem::size_of::<T::Lanes<S>>() / core::mem::size_of::<T>();
         let whole = self.chunk.len() / width * width;
         let (head, tail) = self.chunk.split_at(whole);
-        let Chunk {
-            params,
-            source,
-            grads,
-            square_avg,
-            grad_avg,
-            momentum_buf,
-            ..
-        } = head;
-        let (params_head, params_tail) = T::as_lanes_mut::<S>(params);
-        let (source_head, source_tail) = T::as_lanes::<S>(source);
-        let (grads_head, grads_tail) = T::as_lanes::<S>(grads);
-        let (square_head, square_tail) = T::as_lanes_mut::<S>(square_avg);
-        let (grad_avg_head, grad_avg_tail) = T::as_lanes_mut::<S>(grad_avg);
-        let (momentum_head, momentum_tail) = T::as_lanes_mut::<S>(momentum_buf);
-
-        let lanes = LaneCoefficients::splat(simd, c);
-        let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<T::Lanes<S>>().max(1);
-        for i in 0..params_head.len() {
-            prefetch::prefetch(params_head, i + ahead);
-            prefetch::prefetch(source_head, i + ahead);
-            prefetch::prefetch(grads_head, i + ahead);
-            prefetch::prefetch(square_head, i + ahead);
-            prefetch::prefetch(grad_avg_head, i + ahead);
-            prefetch::prefetch(momentum_head, i + ahead);
-            let grad_avg = if c.centered {
-                Some(&mut grad_avg_head[i])
-            } else {
-                None
-            };
-            let momentum_buf = if c.momentum.is_some() {
-                Some(&mut momentum_head[i])
-            } else {
-                None
-            };
-            params_head[i] = update_lanes(
-                simd,
-                c,
-                &lanes,
-                if source_head.is_empty() {
-                    params_head[i]
-                } else {
-                    source_head[i]
-                },
-                grads_head[i],
-                &mut square_head[i],
-                grad_avg,
-                momentum_buf,
-            );
+        match c.plain() {
+            Some(plain) => whole_registers(simd, &plain, head),
+            None => whole_registers(simd, c, head),
         }
-        debug_assert!(params_tail.is_empty() && grads_tail.is_empty());
-        debug_assert!(source_tail.is_empty());
-        debug_assert!(square_tail.is_empty() && grad_avg_tail.is_empty());
-        debug_assert!(momentum_tail.is_empty());
-
         scalar::step(c, tail);
     }
+}
+
+/// Steps `head` (a whole number of registers) with coefficients `c`.
+/// Inlined into each call, so coefficients whose options are constants
+/// ([`Coefficients::plain`]) get a loop of their own.
+#[inline(always)]
+fn whole_registers<T: Float + Param<State = T>, S: Simd>(
+    simd: S,
+    c: &Coefficients<T>,
+    head: Chunk<'_, T>,
+) {
+    let Chunk {
+        params,
+        source,
+        grads,
+        square_avg,
+        grad_avg,
+        momentum_buf,
+        ..
+    } = head;
+    let (params_head, params_tail) = T::as_lanes_mut::<S>(params);
+    let (source_head, source_tail) = T::as_lanes::<S>(source);
+    let (grads_head, grads_tail) = T::as_lanes::<S>(grads);
+    let (square_head, square_tail) = T::as_lanes_mut::<S>(square_avg);
+    let (grad_avg_head, grad_avg_tail) = T::as_lanes_mut::<S>(grad_avg);
+    let (momentum_head, momentum_tail) = T::as_lanes_mut::<S>(momentum_buf);
+
+    let lanes = LaneCoefficients::splat(simd, c);
+    let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<T::Lanes<S>>().max(1);
+    for i in 0..params_head.len() {
+        prefetch::prefetch(params_head, i + ahead);
+        prefetch::prefetch(source_head, i + ahead);
+        prefetch::prefetch(grads_head, i + ahead);
+        prefetch::prefetch(square_head, i + ahead);
+        prefetch::prefetch(grad_avg_head, i + ahead);
+        prefetch::prefetch(momentum_head, i + ahead);
+        let grad_avg = if c.centered {
+            Some(&mut grad_avg_head[i])
+        } else {
+            None
+        };
+        let momentum_buf = if c.momentum.is_some() {
+            Some(&mut momentum_head[i])
+        } else {
+            None
+        };
+        params_head[i] = update_lanes(
+            simd,
+            c,
+            &lanes,
+            if source_head.is_empty() {
+                params_head[i]
+            } else {
+                source_head[i]
+            },
+            grads_head[i],
+            &mut square_head[i],
+            grad_avg,
+            momentum_buf,
+        );
+    }
+    debug_assert!(params_tail.is_empty() && grads_tail.is_empty());
+    debug_assert!(source_tail.is_empty());
+    debug_assert!(square_tail.is_empty() && grad_avg_tail.is_empty());
+    debug_assert!(momentum_tail.is_empty());
 }
 
 /// The coefficients broadcast to every lane, once per chunk.

@@ -102,78 +102,89 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
         let width = core::mem::size_of::<S::f32s>() / core::mem::size_of::<f32>();
         let whole = self.chunk.len() / width * width;
         let (head, tail) = self.chunk.split_at(whole);
-        let Chunk {
-            params,
-            source,
-            grads,
-            square_avg,
+        match c.plain() {
+            Some(plain) => whole_registers(simd, &plain, head),
+            None => whole_registers(simd, c, head),
+        }
+        scalar::step(c, tail);
+    }
+}
+
+/// Steps `head` (a whole number of registers) with coefficients `c`.
+/// Inlined into each call, so coefficients whose options are constants
+/// ([`Coefficients::plain`]) get a loop of their own.
+#[inline(always)]
+fn whole_registers<H: Half, S: Simd>(simd: S, c: &Coefficients<f32>, head: Chunk<'_, H>) {
+    let width = core::mem::size_of::<S::f32s>() / core::mem::size_of::<f32>();
+    let Chunk {
+        params,
+        source,
+        grads,
+        square_avg,
+        grad_avg,
+        momentum_buf,
+        master,
+        offset,
+        key,
+    } = head;
+    let (square_head, _) = S::as_mut_simd_f32s(square_avg);
+    let (grad_avg_head, _) = S::as_mut_simd_f32s(grad_avg);
+    let (momentum_head, _) = S::as_mut_simd_f32s(momentum_buf);
+    let (master_head, _) = S::as_mut_simd_f32s(master);
+
+    let lanes = LaneCoefficients::splat(simd, c);
+    let mut random = rounding::LaneRandom::new(simd, key);
+    let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<S::f32s>();
+    for (i, (params16, grads16)) in params
+        .chunks_exact_mut(width)
+        .zip(grads.chunks_exact(width))
+        .enumerate()
+    {
+        prefetch::prefetch(grads, (i + ahead) * width);
+        prefetch::prefetch(source, (i + ahead) * width);
+        prefetch::prefetch(square_head, i + ahead);
+        prefetch::prefetch(grad_avg_head, i + ahead);
+        prefetch::prefetch(momentum_head, i + ahead);
+        prefetch::prefetch(master_head, i + ahead);
+        let p = if c.master {
+            master_head[i]
+        } else if source.is_empty() {
+            H::widen_lanes(simd, load::<H, S>(params16))
+        } else {
+            H::widen_lanes(simd, load::<H, S>(&source[i * width..]))
+        };
+        let g = H::widen_lanes(simd, load::<H, S>(grads16));
+        let grad_avg = if c.centered {
+            Some(&mut grad_avg_head[i])
+        } else {
+            None
+        };
+        let momentum_buf = if c.momentum.is_some() {
+            Some(&mut momentum_head[i])
+        } else {
+            None
+        };
+        let p = update_lanes(
+            simd,
+            c,
+            &lanes,
+            p,
+            g,
+            &mut square_head[i],
             grad_avg,
             momentum_buf,
-            master,
-            offset,
-            key,
-        } = head;
-        let (square_head, _) = S::as_mut_simd_f32s(square_avg);
-        let (grad_avg_head, _) = S::as_mut_simd_f32s(grad_avg);
-        let (momentum_head, _) = S::as_mut_simd_f32s(momentum_buf);
-        let (master_head, _) = S::as_mut_simd_f32s(master);
-
-        let lanes = LaneCoefficients::splat(simd, c);
-        let mut random = rounding::LaneRandom::new(simd, key);
-        let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<S::f32s>();
-        for (i, (params16, grads16)) in params
-            .chunks_exact_mut(width)
-            .zip(grads.chunks_exact(width))
-            .enumerate()
-        {
-            prefetch::prefetch(grads, (i + ahead) * width);
-            prefetch::prefetch(source, (i + ahead) * width);
-            prefetch::prefetch(square_head, i + ahead);
-            prefetch::prefetch(grad_avg_head, i + ahead);
-            prefetch::prefetch(momentum_head, i + ahead);
-            prefetch::prefetch(master_head, i + ahead);
-            let p = if c.master {
-                master_head[i]
-            } else if source.is_empty() {
-                H::widen_lanes(simd, load::<H, S>(params16))
-            } else {
-                H::widen_lanes(simd, load::<H, S>(&source[i * width..]))
-            };
-            let g = H::widen_lanes(simd, load::<H, S>(grads16));
-            let grad_avg = if c.centered {
-                Some(&mut grad_avg_head[i])
-            } else {
-                None
-            };
-            let momentum_buf = if c.momentum.is_some() {
-                Some(&mut momentum_head[i])
-            } else {
-                None
-            };
-            let p = update_lanes(
-                simd,
-                c,
-                &lanes,
-                p,
-                g,
-                &mut square_head[i],
-                grad_avg,
-                momentum_buf,
-            );
-            if c.master {
-                master_head[i] = p;
-            }
-            // `p`'s NaNs are canonical (`update_lanes`), as the rounding
-            // lanes require.
-            let rounded = if c.stochastic {
-                let first = offset + (i * width) as u64;
-                H::round_stochastic_lanes(simd, p, random.bits(simd, first))
-            } else {
-                H::round_nearest_lanes(simd, p)
-            };
-            store::<H, S>(simd, params16, rounded);
+        );
+        if c.master {
+            master_head[i] = p;
         }
-
-        scalar::step(c, tail);
+        // `p`'s NaNs are canonical (`update_lanes`), as the rounding
+        // lanes require.
+        let rounded = if c.stochastic {
+            let first = offset + (i * width) as u64;
+            H::round_stochastic_lanes(simd, p, random.bits(simd, first))
+        } else {
+            H::round_nearest_lanes(simd, p)
+        };
+        store::<H, S>(simd, params16, rounded);
     }
 }

@@ -69,6 +69,40 @@ impl<T: Float> Coefficients<T> {
     }
 }
 
+impl<T: Copy> Coefficients<T> {
+    /// `Some(copy)` when these are the plain variant's (PyTorch's defaults:
+    /// no option on, eps outside the square root, rounding to nearest, no
+    /// master copy), with every option written as a constant. A kernel
+    /// inlined with the copy has the tests of the options folded away at
+    /// compile time: one loop per variant family, so the plain step, the one
+    /// most models take, carries no branch and no prefetch of a buffer it
+    /// does not have. The values are the same, so the bits are.
+    #[inline(always)]
+    pub fn plain(&self) -> Option<Self> {
+        let plain = !self.eps_inside_sqrt
+            && !self.maximize
+            && self.coupled_weight_decay.is_none()
+            && self.decoupled_decay_factor.is_none()
+            && !self.centered
+            && self.momentum.is_none()
+            && !self.master
+            && !self.stochastic;
+        plain.then_some(Self {
+            eps_inside_sqrt: false,
+            maximize: false,
+            coupled_weight_decay: None,
+            decoupled_decay_factor: None,
+            centered: false,
+            clamp_centered_variance: false,
+            momentum: None,
+            nesterov: false,
+            master: false,
+            stochastic: false,
+            ..*self
+        })
+    }
+}
+
 /// Equal-length slices of one parameter (or a piece of one): the unit every
 /// path works on. `grad_avg` is empty unless centered, `momentum_buf` empty
 /// unless momentum is on, `master` empty unless master weights apply;
