@@ -135,6 +135,9 @@ mod config;
 mod element;
 mod error;
 mod execution;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod f16c;
 mod finite;
 mod parallel;
 mod param;

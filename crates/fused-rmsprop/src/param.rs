@@ -157,6 +157,23 @@ pub(crate) trait Half: Param<State = f32> {
     /// [`Param::round_stochastic`] on every lane, NaNs canonical as for
     /// [`Half::round_nearest_lanes`].
     fn round_stochastic_lanes<S: Simd>(simd: S, x: S::f32s, random: S::u32s) -> S::u32s;
+    /// Whether this CPU converts this type a slice at a time in hardware
+    /// where the AVX2 lane conversions do not (`f16` with F16C): then the
+    /// AVX2 kernel uses [`Half::widen_slice`] and [`Half::narrow_slice`].
+    fn converts_slices() -> bool {
+        false
+    }
+    /// `dst[i] = src[i]` widened (slices of one length, a multiple of 8),
+    /// when [`Half::converts_slices`]; writes nothing otherwise.
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        let _ = (src, dst);
+    }
+    /// `dst[i] = src[i]` rounded to nearest (slices of one length, a
+    /// multiple of 8, NaNs canonical), when [`Half::converts_slices`];
+    /// writes nothing otherwise.
+    fn narrow_slice(src: &[f32], dst: &mut [Self]) {
+        let _ = (src, dst);
+    }
 }
 
 /// The AVX-512 token when `S` is AVX-512: the concrete token that pulp's
@@ -406,6 +423,25 @@ impl Half for f16 {
     #[inline(always)]
     fn round_stochastic_lanes<S: Simd>(simd: S, x: S::f32s, _random: S::u32s) -> S::u32s {
         Self::round_nearest_lanes(simd, x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn converts_slices() -> bool {
+        crate::f16c::F16c::detect().is_some()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        if let Some(f16c) = crate::f16c::F16c::detect() {
+            f16c.widen(src, dst);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn narrow_slice(src: &[f32], dst: &mut [Self]) {
+        if let Some(f16c) = crate::f16c::F16c::detect() {
+            f16c.narrow(src, dst);
+        }
     }
 }
 

@@ -12,6 +12,11 @@
 //! every instruction set. The `f32` state is contiguous, so it is read as
 //! whole registers as in the `f32` kernel. Elements that do not fill a
 //! register go through the scalar specification itself.
+//!
+//! One exception: `f16` under AVX2 on a CPU with F16C (every AVX2 CPU we
+//! know of) is converted a block at a time by F16C's instructions (module
+//! `f16c`) into `f32` buffers in L1, stepped there, and converted back;
+//! the lane conversions took thirty-odd operations a register.
 
 use pulp::{Simd, WithSimd};
 
@@ -115,6 +120,11 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
 /// ([`Coefficients::plain`]) get a loop of their own.
 #[inline(always)]
 fn whole_registers<H: Half, S: Simd>(simd: S, c: &Coefficients<f32>, head: Chunk<'_, H>) {
+    #[cfg(target_arch = "x86_64")]
+    if !c.stochastic && (&simd as &dyn core::any::Any).is::<pulp::x86::V3>() && H::converts_slices()
+    {
+        return converted_in_blocks(simd, c, head);
+    }
     let width = core::mem::size_of::<S::f32s>() / core::mem::size_of::<f32>();
     let Chunk {
         params,
@@ -186,5 +196,74 @@ fn whole_registers<H: Half, S: Simd>(simd: S, c: &Coefficients<f32>, head: Chunk
             H::round_nearest_lanes(simd, p)
         };
         store::<H, S>(simd, params16, rounded);
+    }
+}
+
+/// [`whole_registers`] for a type that the CPU converts a slice at a time
+/// ([`Half::converts_slices`]: `f16` with F16C under AVX2): each block of
+/// parameters and gradients is widened into `f32` buffers on the stack,
+/// stepped there as the `f32` kernel steps, and narrowed back, instead of
+/// converting in the registers. Rounds to nearest only (the caller checks).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn converted_in_blocks<H: Half, S: Simd>(simd: S, c: &Coefficients<f32>, head: Chunk<'_, H>) {
+    /// Elements per block: the two `f32` buffers (2 KiB) stay in L1.
+    const BLOCK: usize = 256;
+    let Chunk {
+        params,
+        source,
+        grads,
+        square_avg,
+        grad_avg,
+        momentum_buf,
+        master,
+        ..
+    } = head;
+    let lanes = LaneCoefficients::splat(simd, c);
+    let (mut wide_params, mut wide_grads) = ([0f32; BLOCK], [0f32; BLOCK]);
+    let mut start = 0;
+    while start < params.len() {
+        let end = (start + BLOCK).min(params.len());
+        let p32 = &mut wide_params[..end - start];
+        let g32 = &mut wide_grads[..end - start];
+        if c.master {
+            p32.copy_from_slice(&master[start..end]);
+        } else if source.is_empty() {
+            H::widen_slice(&params[start..end], p32);
+        } else {
+            H::widen_slice(&source[start..end], p32);
+        }
+        H::widen_slice(&grads[start..end], g32);
+        let (p_lanes, _) = S::as_mut_simd_f32s(p32);
+        let (g_lanes, _) = S::as_simd_f32s(g32);
+        let (square_lanes, _) = S::as_mut_simd_f32s(&mut square_avg[start..end]);
+        let (grad_avg_lanes, _) = S::as_mut_simd_f32s(if c.centered {
+            &mut grad_avg[start..end]
+        } else {
+            &mut []
+        });
+        let (momentum_lanes, _) = S::as_mut_simd_f32s(if c.momentum.is_some() {
+            &mut momentum_buf[start..end]
+        } else {
+            &mut []
+        });
+        for (i, (p, g)) in p_lanes.iter_mut().zip(g_lanes).enumerate() {
+            *p = update_lanes(
+                simd,
+                c,
+                &lanes,
+                *p,
+                *g,
+                &mut square_lanes[i],
+                grad_avg_lanes.get_mut(i),
+                momentum_lanes.get_mut(i),
+            );
+        }
+        if c.master {
+            master[start..end].copy_from_slice(p32);
+        }
+        // `update_lanes` made the NaNs canonical, as narrowing requires.
+        H::narrow_slice(p32, &mut params[start..end]);
+        start = end;
     }
 }
