@@ -40,17 +40,15 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
         let width = core::mem::size_of::<T::Lanes<S>>() / core::mem::size_of::<T>();
         let whole = self.chunk.len() / width * width;
         let (head, tail) = self.chunk.split_at(whole);
-        match c.plain() {
-            Some(plain) => whole_registers(simd, &plain, head),
-            None => whole_registers(simd, c, head),
-        }
+        crate::step::with_constant_options!(c, |k| whole_registers(simd, k, head));
         scalar::step(c, tail);
     }
 }
 
 /// Steps `head` (a whole number of registers) with coefficients `c`.
 /// Inlined into each call, so coefficients whose options are constants
-/// ([`Coefficients::plain`]) get a loop of their own.
+/// ([`with_constant_options`](crate::step::with_constant_options)) get a
+/// loop of their own.
 #[inline(always)]
 fn whole_registers<T: Float + Param<State = T>, S: Simd>(
     simd: S,
