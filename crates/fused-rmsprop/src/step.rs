@@ -75,8 +75,9 @@ impl<T: Copy> Coefficients<T> {
     /// master copy), with every option written as a constant. A kernel
     /// inlined with the copy has the tests of the options folded away at
     /// compile time: one loop per variant family, so the plain step, the one
-    /// most models take, carries no branch and no prefetch of a buffer it
-    /// does not have. The values are the same, so the bits are.
+    /// most models take, tests no option per register (a prefetch of a
+    /// buffer it does not have is still one length check, not taken). The
+    /// values are the same, so the bits are.
     #[inline(always)]
     pub fn plain(&self) -> Option<Self> {
         let plain = !self.eps_inside_sqrt
