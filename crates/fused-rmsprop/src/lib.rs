@@ -517,7 +517,10 @@ impl RmsProp {
         lr: f64,
         groups: impl IntoIterator<Item = Group<'a, P>>,
     ) -> Result<StepReport, Error> {
-        let coefficients = Coefficients::<P::State>::new(&self.hyper, lr, P::NARROWS)?;
+        let mut coefficients = Coefficients::<P::State>::new(&self.hyper, lr, P::NARROWS)?;
+        // `f16` "rounds stochastically" to nearest: it takes the loops that
+        // round to nearest (F16C's block conversions under AVX2), same bits.
+        coefficients.stochastic &= P::ROUNDS_STOCHASTICALLY;
         let seed = match self.hyper.rounding {
             Rounding::Stochastic { seed } if coefficients.stochastic => Some(seed),
             _ => None,

@@ -29,6 +29,11 @@ pub(crate) mod sealed {
 
     /// The per-type kernels: not part of the public API.
     pub trait Sealed: Sized {
+        /// Whether [`Rounding::Stochastic`](crate::Rounding::Stochastic)
+        /// rounds this type any other way than to nearest (`bf16` only).
+        /// When it does not, the step takes the loops that round to nearest.
+        const ROUNDS_STOCHASTICALLY: bool;
+
         /// Steps `chunk` on instruction set `simd`.
         fn step_simd<S: pulp::Simd>(
             simd: S,
@@ -88,6 +93,8 @@ pub trait Param:
 macro_rules! wide_param {
     ($ty:ident, $bits:ident, $name:literal) => {
         impl sealed::Sealed for $ty {
+            const ROUNDS_STOCHASTICALLY: bool = false;
+
             #[inline(always)]
             fn step_simd<S: Simd>(
                 simd: S,
@@ -221,8 +228,10 @@ fn is_nan_lanes<S: Simd>(simd: S, bits: S::u32s) -> S::m32s {
 /// `simd_half`, `half`'s conversions with canonical NaNs.
 macro_rules! half_param {
     ($ty:ident, $name:literal, nan: $nan:literal, infinity: $infinity:literal,
-     stochastic: $stochastic:expr) => {
+     rounds_stochastically: $rounds_stochastically:literal, stochastic: $stochastic:expr) => {
         impl sealed::Sealed for $ty {
+            const ROUNDS_STOCHASTICALLY: bool = $rounds_stochastically;
+
             #[inline(always)]
             fn step_simd<S: Simd>(
                 simd: S,
@@ -271,12 +280,14 @@ macro_rules! half_param {
     };
 }
 
-half_param!(bf16, "bf16", nan: 0x7FC0, infinity: 0x7F80, stochastic: |x: f32, random: u32| {
+half_param!(bf16, "bf16", nan: 0x7FC0, infinity: 0x7F80, rounds_stochastically: true,
+    stochastic: |x: f32, random: u32| {
     // A carry out of the low 16 bits moves the magnitude up one ulp;
     // infinities have zero low bits and stay infinite.
     bf16::from_bits((x.to_bits().wrapping_add(random & 0xFFFF) >> 16) as u16)
 });
-half_param!(f16, "f16", nan: 0x7E00, infinity: 0x7C00, stochastic: |x: f32, _random: u32| {
+half_param!(f16, "f16", nan: 0x7E00, infinity: 0x7C00, rounds_stochastically: false,
+    stochastic: |x: f32, _random: u32| {
     f16::from_f32(x)
 });
 

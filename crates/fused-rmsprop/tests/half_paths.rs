@@ -243,6 +243,27 @@ fn every_f16_bit_pattern_steps_as_the_spec_on_every_path() {
     every_bit_pattern_steps_as_the_spec::<f16>();
 }
 
+/// `f16` keeps 13 more bits of an `f32` than `bf16`, and
+/// `Rounding::Stochastic` rounds it to nearest (documented there): every
+/// path, which takes the nearest loops for it, gives the spec's nearest bits
+/// for every bit pattern.
+#[test]
+fn f16_under_stochastic_rounding_steps_as_rounding_to_nearest() {
+    let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let case = |rounding| Case {
+        hyper: Hyper::default().with_momentum(0.9).with_rounding(rounding),
+        offset: 1,
+        params: all.clone(),
+        square_avg: (0..all.len()).map(|i| (i % 89) as f32 * 0.01).collect(),
+        grads: vec![all.iter().rev().copied().collect()],
+    };
+    let nearest = run(&case(Rounding::Nearest), SPEC);
+    let stochastic = case(Rounding::Stochastic { seed: 5 });
+    for path in std::iter::once(SPEC).chain(other_paths()) {
+        assert!(run(&stochastic, path) == nearest, "path {path:?}");
+    }
+}
+
 /// A bf16 parameter of 1.5 (ulp 2^-7) moved by a quarter of an ulp,
 /// `count` elements, on `path`: the new parameters.
 fn quarter_ulp_updates(rounding: Rounding, count: usize, path: Execution) -> Vec<bf16> {
