@@ -107,7 +107,16 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
         let width = core::mem::size_of::<S::f32s>() / core::mem::size_of::<f32>();
         let whole = self.chunk.len() / width * width;
         let (head, tail) = self.chunk.split_at(whole);
-        crate::step::with_constant_options!(c, |k| whole_registers(simd, k, head));
+        crate::step::with_constant_options!(
+            c,
+            [
+                plain,
+                plain_with_momentum,
+                plain_stochastic,
+                plain_with_master
+            ],
+            |k| whole_registers(simd, k, head)
+        );
         scalar::step(c, tail);
     }
 }

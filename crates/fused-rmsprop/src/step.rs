@@ -108,40 +108,67 @@ impl<T: Copy> Coefficients<T> {
     /// momentum's presence a constant too.
     #[inline(always)]
     pub fn plain_with_momentum(&self) -> Option<Self> {
-        let momentum = self.momentum?;
-        if self.nesterov {
-            return None;
-        }
         let plain = Self {
             momentum: None,
             ..*self
         }
         .plain()?;
-        Some(Self {
-            momentum: Some(momentum),
+        (!self.nesterov).then_some(Self {
+            momentum: Some(self.momentum?),
+            ..plain
+        })
+    }
+
+    /// `Some(copy)` for the plain variant with stochastic rounding (a
+    /// `bf16` parameter): as [`Coefficients::plain`], with the rounding a
+    /// constant too.
+    #[inline(always)]
+    pub fn plain_stochastic(&self) -> Option<Self> {
+        let plain = Self {
+            stochastic: false,
+            ..*self
+        }
+        .plain()?;
+        self.stochastic.then_some(Self {
+            stochastic: true,
+            ..plain
+        })
+    }
+
+    /// `Some(copy)` for the plain variant with an `f32` master copy (a
+    /// 16-bit parameter, rounded to nearest): as [`Coefficients::plain`],
+    /// with the master copy's presence a constant too.
+    #[inline(always)]
+    pub fn plain_with_master(&self) -> Option<Self> {
+        let plain = Self {
+            master: false,
+            ..*self
+        }
+        .plain()?;
+        self.master.then_some(Self {
+            master: true,
             ..plain
         })
     }
 }
 
 /// Evaluates `$body` with `$k` bound to `$c` (a `&Coefficients`), or to a
-/// copy whose options are constants when `$c` is one of the common variants
-/// ([`Coefficients::plain`], [`Coefficients::plain_with_momentum`]). With
-/// an `#[inline(always)]` kernel in `$body`, each arm is a loop of its own
-/// with the tests of the options folded away. A macro, not a function
-/// taking the kernel as a closure: a closure's body may be compiled apart
-/// from the SIMD kernel's target features and then calls every lane
-/// operation (measured: 30 times slower).
+/// copy whose options are constants when `$c` is one of the `variants`
+/// (methods of [`Coefficients`] such as [`Coefficients::plain`], tried in
+/// order). With an `#[inline(always)]` kernel in `$body`, each arm is a loop
+/// of its own with the tests of the options folded away. A macro, not a
+/// function taking the kernel as a closure: a closure's body may be
+/// compiled apart from the SIMD kernel's target features and then calls
+/// every lane operation (measured: 30 times slower).
 macro_rules! with_constant_options {
-    ($c:expr, |$k:ident| $body:expr) => {{
+    ($c:expr, [$($variant:ident),+], |$k:ident| $body:expr) => {{
         let c = $c;
-        if let Some(plain) = c.plain() {
-            let $k = &plain;
-            $body
-        } else if let Some(momentum) = c.plain_with_momentum() {
-            let $k = &momentum;
-            $body
-        } else {
+        $(
+            if let Some(constant) = c.$variant() {
+                let $k = &constant;
+                $body
+            } else
+        )+ {
             let $k = c;
             $body
         }
