@@ -27,3 +27,16 @@ pub(crate) fn prefetch<T>(slice: &[T], index: usize) {
         let _ = address;
     }
 }
+
+/// [`prefetch`] of every cache line of `slice[from..to]` (clamped to the
+/// slice): for loops that step a block at a time rather than a register.
+#[inline(always)]
+pub(crate) fn prefetch_lines<T>(slice: &[T], from: usize, to: usize) {
+    const LINE_BYTES: usize = 64;
+    let step = (LINE_BYTES / core::mem::size_of::<T>().max(1)).max(1);
+    let mut index = from;
+    while index < to.min(slice.len()) {
+        prefetch(slice, index);
+        index += step;
+    }
+}

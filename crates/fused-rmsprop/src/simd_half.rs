@@ -228,9 +228,19 @@ fn converted_in_blocks<H: Half, S: Simd>(simd: S, c: &Coefficients<f32>, head: C
     } = head;
     let lanes = LaneCoefficients::splat(simd, c);
     let (mut wide_params, mut wide_grads) = ([0f32; BLOCK], [0f32; BLOCK]);
+    // As far ahead as the f32 kernel, in elements; a block's lines at once.
+    let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<f32>();
     let mut start = 0;
     while start < params.len() {
         let end = (start + BLOCK).min(params.len());
+        let (from, to) = (start + ahead, end + ahead);
+        prefetch::prefetch_lines(params, from, to);
+        prefetch::prefetch_lines(source, from, to);
+        prefetch::prefetch_lines(grads, from, to);
+        prefetch::prefetch_lines(square_avg, from, to);
+        prefetch::prefetch_lines(grad_avg, from, to);
+        prefetch::prefetch_lines(momentum_buf, from, to);
+        prefetch::prefetch_lines(master, from, to);
         let p32 = &mut wide_params[..end - start];
         let g32 = &mut wide_grads[..end - start];
         if c.master {
