@@ -243,10 +243,9 @@ fn every_f16_bit_pattern_steps_as_the_spec_on_every_path() {
     every_bit_pattern_steps_as_the_spec::<f16>();
 }
 
-/// `f16` keeps 13 more bits of an `f32` than `bf16`, and
-/// `Rounding::Stochastic` rounds it to nearest (documented there): every
-/// path, which takes the nearest loops for it, gives the spec's nearest bits
-/// for every bit pattern.
+/// `Rounding::Stochastic` rounds an `f16` parameter to nearest (documented
+/// there), and the step takes the nearest loops for it: on every path, every
+/// bit pattern gets the spec's bits of rounding to nearest.
 #[test]
 fn f16_under_stochastic_rounding_steps_as_rounding_to_nearest() {
     let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
