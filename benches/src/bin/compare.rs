@@ -22,7 +22,8 @@
 //! Rows, for each size and variant: the kernel's paths (`framework` kernel:
 //! SIMD on one thread, the scalar spec, SIMD on all threads, against a plain
 //! Rust loop); Candle's fused optimizer against the same update in candle
-//! tensor ops, candle-nn's `AdamW` and `SGD`; Burn's fused optimizer against
+//! tensor ops, candle-nn's `AdamW` and `SGD` (those two in the plain
+//! variant only: they do not change with it); Burn's fused optimizer against
 //! Burn's `RmsProp` through `ModuleOptimizer` (the scalar spec only up to
 //! 1M elements: its speed per element does not change with size). Then the
 //! 150-tensor transformer-sized model in both frameworks, Burn's two
@@ -55,7 +56,7 @@
 use std::time::Duration;
 
 use fused_rmsprop::{Execution, Isa, Kernel, RmsProp, Threads};
-use fused_rmsprop_benches::timing::{interleaved_medians, reps_for};
+use fused_rmsprop_benches::timing::{beside_baseline, interleaved_medians, reps_for};
 use fused_rmsprop_benches::workload::{self, Buffers, HalfBuffers, HalfMode, Variant, size_label};
 use fused_rmsprop_benches::{burn_case, candle_case, naive, report, roofline};
 
@@ -455,22 +456,24 @@ fn candle_rows(
             budget / 2,
         )
     };
-    for baseline_kind in Baseline::ALL {
+    // candle-nn's `AdamW` and `SGD` do not change with the variant: their
+    // rows are in the plain variant's table only.
+    let baselines = Baseline::ALL
+        .into_iter()
+        .filter(|b| variant == Variant::Plain || b.is_rmsprop());
+    for baseline_kind in baselines {
         let (baseline_vars, baseline_grads) = candle_case::vars_and_grads(sizes);
         let mut baseline_step = baseline_kind.build(baseline_vars.clone(), variant);
-        let mut baseline = || baseline_step(&baseline_grads);
         let (fused_vars, fused_grads) = candle_case::vars_and_grads(sizes);
         let mut fused = candle_case::fused(fused_vars.clone(), variant);
-        let mut run_fused = || fused.step(&fused_grads).expect("a step");
-        let first = interleaved_medians(1, 2, &mut [&mut baseline]);
-        let reps = reps_for(budget, first[0] * 2, BASELINE_MIN_REPS, 100);
-        let times = interleaved_medians(1, reps, &mut [&mut baseline, &mut run_fused]);
+        let times = beside_baseline(
+            budget,
+            BASELINE_MIN_REPS,
+            &mut || baseline_step(&baseline_grads),
+            &mut [&mut || fused.step(&fused_grads).expect("a step")],
+        );
         let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
         let max_abs_diff = baseline_kind.is_rmsprop().then(|| {
-            // The baseline took 3 steps more (warm-up and the first timing).
-            for _ in 0..3 {
-                run_fused();
-            }
             max_abs_diff(
                 &candle_case::values(&baseline_vars),
                 &candle_case::values(&fused_vars),
@@ -563,17 +566,15 @@ fn half_framework_rows(
     for baseline_kind in [Baseline::TensorOps, Baseline::AdamW] {
         let (baseline_vars, baseline_grads) = candle_case::vars_and_grads_in(dtype, sizes);
         let mut baseline_step = baseline_kind.build(baseline_vars.clone(), variant);
-        let mut baseline = || baseline_step(&baseline_grads);
         let (fused_vars, fused_grads) = candle_case::vars_and_grads_in(dtype, sizes);
         let mut fused = candle_case::fused(fused_vars.clone(), variant);
-        let mut run_fused = || fused.step(&fused_grads).expect("a step");
-        let first = interleaved_medians(1, 2, &mut [&mut baseline]);
-        let reps = reps_for(budget, first[0] * 2, BASELINE_MIN_REPS, 100);
-        let times = interleaved_medians(1, reps, &mut [&mut baseline, &mut run_fused]);
+        let times = beside_baseline(
+            budget,
+            BASELINE_MIN_REPS,
+            &mut || baseline_step(&baseline_grads),
+            &mut [&mut || fused.step(&fused_grads).expect("a step")],
+        );
         let diff = baseline_kind.is_rmsprop().then(|| {
-            for _ in 0..3 {
-                run_fused();
-            }
             max_abs_diff(
                 &candle_case::values(&baseline_vars),
                 &candle_case::values(&fused_vars),
@@ -603,19 +604,12 @@ fn half_framework_rows(
             burn_case::fused_rmsprop(variant).init_batched(),
             lr,
         );
-        let first = interleaved_medians(1, 2, &mut [&mut || baseline.step()]);
-        let reps = reps_for(budget, first[0] * 2, BASELINE_MIN_REPS, 100);
-        let times = interleaved_medians(
-            0,
-            reps,
-            &mut [&mut || baseline.step(), &mut || fused.step(), &mut || {
-                batched.step()
-            }],
+        let times = beside_baseline(
+            budget,
+            BASELINE_MIN_REPS,
+            &mut || baseline.step(),
+            &mut [&mut || fused.step(), &mut || batched.step()],
         );
-        for _ in 0..3 {
-            fused.step();
-            batched.step();
-        }
         let diff = max_abs_diff(&baseline.values(), &fused.values());
         let batched_diff = max_abs_diff(&baseline.values(), &batched.values());
         let per_parameter = vec![times[0], times[1]];
@@ -838,17 +832,12 @@ fn burn_rows_stepped(
     let bytes = (n * variant.bytes_per_element()) as f64;
     let budget = Duration::from_millis(if n >= 1 << 24 { 1000 } else { 700 });
     let [mut skeleton, mut skeleton_prefetch] = skeletons(n, variant, threads);
-    let first = interleaved_medians(1, 2, &mut [&mut || step(&mut baseline)]);
-    let reps = reps_for(budget, first[0] * 2, BASELINE_MIN_REPS, 100);
-    let times = interleaved_medians(
-        0,
-        reps,
-        &mut [&mut || step(&mut baseline), &mut || step(&mut fused)],
+    let times = beside_baseline(
+        budget,
+        BASELINE_MIN_REPS,
+        &mut || step(&mut baseline),
+        &mut [&mut || step(&mut fused)],
     );
-    // The baseline took 3 steps more (warm-up and the first timing).
-    for _ in 0..3 {
-        step(&mut fused);
-    }
     let diff = max_abs_diff(&baseline.values(), &fused.values());
     let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
     let (own_t, skeleton_t) = fused_and_limit(
@@ -916,9 +905,12 @@ fn training_rows(variant: Variant, rows: &mut Vec<Row>) {
         ));
     }
     for (framework, baseline, mut builtin, mut fused) in cases {
-        let first = interleaved_medians(1, 2, &mut [&mut *builtin]);
-        let reps = reps_for(Duration::from_millis(1500), first[0] * 2, 5, 100);
-        let times = interleaved_medians(1, reps, &mut [&mut *builtin, &mut *fused]);
+        let times = beside_baseline(
+            Duration::from_millis(1500),
+            5,
+            &mut *builtin,
+            &mut [&mut *fused],
+        );
         let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
         rows.push(Row {
             framework,
