@@ -24,6 +24,9 @@
 //! innermost holds every variable of the batch at once and steps them in one
 //! kernel dispatch. The stack depth is bounded whatever the number of
 //! variables; no `unsafe` is involved (the argument is in `src/inplace.rs`).
+//! Variables of [`ONE_THREAD_DISPATCH_ELEMENTS`] or more are stepped in
+//! dispatches the kernel spreads over rayon's pool; the others in dispatches
+//! of at most that many elements, each on one thread, several at once.
 //! Before any lock is held, a step checks that no two variables share a
 //! storage (an error) and copies any gradient that shares a storage with a
 //! variable of the optimizer (its own or another's), so a step never waits on
@@ -79,7 +82,7 @@ mod tensor_ops;
 
 /// The non-finite gradient policy and the eps placement, re-exported from the kernel.
 pub use fused_rmsprop::{EpsPlacement, NonFinite};
-pub use inplace::VARS_PER_DISPATCH;
+pub use inplace::{ONE_THREAD_DISPATCH_ELEMENTS, VARS_PER_DISPATCH};
 pub use optimizer::{RmsProp, Route};
 pub use params::ParamsRmsProp;
 pub use tensor_ops::TensorOpsRmsProp;

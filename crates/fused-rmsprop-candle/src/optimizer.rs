@@ -71,11 +71,15 @@ impl VarState {
 ///
 /// Cost of a step: one pass over each variable's parameters, gradient and
 /// state; one kernel dispatch per [`VARS_PER_DISPATCH`](crate::VARS_PER_DISPATCH)
-/// variables of one dtype (spread over rayon's pool when the batch is
-/// larger than [`fused_rmsprop::PARALLEL_MIN_ELEMENTS`]); a few vectors of
-/// slice descriptors and a map of storage addresses (the aliasing check),
-/// about 120 bytes per variable, whose allocations are kept from step to
-/// step (not freed and faulted back in at each step). Nothing else is
+/// variables of one dtype or [`ONE_THREAD_DISPATCH_ELEMENTS`](crate::ONE_THREAD_DISPATCH_ELEMENTS)
+/// elements, whichever comes first (dispatches of smaller variables each on
+/// one thread, several at once on rayon's pool; larger variables spread over
+/// the pool by the kernel); a few vectors of slice descriptors and a map of
+/// storage addresses (the aliasing check), about 120 bytes per variable,
+/// whose allocations are kept from step to step (not freed and faulted back
+/// in at each step). Besides them each dispatch allocates a few short
+/// vectors (its variables, their slices and indices: a few hundred bytes
+/// per variable), and the step one list of its dispatches; nothing else is
 /// allocated, except a contiguous copy of a gradient that is not contiguous
 /// or shares storage with a variable.
 ///

@@ -9,20 +9,41 @@ use fused_rmsprop_candle::{ParamsRmsProp, RmsProp, TensorOpsRmsProp};
 /// `count` variables of `len` elements each, with distinct values, and a
 /// gradient for each.
 fn model(count: usize, len: usize) -> candle_core::Result<(Vec<Var>, GradStore)> {
-    let mut vars = Vec::with_capacity(count);
+    let (vars, grads, _) = model_of_sizes(&vec![len; count], &[])?;
+    Ok((vars, grads))
+}
+
+/// `sizes` as variables with distinct values and a gradient each (also
+/// returned as values, for the bare kernel); a variable whose index is in
+/// `poisoned` gets a NaN in its gradient.
+fn model_of_sizes(
+    sizes: &[usize],
+    poisoned: &[usize],
+) -> candle_core::Result<(Vec<Var>, GradStore, Vec<Vec<f32>>)> {
+    let mut vars = Vec::with_capacity(sizes.len());
     let mut grads = GradStore::default();
-    for v in 0..count {
+    let mut grad_values = Vec::with_capacity(sizes.len());
+    let mut start = 0;
+    for (v, &len) in sizes.iter().enumerate() {
         let values: Vec<f32> = (0..len)
-            .map(|i| ((v * len + i) as f32 * 0.37).sin())
+            .map(|i| ((start + i) as f32 * 0.37).sin())
             .collect();
+        start += len;
         let var = Var::from_vec(values, len, &Device::Cpu)?;
-        let grad: Vec<f32> = (0..len)
+        let mut grad: Vec<f32> = (0..len)
             .map(|i| ((v * 3 + i) as f32 * 0.11).cos())
             .collect();
-        grads.insert(var.as_tensor(), Tensor::from_vec(grad, len, &Device::Cpu)?);
+        if poisoned.contains(&v) {
+            grad[len / 2] = f32::NAN;
+        }
+        grads.insert(
+            var.as_tensor(),
+            Tensor::from_vec(grad.clone(), len, &Device::Cpu)?,
+        );
+        grad_values.push(grad);
         vars.push(var);
     }
-    Ok((vars, grads))
+    Ok((vars, grads, grad_values))
 }
 
 fn values(vars: &[Var]) -> Vec<Vec<f32>> {
@@ -216,5 +237,75 @@ fn aliased_gradients_of_every_dtype_in_one_optimizer_are_copied_first() {
     for ((v, r), b) in vars.iter().zip(&reference).zip(before) {
         assert_eq!(as_f64(v), as_f64(r), "{:?}", v.dtype());
         assert_ne!(as_f64(v), b, "{:?} stepped", v.dtype());
+    }
+}
+
+/// Sizes that reach every kind of dispatch: variables large enough to be
+/// spread over the pool (one of exactly the bound), dispatches filled by
+/// their element count, dispatches filled by their variable count, and an
+/// odd one at the end.
+fn sizes_of_every_dispatch_kind() -> Vec<usize> {
+    let bound = fused_rmsprop_candle::ONE_THREAD_DISPATCH_ELEMENTS;
+    let mut sizes = vec![bound + 5, 3, bound];
+    sizes.extend([bound / 3 + 1; 5]);
+    sizes.extend((0..200).map(|i| 1 + (i * 37) % 500));
+    sizes.push(bound - 1);
+    sizes.extend([16; 70]);
+    sizes
+}
+
+#[test]
+fn vars_of_every_dispatch_kind_step_as_the_bare_kernel() {
+    let sizes = sizes_of_every_dispatch_kind();
+    let params = ParamsRmsProp {
+        momentum: Some(0.9),
+        centered: true,
+        ..Default::default()
+    };
+    let (vars, grads, grad_values) = model_of_sizes(&sizes, &[]).unwrap();
+    let mut expected = values(&vars);
+    let mut fused = RmsProp::new(vars.clone(), params).unwrap();
+    let kernel = fused_rmsprop::RmsProp::new(params.hyper()).unwrap();
+    let mut states: Vec<fused_rmsprop::State<f32>> = sizes
+        .iter()
+        .map(|&n| fused_rmsprop::State::new(n, &params.hyper()))
+        .collect();
+    for _ in 0..3 {
+        fused.step(&grads).unwrap();
+        let groups = expected
+            .iter_mut()
+            .zip(&grad_values)
+            .zip(&mut states)
+            .map(|((p, g), s)| fused_rmsprop::Group::new(p, g, s.slices_mut()));
+        kernel.step_many(params.lr, groups).unwrap();
+    }
+    for (v, (var, want)) in vars.iter().zip(&expected).enumerate() {
+        let got: Vec<f32> = var.to_vec1().unwrap();
+        let same = got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "variable {v} ({} elements) differs", sizes[v]);
+    }
+}
+
+#[test]
+fn skip_names_the_poisoned_vars_of_every_dispatch_kind() {
+    let sizes = sizes_of_every_dispatch_kind();
+    let poisoned = [0, 4, 9, 100, 208, sizes.len() - 1];
+    let (vars, grads, _) = model_of_sizes(&sizes, &poisoned).unwrap();
+    let before = values(&vars);
+    let params = ParamsRmsProp {
+        non_finite: fused_rmsprop::NonFinite::Skip,
+        ..Default::default()
+    };
+    let mut opt = RmsProp::new(vars.clone(), params).unwrap();
+    opt.step(&grads).unwrap();
+    let skipped: Vec<_> = opt.last_skipped().iter().map(|v| v.id()).collect();
+    let expected: Vec<_> = poisoned.iter().map(|&v| vars[v].id()).collect();
+    assert_eq!(skipped, expected);
+    for (v, (var, was)) in vars.iter().zip(&before).enumerate() {
+        let moved = var.to_vec1::<f32>().unwrap() != *was;
+        assert_eq!(moved, !poisoned.contains(&v), "variable {v}");
     }
 }
