@@ -77,14 +77,15 @@ pub(crate) fn run<P: Param>(
             }
         }
     };
+    let mut chunks = chunks;
     if tasks == 1 {
         for chunk in chunks {
             kernel.run(c, chunk);
         }
         return;
     }
-    run_tasks(pack(chunks, total, tasks, align), |task| {
-        for chunk in task {
+    run_tasks(pack(&mut chunks, total, tasks, align), |task| {
+        for chunk in task.into_chunks() {
             kernel.run(c, chunk);
         }
     });
@@ -248,36 +249,79 @@ impl Drop for Working<'_> {
     }
 }
 
+/// One task of a call: a run of whole chunks, after the end of a chunk cut
+/// at the task's start and before the beginning of one cut at its end.
+///
+/// The whole chunks stay in the call's one vector (a task borrows its run
+/// of it), so packing allocates a few descriptors per task, not per chunk:
+/// a vector per task, grown chunk by chunk, was faulted in again at every
+/// step of a call of 100,000 tensors.
+struct Task<'s, 'a, P: Param> {
+    head: Option<Chunk<'a, P>>,
+    whole: &'s mut [Chunk<'a, P>],
+    tail: Option<Chunk<'a, P>>,
+}
+
+impl<'a, P: Param> Task<'_, 'a, P> {
+    /// The task's chunks in order, moved out of the call's vector.
+    fn into_chunks(self) -> impl Iterator<Item = Chunk<'a, P>> {
+        let whole = self.whole.iter_mut().map(Chunk::take);
+        self.head.into_iter().chain(whole).chain(self.tail)
+    }
+}
+
 /// Packs `chunks` (`total` elements) into at most `tasks` tasks of about
 /// equal element count (a multiple of `align`), cutting chunks where a task
 /// fills up.
-fn pack<'a, P: Param>(
-    chunks: Vec<Chunk<'a, P>>,
+fn pack<'s, 'a, P: Param>(
+    chunks: &'s mut [Chunk<'a, P>],
     total: usize,
     tasks: usize,
     align: usize,
-) -> Vec<Vec<Chunk<'a, P>>> {
+) -> Vec<Task<'s, 'a, P>> {
     let per_task = total.div_ceil(tasks).next_multiple_of(align).max(1);
     let mut packed = Vec::with_capacity(tasks + 1);
-    let mut current = Vec::new();
-    let mut room = per_task;
-    for mut chunk in chunks {
-        while chunk.len() > room {
-            let (head, rest) = chunk.split_at(room);
-            current.push(head);
-            packed.push(std::mem::take(&mut current));
-            chunk = rest;
-            room = per_task;
+    let mut rest = chunks;
+    // What is left of the last chunk cut, for the next task.
+    let mut carried: Option<Chunk<'a, P>> = None;
+    while carried.is_some() || !rest.is_empty() {
+        let mut room = per_task;
+        let mut head = None;
+        if let Some(piece) = carried.take() {
+            if piece.len() > room {
+                // A chunk larger than a task: this task is one piece of it.
+                let (piece, left) = piece.split_at(room);
+                packed.push(Task {
+                    head: Some(piece),
+                    whole: &mut [],
+                    tail: None,
+                });
+                carried = Some(left);
+                continue;
+            }
+            room -= piece.len();
+            head = Some(piece);
         }
-        room -= chunk.len();
-        current.push(chunk);
-        if room == 0 {
-            packed.push(std::mem::take(&mut current));
-            room = per_task;
+        let mut fits = 0;
+        for chunk in rest.iter() {
+            if chunk.len() > room {
+                break;
+            }
+            room -= chunk.len();
+            fits += 1;
         }
-    }
-    if !current.is_empty() {
-        packed.push(current);
+        let (whole, after) = std::mem::take(&mut rest).split_at_mut(fits);
+        rest = after;
+        let mut tail = None;
+        if room > 0
+            && let Some((next, after)) = std::mem::take(&mut rest).split_first_mut()
+        {
+            let (piece, left) = next.take().split_at(room);
+            tail = Some(piece);
+            carried = Some(left);
+            rest = after;
+        }
+        packed.push(Task { head, whole, tail });
     }
     packed
 }
@@ -287,10 +331,10 @@ mod tests {
     use super::*;
     use crate::{Hyper, StateSlices};
 
-    fn lengths(tasks: &[Vec<Chunk<'_, f32>>]) -> Vec<Vec<usize>> {
+    fn lengths(tasks: Vec<Task<'_, '_, f32>>) -> Vec<Vec<usize>> {
         tasks
-            .iter()
-            .map(|t| t.iter().map(Chunk::len).collect())
+            .into_iter()
+            .map(|t| t.into_chunks().map(|c| c.len()).collect())
             .collect()
     }
 
@@ -302,22 +346,85 @@ mod tests {
             .iter()
             .map(|&n| (vec![0.0; n], vec![0.0; n], vec![0.0; n]))
             .collect();
-        let chunks: Vec<_> = buffers
+        let mut chunks: Vec<_> = buffers
             .iter_mut()
             .enumerate()
             .map(|(i, (p, g, v))| Chunk::new(i, &c, p, None, g, StateSlices::new(v), 0).unwrap())
             .collect();
-        let tasks = pack(chunks, 340, 3, 64);
+        let tasks = pack(&mut chunks, 340, 3, 64);
         // 340 / 3 rounds up to 114, then to a multiple of 64: 128 per task.
         assert_eq!(
-            lengths(&tasks),
+            lengths(tasks),
             vec![vec![128], vec![128], vec![44, 10, 10, 20]]
         );
     }
 
     #[test]
     fn pack_of_nothing_is_no_task() {
-        assert!(pack::<f32>(Vec::new(), 0, 4, 1).is_empty());
+        assert!(pack::<f32>(&mut [], 0, 4, 1).is_empty());
+    }
+
+    /// Over many mixes of sizes (empty chunks, chunks larger than several
+    /// tasks, chunks that end exactly where a task does), the tasks hold
+    /// every element once, in order, with each piece's offset in its tensor,
+    /// and none holds more than its share.
+    #[test]
+    fn pack_keeps_every_element_once_in_order() {
+        let c = Coefficients::<f32>::new(&Hyper::default(), 0.01, false).unwrap();
+        let mut seed = 7u64;
+        let mut next = |below: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % below
+        };
+        for case in 0..500 {
+            let count = 1 + next(12);
+            let sizes: Vec<usize> = (0..count)
+                .map(|_| match next(4) {
+                    0 => 0,
+                    1 => 1 + next(8),
+                    _ => next(300),
+                })
+                .collect();
+            let (tasks, align) = (1 + next(9), [1, 4, 64][next(3)]);
+            let total: usize = sizes.iter().sum();
+            // Each element holds its index in the call, each state element
+            // its index in its tensor.
+            let mut start = 0;
+            let mut buffers: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = sizes
+                .iter()
+                .map(|&n| {
+                    start += n;
+                    let p = ((start - n)..start).map(|i| i as f32).collect();
+                    (p, vec![0.0; n], (0..n).map(|i| i as f32).collect())
+                })
+                .collect();
+            let mut chunks: Vec<_> = buffers
+                .iter_mut()
+                .enumerate()
+                .map(|(i, (p, g, v))| {
+                    Chunk::new(i, &c, p, None, g, StateSlices::new(v), 0).unwrap()
+                })
+                .collect();
+            let per_task = total.div_ceil(tasks).next_multiple_of(align).max(1);
+            let packed = pack(&mut chunks, total, tasks, align);
+            assert!(packed.len() <= tasks + 1, "case {case}: {sizes:?}");
+            let mut seen = Vec::new();
+            for task in packed {
+                let mut held = 0;
+                for chunk in task.into_chunks() {
+                    held += chunk.len();
+                    seen.extend_from_slice(chunk.params);
+                    if let Some(&v) = chunk.square_avg.first() {
+                        assert_eq!(v as u64, chunk.offset, "case {case}: offset");
+                    }
+                }
+                assert!(held <= per_task, "case {case}: {held} > {per_task}");
+            }
+            let expected: Vec<f32> = (0..total).map(|i| i as f32).collect();
+            assert_eq!(seen, expected, "case {case}: {sizes:?}, {tasks} tasks");
+        }
     }
 
     /// Held by the tests whose calls crowd the pool (many threads, sleeping

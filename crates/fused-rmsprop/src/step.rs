@@ -263,6 +263,24 @@ impl<'a, P: Param> Chunk<'a, P> {
         self.params.len()
     }
 
+    /// Moves the chunk out, leaving an empty one in its place.
+    pub fn take(&mut self) -> Self {
+        std::mem::replace(
+            self,
+            Chunk {
+                params: &mut [],
+                source: &[],
+                grads: &[],
+                square_avg: &mut [],
+                grad_avg: &mut [],
+                momentum_buf: &mut [],
+                master: &mut [],
+                offset: 0,
+                key: 0,
+            },
+        )
+    }
+
     /// Splits at element `mid` into two chunks that are valid on their own.
     pub fn split_at(self, mid: usize) -> (Self, Self) {
         fn split<T>(slice: &mut [T], mid: usize) -> (&mut [T], &mut [T]) {
