@@ -61,7 +61,7 @@ pub(crate) fn run<P: Param>(
     kernel: ResolvedKernel,
     threads: Threads,
     c: &Coefficients<P::State>,
-    chunks: Vec<Chunk<'_, P>>,
+    mut chunks: Vec<Chunk<'_, P>>,
 ) {
     let total: usize = chunks.iter().map(Chunk::len).sum();
     let (tasks, align) = match threads {
@@ -77,7 +77,6 @@ pub(crate) fn run<P: Param>(
             }
         }
     };
-    let mut chunks = chunks;
     if tasks == 1 {
         for chunk in chunks {
             kernel.run(c, chunk);
