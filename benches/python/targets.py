@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""The open issues' target figures, read from `compare --json` rows.
+
+BENCHMARKS.md quotes, for each default run, a few figures that the table
+of `compare` holds only spread over several rows: the per-tensor cost of
+each framework over the bare kernel's `step_many` on the same buffers, the
+16-bit rows against their skeleton, and the 150-tensor 16-bit model's rate
+over the same framework's 16M rate. This script derives them from a run's
+rows, so that every such figure can be checked against its results file.
+
+    python3 benches/python/targets.py benches/results/compare-2026-12-01-xeon-*.jsonl
+
+Per file it prints:
+  burn150 / candle150   the 150-tensor model's step, of the same-run skeleton
+  model-N us/tensor     (step - bare step_many) / N tensors, in µs, for the
+                        kernel called once per tensor ("each"), candle,
+                        burn per parameter, burn batched; "floor" is burn's
+                        floor (an optimizer that returns its inputs) per
+                        tensor on its own
+  <dtype> 16M           per route (candle, burn, batched): the 16M step of
+                        its skeleton, the speedup over the framework's own
+                        optimizer, and the 150-tensor model's elements per
+                        second over the 16M step's
+
+Standard library only; never part of the tests.
+"""
+
+import json
+import sys
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def find(rows, framework, baseline, fused, case, variant="plain"):
+    for r in rows:
+        if (r["framework"], r["baseline"], r["fused"], r["case"], r["variant"]) == (
+            framework,
+            baseline,
+            fused,
+            case,
+            variant,
+        ):
+            return r
+    return None
+
+
+def per_tensor(rows, model, tensors):
+    """µs per tensor over the bare kernel's step_many, per route."""
+    bare = find(rows, "kernel", "bare kernel step_many", "step_many", model)
+    if bare is None:
+        return None
+    routes = {
+        "each": ("kernel", "one call per tensor"),
+        "candle": ("candle", "fused RmsProp"),
+        "burn": ("burn", "FusedRmsProp"),
+        "batched": ("burn", "BatchedRmsProp"),
+        "floor": ("burn", "floor: returns inputs"),
+    }
+    out = {}
+    for name, (framework, fused) in routes.items():
+        r = find(rows, framework, "bare kernel step_many", fused, model)
+        if r is None:
+            continue
+        # The floor is quoted on its own; the others over step_many.
+        ns = r["fused_ns"] if name == "floor" else r["fused_ns"] - bare["fused_ns"]
+        out[name] = round(ns / tensors / 1e3, 2)
+    return out
+
+
+def half(rows, dtype):
+    """16M of the skeleton, speedup, and 150-tensor over 16M rate, per route."""
+    routes = {
+        "candle": ("candle", f"tensor-op RMSprop ({dtype})", f"fused ({dtype}, f32 state)"),
+        "burn": ("burn", f"burn RmsProp ({dtype})", f"fused ({dtype}, f32 state)"),
+        "batched": ("burn", f"burn RmsProp ({dtype})", f"fused batched ({dtype}, f32 state)"),
+    }
+    out = {}
+    for name, (framework, baseline, fused) in routes.items():
+        big = find(rows, framework, baseline, fused, f"16M {dtype}")
+        model = find(rows, framework, baseline, fused, f"model-150 {dtype}")
+        if big is None:
+            continue
+        rate = None
+        if model is not None:
+            rate = (model["elements"] / model["fused_ns"]) / (big["elements"] / big["fused_ns"])
+            rate = round(rate, 2)
+        out[name] = (round(big["roofline_fraction"], 3), round(big["speedup"], 1), rate)
+    return out
+
+
+def main(paths):
+    for path in paths:
+        rows = load(path)
+        print(path)
+        for name, framework, baseline, fused in (
+            ("burn150", "burn", "burn RmsProp", "FusedRmsProp"),
+            ("candle150", "candle", "tensor-op RMSprop", "fused RmsProp"),
+        ):
+            r = find(rows, framework, baseline, fused, "model-150")
+            if r is not None:
+                print(f"  {name} {r['roofline_fraction']:.3f}")
+        for model, tensors in (("model-150", 150), ("model-2000", 2000)):
+            figures = per_tensor(rows, model, tensors)
+            if figures:
+                print(f"  {model} us/tensor {figures}")
+        for dtype in ("bf16", "f16"):
+            figures = half(rows, dtype)
+            if figures:
+                print(f"  {dtype} 16M (of skeleton, speedup, 150/16M rate) {figures}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
