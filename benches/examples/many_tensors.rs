@@ -5,7 +5,8 @@
 //! thread (`burn-single`), burn's floor (`floor`: an optimizer that returns
 //! its inputs), burn's floor with the kernel's memory traffic
 //! (`floor-traffic`: an optimizer that returns its inputs after stepping
-//! buffers of the same size outside burn with the bare kernel), candle
+//! buffers of the same size outside burn with the bare kernel; it also
+//! prints how much of a step was spent in the kernel), candle
 //! (`candle`), candle's floor (`candle-floor`: for each `Var`, what any
 //! in-place optimizer must do in candle, its gradient looked up and
 //! read-locked and the `Var`'s storage taken through an in-place op that
@@ -31,9 +32,6 @@
 //! perf report
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use candle_nn::Optimizer;
 use fused_rmsprop_benches::workload::{Buffers, Variant, many_tensor_sizes, transformer_sizes};
 use fused_rmsprop_benches::{burn_case, candle_case};
@@ -53,6 +51,8 @@ fn main() {
     let variant = Variant::Plain;
     let lr = variant.hyper().lr;
     let start;
+    // `floor-traffic`: of a step, the time in the kernel.
+    let mut in_kernel = None;
     // One warm-up step, then `steps` timed ones.
     let run_burn = |optim: burn_case::Stepper| {
         let mut case = burn_case::Case::new_in(burn_dtype(), &sizes, optim, lr);
@@ -95,8 +95,11 @@ fn main() {
         "floor" => start = run_burn(burn_case::floor().into()),
         "floor-traffic" => {
             let kernel = bare_kernel(variant);
-            let traffic = burn::optim::ModuleOptimizer::from(Traffic::new(&sizes, kernel));
-            start = run_burn(traffic.into());
+            let traffic = burn_case::Traffic::new(&sizes, kernel);
+            let clock = traffic.clone();
+            start = run_burn(burn::optim::ModuleOptimizer::from(traffic).into());
+            // The warm-up step is in the clock too.
+            in_kernel = Some(clock.kernel_time() / (steps as u32 + 1));
         }
         "kernel-many" | "kernel-each" => {
             let kernel = bare_kernel(variant);
@@ -156,6 +159,9 @@ fn main() {
     }
     let per_step = start.elapsed() / steps as u32;
     println!("{name}: {} tensors, {per_step:?} per step", sizes.len());
+    if let Some(in_kernel) = in_kernel {
+        println!("  of which in the kernel {in_kernel:?}, the rest burn's bookkeeping");
+    }
 }
 
 /// The bare kernel of `kernel-many`, `kernel-each` and `floor-traffic`: on
@@ -189,59 +195,6 @@ fn model_sizes() -> Vec<usize> {
         Ok("150") => transformer_sizes(),
         Ok("16M") => vec![1 << 24],
         _ => many_tensor_sizes(),
-    }
-}
-
-/// Per parameter size: side buffers of that size, and which one the next
-/// parameter of that size steps.
-type Sides = HashMap<usize, (usize, Vec<Buffers>)>;
-
-/// An optimizer that returns every parameter unchanged after stepping, with
-/// the bare kernel, side buffers of the parameter's size (its own buffers for
-/// each parameter, taken in turn among those of one size): burn's floor with
-/// the cache and memory traffic of the fused step, but none of the adapter's
-/// work on burn's tensors.
-#[derive(Clone)]
-struct Traffic {
-    kernel: fused_rmsprop::RmsProp,
-    sides: Arc<Mutex<Sides>>,
-}
-
-impl Traffic {
-    fn new(sizes: &[usize], kernel: fused_rmsprop::RmsProp) -> Self {
-        let mut sides = Sides::new();
-        for &len in sizes {
-            sides
-                .entry(len)
-                .or_default()
-                .1
-                .push(Buffers::new(len, Variant::Plain));
-        }
-        let sides = Arc::new(Mutex::new(sides));
-        Self { kernel, sides }
-    }
-}
-
-impl burn::optim::Optimizer for Traffic {
-    type State<const D: usize> = ();
-
-    fn step<const D: usize>(
-        &self,
-        _lr: f64,
-        tensor: burn::tensor::Tensor<D>,
-        _grad: burn::tensor::Tensor<D>,
-        _state: Option<()>,
-    ) -> (burn::tensor::Tensor<D>, Option<()>) {
-        let mut sides = self.sides.lock().expect("not poisoned");
-        if let Some((next, buffers)) = sides.get_mut(&tensor.shape().num_elements()) {
-            buffers[*next].step(&self.kernel);
-            *next = (*next + 1) % buffers.len();
-        }
-        (tensor, Some(()))
-    }
-
-    fn to_device<const D: usize>(state: (), _device: &burn::tensor::Device) {
-        state
     }
 }
 

@@ -14,9 +14,13 @@ Per file it prints:
   burn150 / candle150   the 150-tensor model's step, of the same-run skeleton
   model-N us/tensor     (step - bare step_many) / N tensors, in µs, for the
                         kernel called once per tensor ("each"), candle,
-                        burn per parameter, burn batched; "floor" is burn's
-                        floor (an optimizer that returns its inputs) per
-                        tensor on its own
+                        burn per parameter, burn batched, and burn's floor
+                        under the kernel's traffic ("floor+traffic": an
+                        optimizer that steps side buffers of each
+                        parameter's size with the bare kernel and returns
+                        its inputs; in runs after commit 9cb5e0c);
+                        "floor" is burn's floor (an optimizer that
+                        returns its inputs) per tensor on its own
   <dtype> 16M           per route (candle, burn, batched): the 16M step of
                         its skeleton, the speedup over the framework's own
                         optimizer, and the 150-tensor model's elements per
@@ -58,6 +62,7 @@ def per_tensor(rows, model, tensors):
         "burn": ("burn", "FusedRmsProp"),
         "batched": ("burn", "BatchedRmsProp"),
         "floor": ("burn", "floor: returns inputs"),
+        "floor+traffic": ("burn", "floor + kernel per call"),
     }
     out = {}
     for name, (framework, fused) in routes.items():

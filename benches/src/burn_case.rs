@@ -8,7 +8,12 @@ use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use fused_rmsprop::WeightDecay;
 use fused_rmsprop_burn::{BatchedRmsProp, FusedRmsPropConfig};
 
-use crate::workload::Variant;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::workload::{Buffers, Variant};
 
 /// Parameters of the shapes given, each with a gradient of its shape.
 #[derive(Module, Debug)]
@@ -179,6 +184,80 @@ impl burn::optim::Optimizer for Unchanged {
 /// [`Unchanged`] as the `ModuleOptimizer` a training loop holds.
 pub fn floor() -> ModuleOptimizer {
     ModuleOptimizer::from(Unchanged)
+}
+
+/// An optimizer that returns every parameter unchanged after stepping, with
+/// the bare kernel, side buffers of the parameter's size (its own buffers
+/// for each parameter, taken in turn among those of one size): burn's floor
+/// under the cache and memory traffic of the fused step, with none of the
+/// adapter's work on burn's tensors. Between two parameters burn's
+/// bookkeeping then runs on caches the previous parameter has just streamed
+/// through, as it does around the fused optimizer; [`Unchanged`] measures it
+/// on warm caches. Clones share the side buffers and the clock, so a clone
+/// kept before `ModuleOptimizer::from` reads [`kernel_time`](Self::kernel_time).
+#[derive(Clone)]
+pub struct Traffic {
+    kernel: fused_rmsprop::RmsProp,
+    sides: Arc<Mutex<Sides>>,
+    in_kernel_ns: Arc<AtomicU64>,
+}
+
+/// Per parameter size: side buffers of that size, and which one the next
+/// parameter of that size steps.
+type Sides = HashMap<usize, (usize, Vec<Buffers>)>;
+
+impl Traffic {
+    /// Side buffers for parameters of `sizes` elements (plain variant),
+    /// stepped by `kernel`.
+    pub fn new(sizes: &[usize], kernel: fused_rmsprop::RmsProp) -> Self {
+        let mut sides = Sides::new();
+        for &len in sizes {
+            let (_, buffers) = sides.entry(len).or_default();
+            buffers.push(Buffers::new(len, Variant::Plain));
+        }
+        Self {
+            kernel,
+            sides: Arc::new(Mutex::new(sides)),
+            in_kernel_ns: Arc::default(),
+        }
+    }
+
+    /// The time spent in the kernel so far, all steps together: the rest of
+    /// a step is burn's bookkeeping.
+    pub fn kernel_time(&self) -> Duration {
+        Duration::from_nanos(self.in_kernel_ns.load(Ordering::Relaxed))
+    }
+}
+
+impl burn::optim::Optimizer for Traffic {
+    type State<const D: usize> = ();
+
+    fn step<const D: usize>(
+        &self,
+        _lr: f64,
+        tensor: Tensor<D>,
+        _grad: Tensor<D>,
+        _state: Option<()>,
+    ) -> (Tensor<D>, Option<()>) {
+        let mut sides = self.sides.lock().expect("not poisoned");
+        if let Some((next, buffers)) = sides.get_mut(&tensor.shape().num_elements()) {
+            let start = Instant::now();
+            buffers[*next].step(&self.kernel);
+            let ns = start.elapsed().as_nanos() as u64;
+            self.in_kernel_ns.fetch_add(ns, Ordering::Relaxed);
+            *next = (*next + 1) % buffers.len();
+        }
+        (tensor, Some(()))
+    }
+
+    fn to_device<const D: usize>(state: (), _device: &Device) {
+        state
+    }
+}
+
+/// [`Traffic`] as the `ModuleOptimizer` a training loop holds.
+pub fn floor_with_traffic(sizes: &[usize], kernel: fused_rmsprop::RmsProp) -> ModuleOptimizer {
+    ModuleOptimizer::from(Traffic::new(sizes, kernel))
 }
 
 /// A small MLP (1024 → 1024 → 1024 → 10, 2.1M parameters) for the

@@ -656,10 +656,12 @@ fn half_framework_rows(
 /// per tensor (what a one-parameter-at-a-time interface such as burn's
 /// costs before any framework code), burn's batched route (one kernel
 /// dispatch per step, outside `ModuleOptimizer`), and burn's floor (the same model
-/// through `ModuleOptimizer` with an optimizer that returns its inputs)
-/// against the bare kernel too; the skeleton on one tensor of the
-/// model's total size is the limit. `print_overheads` turns the rows into
-/// microseconds per tensor.
+/// through `ModuleOptimizer` with an optimizer that returns its inputs),
+/// alone and under the kernel's traffic (the optimizer also steps side
+/// buffers of the parameter's size with the bare kernel: the least any
+/// per-parameter optimizer with this kernel costs in burn), against the
+/// bare kernel too; the skeleton on one tensor of the model's total size is
+/// the limit. `print_overheads` turns the rows into microseconds per tensor.
 fn overhead_rows(
     case: String,
     sizes: &[usize],
@@ -697,6 +699,8 @@ fn overhead_rows(
     let mut batched =
         burn_case::Case::new(sizes, burn_case::fused_rmsprop(variant).init_batched(), lr);
     let mut floor = burn_case::Case::new(sizes, burn_case::floor(), lr);
+    let traffic = burn_case::floor_with_traffic(sizes, kernel);
+    let mut floor_traffic = burn_case::Case::new(sizes, traffic, lr);
     let [mut skeleton, mut skeleton_prefetch] = skeletons(n, variant, threads);
     let first = interleaved_medians(1, 2, &mut [&mut || burn.step()]);
     let reps = reps_for(budget, first[0] * 7, 5, 100);
@@ -710,20 +714,29 @@ fn overhead_rows(
             &mut || burn.step(),
             &mut || batched.step(),
             &mut || floor.step(),
+            &mut || floor_traffic.step(),
             &mut *skeleton,
             &mut *skeleton_prefetch,
         ],
     );
-    let [kernel_t, one_by_one_t, candle_t, burn_t, batched_t, floor_t] =
-        [0, 1, 2, 3, 4, 5].map(|i| times[i].as_secs_f64());
-    let skeleton_t = times[6].min(times[7]).as_secs_f64();
+    let [
+        kernel_t,
+        one_by_one_t,
+        candle_t,
+        burn_t,
+        batched_t,
+        floor_t,
+        floor_traffic_t,
+    ] = [0, 1, 2, 3, 4, 5, 6].map(|i| times[i].as_secs_f64());
+    let skeleton_t = times[7].min(times[8]).as_secs_f64();
     for (framework, fused, fused_t) in [
         ("kernel", "step_many", kernel_t),
         ("kernel", ONE_CALL_PER_TENSOR, one_by_one_t),
         ("candle", "fused RmsProp", candle_t),
         ("burn", "FusedRmsProp", burn_t),
         ("burn", "BatchedRmsProp", batched_t),
-        ("burn", "floor: returns inputs", floor_t),
+        ("burn", FLOOR, floor_t),
+        ("burn", FLOOR_UNDER_TRAFFIC, floor_traffic_t),
     ] {
         rows.push(Row {
             framework,
@@ -746,6 +759,13 @@ fn overhead_rows(
 /// tensor.
 const ONE_CALL_PER_TENSOR: &str = "one call per tensor";
 
+/// The name of `overhead_rows`' row of burn's floor on its own.
+const FLOOR: &str = "floor: returns inputs";
+
+/// The name of `overhead_rows`' row of burn's floor under the kernel's
+/// traffic (`burn_case::Traffic`).
+const FLOOR_UNDER_TRAFFIC: &str = "floor + kernel per call";
+
 /// Microseconds per tensor over the bare kernel, from `overhead_rows`.
 fn print_overheads(rows: &[report::Row]) {
     let overheads: Vec<&report::Row> = rows
@@ -766,18 +786,20 @@ fn print_overheads(rows: &[report::Row]) {
             .parse()
             .unwrap_or(f64::NAN);
         let fused = r.fused_ns.unwrap_or(f64::NAN);
-        let over = if r.fused.starts_with("floor") {
-            format!(
+        let over = (fused - r.baseline_ns) / tensors / 1e3;
+        let over = match (r.framework.as_str(), r.fused.as_str()) {
+            (_, FLOOR) => format!(
                 "{:.2} us/tensor (burn's machinery alone)",
                 fused / tensors / 1e3
-            )
-        } else {
-            let over = (fused - r.baseline_ns) / tensors / 1e3;
-            if r.framework == "kernel" {
+            ),
+            (_, FLOOR_UNDER_TRAFFIC) => format!(
+                "{over:+.2} us/tensor (burn's machinery and the per-tensor calls, \
+                 caches streamed through: the least a per-parameter optimizer costs)"
+            ),
+            ("kernel", _) => {
                 format!("{over:+.2} us/tensor (no framework: the per-tensor calls alone)")
-            } else {
-                format!("{over:+.2} us/tensor")
             }
+            _ => format!("{over:+.2} us/tensor"),
         };
         println!(
             "  {:<7} {:<22} {:<10} {}",
