@@ -21,6 +21,9 @@ Per file it prints:
                         its inputs; in runs after commit 9cb5e0c);
                         "floor" is burn's floor (an optimizer that
                         returns its inputs) per tensor on its own
+  model-N burn over ...  burn's per-parameter step over (its floor +
+                        bare step_many), both in ms per step: the issue's
+                        fallback bound for the 150-tensor model is 1.10
   <dtype> 16M           per route (candle, burn, batched): the 16M step of
                         its skeleton, the speedup over the framework's own
                         optimizer, and the 150-tensor model's elements per
@@ -75,6 +78,22 @@ def per_tensor(rows, model, tensors):
     return out
 
 
+def over_floor(rows, model):
+    """Burn's per-parameter step over its floor plus the bare step_many."""
+    def ns(framework, fused):
+        r = find(rows, framework, "bare kernel step_many", fused, model)
+        return None if r is None else r["fused_ns"]
+
+    bare, floor, burn = (
+        ns("kernel", "step_many"),
+        ns("burn", "floor: returns inputs"),
+        ns("burn", "FusedRmsProp"),
+    )
+    if None in (bare, floor, burn):
+        return None
+    return round(burn / (floor + bare), 3)
+
+
 def half(rows, dtype):
     """16M of the skeleton, speedup, and 150-tensor over 16M rate, per route."""
     routes = {
@@ -111,6 +130,9 @@ def main(paths):
             figures = per_tensor(rows, model, tensors)
             if figures:
                 print(f"  {model} us/tensor {figures}")
+            ratio = over_floor(rows, model)
+            if ratio is not None:
+                print(f"  {model} burn over its floor + step_many {ratio}")
         for dtype in ("bf16", "f16"):
             figures = half(rows, dtype)
             if figures:
