@@ -1,17 +1,17 @@
 //! Burn workloads: a module of parameters and a fixed gradient, stepped
 //! through `ModuleOptimizer` as a training loop steps it.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use burn::module::{Module, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer, RmsPropConfig};
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use fused_rmsprop::WeightDecay;
 use fused_rmsprop_burn::{BatchedRmsProp, FusedRmsPropConfig};
-
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use crate::workload::{Buffers, Variant};
 
