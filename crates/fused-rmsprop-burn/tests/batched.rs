@@ -241,15 +241,26 @@ struct Many {
     tensors: Vec<Param<Tensor<1>>>,
 }
 
+/// The length of parameter `k` of [`Many`] in the small-stack test: 4
+/// elements, and every 1,000th one 40,000, which the kernel spreads over
+/// the pool's threads (`PARALLEL_MIN_ELEMENTS` is 16K): the calling
+/// thread, with its small stack, works beside the pool's helpers.
+fn many_len(k: usize) -> usize {
+    if k % 1_000 == 999 { 40_000 } else { 4 }
+}
+
 #[test]
-fn many_small_tensors_step_and_checkpoint_on_a_small_stack() {
+fn many_tensors_step_and_checkpoint_on_a_small_stack() {
+    assert!(many_len(999) >= fused_rmsprop::PARALLEL_MIN_ELEMENTS);
     let worker = std::thread::Builder::new().stack_size(256 * 1024);
     let handle = worker
         .spawn(|| {
             let device = device();
             let tensors: Vec<_> = (0..5_000)
                 .map(|k| {
-                    let values: Vec<f32> = (0..4).map(|i| (k * 4 + i) as f32 * 1e-3).collect();
+                    let values: Vec<f32> = (0..many_len(k))
+                        .map(|i| ((k * 4 + i) % 4_001) as f32 * 1e-3)
+                        .collect();
                     Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device))
                 })
                 .collect();
@@ -257,8 +268,10 @@ fn many_small_tensors_step_and_checkpoint_on_a_small_stack() {
             let grads = |module: &Many| {
                 let mut grads = GradientsParams::new();
                 for (k, p) in module.tensors.iter().enumerate() {
-                    let g = [k as f32, -1.0, 0.5, 0.0];
-                    grads.register(p.id, Tensor::<1>::from_floats(g, &Device::default()));
+                    let pattern = [k as f32, -1.0, 0.5, 0.0];
+                    let g: Vec<f32> = (0..many_len(k)).map(|i| pattern[i % 4]).collect();
+                    let g = Tensor::<1>::from_floats(g.as_slice(), &Device::default());
+                    grads.register(p.id, g);
                 }
                 grads
             };
