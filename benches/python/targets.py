@@ -18,7 +18,7 @@ Per file it prints:
                         under the kernel's traffic ("floor+traffic": an
                         optimizer that steps side buffers of each
                         parameter's size with the bare kernel and returns
-                        its inputs; in runs after commit 9cb5e0c);
+                        its inputs; in runs from commit 7d3d8d6 on);
                         "floor" is burn's floor (an optimizer that
                         returns its inputs) per tensor on its own
   model-N burn over ...  burn's per-parameter step over (its floor +
@@ -54,22 +54,34 @@ def find(rows, framework, baseline, fused, case, variant="plain"):
     return None
 
 
+# The many-tensor rows `compare` measures against the bare step_many:
+# short name -> (framework, fused).
+OVERHEAD_ROUTES = {
+    "bare": ("kernel", "step_many"),
+    "each": ("kernel", "one call per tensor"),
+    "candle": ("candle", "fused RmsProp"),
+    "burn": ("burn", "FusedRmsProp"),
+    "batched": ("burn", "BatchedRmsProp"),
+    "floor": ("burn", "floor: returns inputs"),
+    "floor+traffic": ("burn", "floor + kernel per call"),
+}
+
+
+def overhead_row(rows, name, model):
+    framework, fused = OVERHEAD_ROUTES[name]
+    return find(rows, framework, "bare kernel step_many", fused, model)
+
+
 def per_tensor(rows, model, tensors):
     """µs per tensor over the bare kernel's step_many, per route."""
-    bare = find(rows, "kernel", "bare kernel step_many", "step_many", model)
+    bare = overhead_row(rows, "bare", model)
     if bare is None:
         return None
-    routes = {
-        "each": ("kernel", "one call per tensor"),
-        "candle": ("candle", "fused RmsProp"),
-        "burn": ("burn", "FusedRmsProp"),
-        "batched": ("burn", "BatchedRmsProp"),
-        "floor": ("burn", "floor: returns inputs"),
-        "floor+traffic": ("burn", "floor + kernel per call"),
-    }
     out = {}
-    for name, (framework, fused) in routes.items():
-        r = find(rows, framework, "bare kernel step_many", fused, model)
+    for name in OVERHEAD_ROUTES:
+        if name == "bare":
+            continue
+        r = overhead_row(rows, name, model)
         if r is None:
             continue
         # The floor is quoted on its own; the others over step_many.
@@ -80,15 +92,11 @@ def per_tensor(rows, model, tensors):
 
 def over_floor(rows, model):
     """Burn's per-parameter step over its floor plus the bare step_many."""
-    def ns(framework, fused):
-        r = find(rows, framework, "bare kernel step_many", fused, model)
+    def ns(name):
+        r = overhead_row(rows, name, model)
         return None if r is None else r["fused_ns"]
 
-    bare, floor, burn = (
-        ns("kernel", "step_many"),
-        ns("burn", "floor: returns inputs"),
-        ns("burn", "FusedRmsProp"),
-    )
+    bare, floor, burn = ns("bare"), ns("floor"), ns("burn")
     if None in (bare, floor, burn):
         return None
     return round(burn / (floor + bare), 3)
