@@ -1,8 +1,9 @@
 //! The batched route (`BatchedRmsProp`) against the per-parameter route
 //! through `ModuleOptimizer`: the same bits on a trained model for every
 //! dtype and variant, the parameters' training state kept, the buffers
-//! stepped in place, bad input refused with the module left as it was, and
-//! models of many tensors on a small stack.
+//! stepped in place, bad input refused with the module left as it was,
+//! gradients that are parameters' own buffers read as they were (on both
+//! routes), and models of many tensors on a small stack.
 
 mod common;
 
@@ -10,7 +11,7 @@ use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{Module, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions};
 use common::{Mlp, device, gradients, train_step};
 use fused_rmsprop_burn::{BatchedError, BatchedRmsProp, FusedRmsPropConfig, NonFinite};
 
@@ -233,6 +234,96 @@ fn gradient_clipping_and_missing_gradients_act_as_in_the_per_parameter_route() {
     }
     let initial = Mlp::new(&device()).values();
     assert_eq!(batched.0.values()[5], initial[5], "no gradient, no step");
+}
+
+/// Gradients of `model` where some are parameters' own buffers: l1's
+/// weight gets its own values as gradient, and the two 16-element biases
+/// each other's (`aliased`); or the same values in buffers of their own.
+fn aliasing_gradients(model: &Mlp, i: usize, dtype: DType, aliased: bool) -> GradientsParams {
+    let mut grads = gradients(model, i, dtype);
+    let options = TensorCreationOptions::new(Device::default()).with_dtype(dtype);
+    let own = |t: Tensor<1>| Tensor::<1>::from_data(t.to_data(), options.clone());
+    let own2 = |t: Tensor<2>| Tensor::<2>::from_data(t.to_data(), options.clone());
+    let (b1, b2) = (
+        model.l1.bias.as_ref().unwrap(),
+        model.l2.bias.as_ref().unwrap(),
+    );
+    let (w, v1, v2) = (
+        model.l1.weight.val().inner(),
+        b1.val().inner(),
+        b2.val().inner(),
+    );
+    for (id, g) in [(b1.id, v2), (b2.id, v1)] {
+        let _: Tensor<1> = grads.remove(id).unwrap();
+        grads.register(id, if aliased { g } else { own(g) });
+    }
+    let _: Tensor<2> = grads.remove(model.l1.weight.id).unwrap();
+    grads.register(model.l1.weight.id, if aliased { w } else { own2(w) });
+    grads
+}
+
+/// A gradient that shares its buffer with a parameter being stepped, its
+/// own or another's, is read as it was before the step, on both routes and
+/// in every dtype: the result is the step with the same values in buffers
+/// of their own, and the parameter is stepped into a buffer of its own
+/// (counted as a copy) rather than written under the gradient.
+#[test]
+fn gradients_that_are_parameters_are_read_as_they_were() {
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let config = FusedRmsPropConfig::new();
+        // Three steps of one route; the bits after each, and the copies.
+        let run = |batched: bool, aliased: bool| {
+            let mut model = Mlp::new(&device()).cast(dtype);
+            let handle = config.build();
+            let mut per_parameter = ModuleOptimizer::from(handle.clone());
+            let mut batched_optim = config.init_batched();
+            let mut after = Vec::new();
+            for i in 0..3 {
+                let grads = aliasing_gradients(&model, i, dtype, aliased);
+                model = if batched {
+                    let (model, outcome) = batched_optim.step(LR, model, grads);
+                    assert_eq!(outcome, Ok(Vec::new()), "{dtype:?} step {i}");
+                    model
+                } else {
+                    per_parameter.step(LR, model, grads)
+                };
+                after.push(bits(&model));
+            }
+            let copied = handle.stats().buffers_copied + batched_optim.stats().buffers_copied;
+            (after, copied)
+        };
+        let (expected, no_copies) = run(false, false);
+        assert_eq!(no_copies, 0, "{dtype:?}: gradients of their own");
+        for (batched, aliased) in [(false, true), (true, false), (true, true)] {
+            let (after, copied) = run(batched, aliased);
+            let route = format!("{dtype:?}, batched {batched}, aliased {aliased}");
+            for (step, (actual, expected)) in after.iter().zip(&expected).enumerate() {
+                let first_difference =
+                    actual
+                        .iter()
+                        .zip(expected)
+                        .enumerate()
+                        .find_map(|(p, (a, b))| {
+                            a.iter().zip(b).position(|(x, y)| x != y).map(|e| (p, e))
+                        });
+                assert_eq!(
+                    first_difference, None,
+                    "{route}, step {step}: (param, element)"
+                );
+            }
+            // Batched: l1's weight and both biases, each step (every
+            // gradient is held until the step ends). Per parameter: the
+            // weight and l1's bias, each step; l2's bias is stepped after
+            // l1's, whose gradient (l2's buffer) burn has dropped by then,
+            // so it is written where it lies.
+            let expected_copies = match (aliased, batched) {
+                (false, _) => 0,
+                (true, false) => 6,
+                (true, true) => 9,
+            };
+            assert_eq!(copied, expected_copies, "{route}");
+        }
+    }
 }
 
 /// Many small parameters in one module.
