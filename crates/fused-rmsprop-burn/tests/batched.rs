@@ -242,8 +242,10 @@ fn gradient_clipping_and_missing_gradients_act_as_in_the_per_parameter_route() {
 fn aliasing_gradients(model: &Mlp, i: usize, dtype: DType, aliased: bool) -> GradientsParams {
     let mut grads = gradients(model, i, dtype);
     let options = TensorCreationOptions::new(Device::default()).with_dtype(dtype);
-    let own = |t: Tensor<1>| Tensor::<1>::from_data(t.to_data(), options.clone());
-    let own2 = |t: Tensor<2>| Tensor::<2>::from_data(t.to_data(), options.clone());
+    // The same values in a buffer of its own, for a tensor of any rank.
+    fn own<const D: usize>(t: Tensor<D>, options: &TensorCreationOptions) -> Tensor<D> {
+        Tensor::from_data(t.to_data(), options.clone())
+    }
     let (b1, b2) = (
         model.l1.bias.as_ref().unwrap(),
         model.l2.bias.as_ref().unwrap(),
@@ -255,10 +257,13 @@ fn aliasing_gradients(model: &Mlp, i: usize, dtype: DType, aliased: bool) -> Gra
     );
     for (id, g) in [(b1.id, v2), (b2.id, v1)] {
         let _: Tensor<1> = grads.remove(id).unwrap();
-        grads.register(id, if aliased { g } else { own(g) });
+        grads.register(id, if aliased { g } else { own(g, &options) });
     }
     let _: Tensor<2> = grads.remove(model.l1.weight.id).unwrap();
-    grads.register(model.l1.weight.id, if aliased { w } else { own2(w) });
+    grads.register(
+        model.l1.weight.id,
+        if aliased { w } else { own(w, &options) },
+    );
     grads
 }
 
