@@ -17,7 +17,8 @@
 //! and on 100,000 16-element `Var`s in alternation in one process (a
 //! round: 200 steps of the one, 3 of the other, `STEPS` rounds) and prints
 //! each round's cost per `Var` and their ratio, so that the host's
-//! changing load weighs on both sides alike. burn's parameters are `f32`,
+//! changing load weighs on both sides alike, and the same for candle's
+//! floor in the same rounds. burn's parameters are `f32`,
 //! or `bf16`/`f16` with `DTYPE=bf16`/`DTYPE=f16` in the environment;
 //! `THREADS=1` runs the bare kernel (`kernel-*`, `floor-traffic`) on one
 //! thread; `LEARNER=1` has burn's modes hold a clone of the module while
@@ -121,21 +122,9 @@ fn main() {
         }
         "candle-floor" => {
             let (vars, grads) = candle_case::vars_and_grads(&sizes);
-            let step = || {
-                let mut touched = 0;
-                for var in &vars {
-                    let Some(grad) = grads.get(var) else { continue };
-                    let (storage, layout) = grad.storage_and_layout();
-                    touched += layout.start_offset();
-                    // The only public way to write a `Var`'s storage.
-                    var.inplace_op1(&Touch).expect("an in-place op");
-                    drop(storage);
-                }
-                std::hint::black_box(touched);
-            };
-            step();
+            candle_floor_step(&vars, &grads);
             start = std::time::Instant::now();
-            (0..steps).for_each(|_| step());
+            (0..steps).for_each(|_| candle_floor_step(&vars, &grads));
         }
         "candle-growth" => {
             candle_growth(variant, steps.max(1));
@@ -198,42 +187,75 @@ fn model_sizes() -> Vec<usize> {
     }
 }
 
-/// `candle-growth`: `rounds` rounds, each timing 200 steps of candle's
-/// optimizer over 1,000 16-element `Var`s and 3 steps over 100,000 (about
-/// the same time), back to back, each after one untimed step; prints µs per
-/// `Var` for both and the ratio per round, then the median ratio.
+/// `candle-growth`: `rounds` rounds, each timing 200 steps over 1,000
+/// 16-element `Var`s and 3 steps over 100,000 (about the same time), back
+/// to back, each after one untimed step, of candle's optimizer and then of
+/// candle's floor (`candle-floor`'s loop); prints µs per `Var` for both
+/// sizes and the ratio per round, of the optimizer and of the floor, then
+/// the median ratios: how much of the growth candle's own per-`Var` path
+/// has on its own.
 fn candle_growth(variant: Variant, rounds: usize) {
-    let setup = |count: usize| {
-        let (vars, grads) = candle_case::vars_and_grads(&vec![16; count]);
-        let mut opt = candle_case::fused(vars, variant);
-        opt.step(&grads).expect("a step");
+    // A timer of `steps` steps of one case, in µs per `Var`.
+    fn timer(count: usize, mut step: impl FnMut()) -> impl FnMut(usize) -> f64 {
+        step();
         move |steps: usize| {
             // One untimed step first: each side's data back in cache after
             // the other side's steps, as in a run of its own.
-            opt.step(&grads).expect("a step");
+            step();
             let start = std::time::Instant::now();
             for _ in 0..steps {
-                opt.step(&grads).expect("a step");
+                step();
             }
             start.elapsed().as_secs_f64() * 1e6 / (steps * count) as f64
         }
+    }
+    let optimizer = |count: usize| {
+        let (vars, grads) = candle_case::vars_and_grads(&vec![16; count]);
+        let mut opt = candle_case::fused(vars, variant);
+        timer(count, move || opt.step(&grads).expect("a step"))
     };
-    let mut small = setup(1_000);
-    let mut large = setup(100_000);
-    let mut ratios = Vec::with_capacity(rounds);
+    let floor = |count: usize| {
+        let (vars, grads) = candle_case::vars_and_grads(&vec![16; count]);
+        timer(count, move || candle_floor_step(&vars, &grads))
+    };
+    let (mut small, mut large) = (optimizer(1_000), optimizer(100_000));
+    let (mut small_floor, mut large_floor) = (floor(1_000), floor(100_000));
+    let (mut ratios, mut floor_ratios) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let (a, b) = (small(200), large(3));
+        let (fa, fb) = (small_floor(200), large_floor(3));
         ratios.push(b / a);
+        floor_ratios.push(fb / fa);
         println!(
-            "round {round}: {a:.3} µs per Var at 1,000, {b:.3} at 100,000, ratio {:.2}",
-            b / a
+            "round {round}: {a:.3} µs per Var at 1,000, {b:.3} at 100,000, ratio {:.2}; \
+             candle's floor {fa:.3} and {fb:.3}, ratio {:.2}",
+            b / a,
+            fb / fa
         );
     }
     ratios.sort_by(f64::total_cmp);
+    floor_ratios.sort_by(f64::total_cmp);
     println!(
-        "candle-growth: median ratio {:.2} over {rounds} rounds",
-        ratios[rounds / 2]
+        "candle-growth: median ratio {:.2} over {rounds} rounds; candle's floor {:.2}",
+        ratios[rounds / 2],
+        floor_ratios[rounds / 2]
     );
+}
+
+/// One step of candle's floor: for each `Var`, its gradient looked up and
+/// read-locked and the `Var`'s storage taken through an in-place op that
+/// writes nothing (`Touch`); what any in-place optimizer must do in candle.
+fn candle_floor_step(vars: &[candle_core::Var], grads: &candle_core::backprop::GradStore) {
+    let mut touched = 0;
+    for var in vars {
+        let Some(grad) = grads.get(var) else { continue };
+        let (storage, layout) = grad.storage_and_layout();
+        touched += layout.start_offset();
+        // The only public way to write a `Var`'s storage.
+        var.inplace_op1(&Touch).expect("an in-place op");
+        drop(storage);
+    }
+    std::hint::black_box(touched);
 }
 
 /// The in-place op of `candle-floor`: holds the storage and writes nothing.
