@@ -240,6 +240,61 @@ fn aliased_gradients_of_every_dtype_in_one_optimizer_are_copied_first() {
     }
 }
 
+/// Three steps of one optimizer over `vars`, each with the gradients
+/// `step_grads` builds from the variables, on a thread so that a deadlock
+/// fails the test (after 20 s) instead of hanging it.
+fn steps_or_hang(vars: Vec<Var>, step_grads: fn(&[Var], usize) -> GradStore) {
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut opt = RmsProp::new(vars.clone(), ParamsRmsProp::default()).unwrap();
+        let result = (0..3).try_for_each(|step| opt.step(&step_grads(&vars, step)));
+        let _ = done.send(result);
+    });
+    wait.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the steps finished instead of waiting on their own lock")
+        .unwrap();
+}
+
+#[test]
+fn a_gradient_that_aliases_only_in_a_later_step_is_copied_first() {
+    // One optimizer over several steps: a gradient that aliases a variable
+    // after a step that had none is still seen (a check that remembered the
+    // first step's storages wrongly would hang here), and one that aliases a
+    // variable without a gradient of its own is no error.
+    let make = || -> Vec<Var> {
+        (0..4)
+            .map(|i| Var::new(&[1.0f32 + i as f32, -2.0, 0.5], &Device::Cpu).unwrap())
+            .collect()
+    };
+    fn grads(vars: &[Var], step: usize, copied: bool) -> GradStore {
+        let as_grad = |v: &Var| match copied {
+            true => v.as_tensor().copy().unwrap(),
+            false => v.as_tensor().clone(),
+        };
+        let mut grads = GradStore::default();
+        for (i, var) in vars.iter().enumerate() {
+            let grad = match (step, i) {
+                // Step 1: variable 1's gradient is variable 2, its own is 3.
+                (1, 1) => as_grad(&vars[2]),
+                (1, 2) => as_grad(&vars[2]),
+                // Step 2: variable 0 has no gradient, 3's gradient is 0.
+                (2, 0) => continue,
+                (2, 3) => as_grad(&vars[0]),
+                _ => Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap(),
+            };
+            grads.insert(var.as_tensor(), grad);
+        }
+        grads
+    }
+    let vars = make();
+    steps_or_hang(vars.clone(), |vars, step| grads(vars, step, false));
+    let reference = make();
+    steps_or_hang(reference.clone(), |vars, step| grads(vars, step, true));
+    for (v, r) in vars.iter().zip(&reference) {
+        assert_eq!(v.to_vec1::<f32>().unwrap(), r.to_vec1::<f32>().unwrap());
+    }
+}
+
 /// Sizes that reach every kind of dispatch: variables large enough to be
 /// spread over the pool (one of exactly the bound), dispatches filled by
 /// their element count, dispatches filled by their variable count, and an
