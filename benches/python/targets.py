@@ -23,7 +23,10 @@ Per file it prints:
                         returns its inputs) per tensor on its own
   model-N burn over ...  burn's per-parameter step over (its floor +
                         bare step_many), both in ms per step: the issue's
-                        fallback bound for the 150-tensor model is 1.10
+                        fallback bound for the 150-tensor model is 1.10;
+                        then over its floor under the kernel's traffic
+                        ("floor+traffic" above, whole step against whole
+                        step)
   <dtype> 16M           per route (candle, burn, batched): the 16M step of
                         its skeleton, the speedup over the framework's own
                         optimizer, and the 150-tensor model's elements per
@@ -91,15 +94,17 @@ def per_tensor(rows, model, tensors):
 
 
 def over_floor(rows, model):
-    """Burn's per-parameter step over its floor plus the bare step_many."""
+    """Burn's per-parameter step over (its floor + the bare step_many), and
+    over its floor under the kernel's traffic (None where a row is missing)."""
     def ns(name):
         r = overhead_row(rows, name, model)
         return None if r is None else r["fused_ns"]
 
-    bare, floor, burn = ns("bare"), ns("floor"), ns("burn")
+    bare, floor, burn, traffic = ns("bare"), ns("floor"), ns("burn"), ns("floor+traffic")
     if None in (bare, floor, burn):
         return None
-    return round(burn / (floor + bare), 3)
+    under_traffic = None if traffic is None else round(burn / traffic, 3)
+    return round(burn / (floor + bare), 3), under_traffic
 
 
 def half(rows, dtype):
@@ -138,9 +143,12 @@ def main(paths):
             figures = per_tensor(rows, model, tensors)
             if figures:
                 print(f"  {model} us/tensor {figures}")
-            ratio = over_floor(rows, model)
-            if ratio is not None:
-                print(f"  {model} burn over its floor + step_many {ratio}")
+            ratios = over_floor(rows, model)
+            if ratios is not None:
+                print(
+                    f"  {model} burn over its floor + step_many {ratios[0]},"
+                    f" over its floor under traffic {ratios[1]}"
+                )
         for dtype in ("bf16", "f16"):
             figures = half(rows, dtype)
             if figures:
