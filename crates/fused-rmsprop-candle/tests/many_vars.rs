@@ -274,7 +274,8 @@ fn a_gradient_that_aliases_only_in_a_later_step_is_copied_first() {
         let mut grads = GradStore::default();
         for (i, var) in vars.iter().enumerate() {
             let grad = match (step, i) {
-                // Step 1: variable 1's gradient is variable 2, its own is 3.
+                // Step 1: variable 1's gradient is variable 2, and
+                // variable 2's gradient is itself.
                 (1, 1) => as_grad(&vars[2]),
                 (1, 2) => as_grad(&vars[2]),
                 // Step 2: variable 0 has no gradient, 3's gradient is 0.
@@ -290,8 +291,12 @@ fn a_gradient_that_aliases_only_in_a_later_step_is_copied_first() {
     steps_or_hang(vars.clone(), |vars, step| grads(vars, step, false));
     let reference = make();
     steps_or_hang(reference.clone(), |vars, step| grads(vars, step, true));
+    let bits = |v: &Var| -> Vec<u32> {
+        let values = v.to_vec1::<f32>().unwrap();
+        values.into_iter().map(f32::to_bits).collect()
+    };
     for (v, r) in vars.iter().zip(&reference) {
-        assert_eq!(v.to_vec1::<f32>().unwrap(), r.to_vec1::<f32>().unwrap());
+        assert_eq!(bits(v), bits(r));
     }
 }
 
