@@ -101,16 +101,29 @@ fn steps_100_000_vars_on_a_256_kib_stack() {
     many_vars_on_a_small_stack(256 << 10);
 }
 
-/// One step of `vars` with `grads`, run on a thread so that a deadlock fails
-/// the test (after 20 s) instead of hanging it.
-fn step_or_hang(vars: Vec<Var>, grads: GradStore) -> candle_core::Result<()> {
+/// `steps` steps of one optimizer over `vars`, each with the gradients
+/// `step_grads` builds from the variables when the step comes (step 0
+/// first), run on a thread so that a deadlock fails the test (after 20 s)
+/// instead of hanging it.
+fn steps_or_hang(
+    vars: Vec<Var>,
+    steps: usize,
+    mut step_grads: impl FnMut(&[Var], usize) -> GradStore + Send + 'static,
+) -> candle_core::Result<()> {
     let (done, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut opt = RmsProp::new(vars, ParamsRmsProp::default()).unwrap();
-        let _ = done.send(opt.step(&grads));
+        let mut opt = RmsProp::new(vars.clone(), ParamsRmsProp::default()).unwrap();
+        let result = (0..steps).try_for_each(|step| opt.step(&step_grads(&vars, step)));
+        let _ = done.send(result);
     });
     wait.recv_timeout(std::time::Duration::from_secs(20))
-        .expect("the step finished instead of waiting on its own lock")
+        .expect("the steps finished instead of waiting on their own lock")
+}
+
+/// One step of `vars` with `grads`: [`steps_or_hang`] for one step.
+fn step_or_hang(vars: Vec<Var>, grads: GradStore) -> candle_core::Result<()> {
+    let mut grads = Some(grads);
+    steps_or_hang(vars, 1, move |_, _| grads.take().expect("one step"))
 }
 
 #[test]
@@ -240,21 +253,6 @@ fn aliased_gradients_of_every_dtype_in_one_optimizer_are_copied_first() {
     }
 }
 
-/// Three steps of one optimizer over `vars`, each with the gradients
-/// `step_grads` builds from the variables, on a thread so that a deadlock
-/// fails the test (after 20 s) instead of hanging it.
-fn steps_or_hang(vars: Vec<Var>, step_grads: fn(&[Var], usize) -> GradStore) {
-    let (done, wait) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut opt = RmsProp::new(vars.clone(), ParamsRmsProp::default()).unwrap();
-        let result = (0..3).try_for_each(|step| opt.step(&step_grads(&vars, step)));
-        let _ = done.send(result);
-    });
-    wait.recv_timeout(std::time::Duration::from_secs(20))
-        .expect("the steps finished instead of waiting on their own lock")
-        .unwrap();
-}
-
 #[test]
 fn a_gradient_that_aliases_only_in_a_later_step_is_copied_first() {
     // One optimizer over several steps: a gradient that aliases a variable
@@ -288,9 +286,9 @@ fn a_gradient_that_aliases_only_in_a_later_step_is_copied_first() {
         grads
     }
     let vars = make();
-    steps_or_hang(vars.clone(), |vars, step| grads(vars, step, false));
+    steps_or_hang(vars.clone(), 3, |vars, step| grads(vars, step, false)).unwrap();
     let reference = make();
-    steps_or_hang(reference.clone(), |vars, step| grads(vars, step, true));
+    steps_or_hang(reference.clone(), 3, |vars, step| grads(vars, step, true)).unwrap();
     let bits = |v: &Var| -> Vec<u32> {
         let values = v.to_vec1::<f32>().unwrap();
         values.into_iter().map(f32::to_bits).collect()
