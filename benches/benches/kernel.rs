@@ -49,6 +49,7 @@ fn kernel(c: &mut Criterion) {
                 Execution {
                     kernel: Kernel::Scalar,
                     threads: Threads::Single,
+                    ..Default::default()
                 },
             )];
             for isa in Isa::available() {
@@ -57,6 +58,7 @@ fn kernel(c: &mut Criterion) {
                     Execution {
                         kernel: Kernel::Simd(isa),
                         threads: Threads::Single,
+                        ..Default::default()
                     },
                 ));
             }
@@ -112,6 +114,7 @@ fn threshold(c: &mut Criterion) {
                 .with_execution(Execution {
                     kernel: Kernel::Auto,
                     threads,
+                    ..Default::default()
                 })
                 .unwrap();
             group.bench_function(name, |b| {
@@ -181,6 +184,7 @@ where
                 Execution {
                     kernel: Kernel::Scalar,
                     threads: Threads::Single,
+                    ..Default::default()
                 },
             ),
             (
@@ -188,6 +192,7 @@ where
                 Execution {
                     kernel: Kernel::Simd(best),
                     threads: Threads::Single,
+                    ..Default::default()
                 },
             ),
             ("auto", Execution::default()),

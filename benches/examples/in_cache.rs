@@ -34,6 +34,7 @@ fn main() {
     let one_thread = Execution {
         kernel: Kernel::Simd(Isa::detect()),
         threads: Threads::Single,
+        ..Default::default()
     };
     let optimizer = |hyper| {
         RmsProp::new(hyper)

@@ -90,9 +90,9 @@ fn add_all<S: Simd, const K: usize>(
 
 /// Runs the skeleton over `buffers` on `threads` tasks (1: the calling
 /// thread only), with or without software prefetch. Which of the two is
-/// faster depends on the streams and the machine (on the Xeon the kernel,
-/// which prefetches, ran up to 1.14x faster than the skeleton without it at
-/// 16M): the limit is the faster of both (see `compare`).
+/// faster depends on the streams and the machine (the kernel prefetches,
+/// and on some machines beats a skeleton that does not): the limit is the
+/// faster of both (see `compare`).
 pub fn skeleton(buffers: &mut Buffers, threads: usize, prefetch: bool) {
     let n = buffers.len();
     let per_task = task_len(n, threads);
@@ -121,7 +121,9 @@ pub fn skeleton(buffers: &mut Buffers, threads: usize, prefetch: bool) {
             prefetch,
         })
         .collect();
-    fused_rmsprop::run_tasks(tasks, |t| Arch::new().dispatch(t));
+    fused_rmsprop::run_tasks(fused_rmsprop::Linger::ProcessDefault, tasks, |t| {
+        Arch::new().dispatch(t)
+    });
 }
 
 /// Elements per task when `n` elements run on `threads` threads, cut as the
@@ -312,7 +314,9 @@ pub fn skeleton16(
     if threads <= 1 {
         tasks.into_iter().for_each(|t| Arch::new().dispatch(t));
     } else {
-        fused_rmsprop::run_tasks(tasks, |t| Arch::new().dispatch(t));
+        fused_rmsprop::run_tasks(fused_rmsprop::Linger::ProcessDefault, tasks, |t| {
+            Arch::new().dispatch(t)
+        });
     }
 }
 

@@ -164,12 +164,14 @@ impl PathsCase<'_> {
         let mut executions = vec![Execution {
             kernel: Kernel::Scalar,
             threads: Threads::Single,
+            ..Default::default()
         }];
         for isa in Isa::available() {
             for tasks in [1usize, 3] {
                 executions.push(Execution {
                     kernel: Kernel::Simd(isa),
                     threads: Threads::Exactly(tasks.try_into().expect("non-zero")),
+                    ..Default::default()
                 });
             }
         }

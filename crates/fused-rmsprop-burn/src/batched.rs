@@ -19,8 +19,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::{DType, GradientCheckpointingStrategy, Tensor};
 use fused_rmsprop::{Group, NonFinite, RmsProp, State, StateSlices, bf16, f16};
 
-use crate::flex::{self, FlexTensor};
-use crate::{Counters, FusedRmsPropConfig, StepStats};
+use crate::flex;
+use crate::flex_tensor::{self, FlexParam, FlexTensor};
+use crate::stats::Counters;
+use crate::{FusedRmsPropConfig, StepStats};
 
 /// RMSprop over a whole module per step, in one kernel dispatch per
 /// parameter dtype: the fused step without burn's per-parameter machinery.
@@ -336,7 +338,7 @@ impl BatchedRmsProp {
 /// the ones it skipped. A parameter whose buffer is shared is copied here
 /// (copy-on-write) and counted, not when it was taken: a refused step
 /// copies nothing.
-fn run<P: flex::FlexParam>(
+fn run<P: FlexParam>(
     (kernel, counters, lr): (&RmsProp, &Counters, f64),
     dtype: DType,
     taken: &mut [Taken],
@@ -349,8 +351,8 @@ where
     if count == 0 {
         return Ok(Vec::new());
     }
-    // Sized once: grown a push at a time, their reallocations were 2% of
-    // the samples in a profile of a step of 1,000 small parameters.
+    // Sized once: grown a push at a time, their reallocations showed in a
+    // profile of a step of 1,000 small parameters.
     let mut ids = Vec::with_capacity(count);
     let mut groups = Vec::with_capacity(count);
     for (t, state) in taken.iter_mut().zip(states.iter_mut()) {
@@ -365,8 +367,8 @@ where
         }
         ids.push(t.id);
         groups.push(Group::new(
-            flex::view_mut::<P>(&mut t.param),
-            flex::view::<P>(&t.grad),
+            flex_tensor::view_mut::<P>(&mut t.param),
+            flex_tensor::view::<P>(&t.grad),
             state,
         ));
     }
@@ -447,9 +449,9 @@ impl ModuleMapper for Take<'_> {
             checkpointing: tensor.gradient_checkpointing_strategy(),
             distributed: tensor.is_distributed(),
             // Made writable (a shared buffer copied) only if the step runs.
-            param: flex::readable(flex::to_flex(tensor.inner()), self.counters),
+            param: flex_tensor::readable(flex_tensor::to_flex(tensor.inner()), self.counters),
             // A gradient registered by hand may carry autodiff.
-            grad: flex::readable(flex::to_flex(grad.clone().inner()), self.counters),
+            grad: flex_tensor::readable(flex_tensor::to_flex(grad.clone().inner()), self.counters),
         };
         self.taken.push(taken);
         Param::from_mapped_value(id, grad, mapper)
@@ -471,7 +473,7 @@ impl ModuleMapper for PutBack<'_> {
             return Param::from_mapped_value(id, placeholder, mapper);
         };
         drop(placeholder);
-        let mut tensor = Tensor::from_inner(flex::from_flex::<D>(t.param));
+        let mut tensor = Tensor::from_inner(flex_tensor::from_flex::<D>(t.param));
         if let Some(strategy) = t.checkpointing {
             tensor = tensor.with_gradient_checkpointing_strategy(strategy);
         }

@@ -1,37 +1,18 @@
 //! The in-place route on burn's Flex CPU backend: the fused kernel runs on
 //! the parameter's, gradient's and state's own buffers.
-//!
-//! A tensor is downcast to its Flex primitive with
-//! [`Tensor::try_into_primitive`], the typed accessor burn's `extension`
-//! feature provides for backend extensions, and wrapped back with
-//! [`Tensor::from_primitive`]. Only tensors whose device is a Flex device
-//! reach this module, so the downcast cannot fail (and could not give the
-//! tensor back if it did).
+//! The tensors reach it as Flex buffers through `flex_tensor`.
 
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{DispatchDevice, Flex};
+use burn::backend::DispatchDevice;
 use burn::tensor::{DType, Tensor};
-use fused_rmsprop::{Group, Param, RmsProp, StateSlices, StepReport, bf16, f16};
+use fused_rmsprop::{Group, RmsProp, StateSlices, StepReport, bf16, f16};
 
-use crate::shared::{Spares, Unshared};
+use crate::FusedRmsPropState;
+use crate::flex_tensor::{
+    FlexParam, FlexTensor, from_flex, readable, to_flex, view, view_mut, writable,
+};
+use crate::shared::{KeptBuffers, Unshared};
 use crate::state::state_dtype;
-use crate::{Counters, FusedRmsPropState};
-
-pub(crate) type FlexTensor = FloatTensor<Flex>;
-
-/// A parameter type the kernel steps whose elements and state elements
-/// Flex stores.
-pub(crate) trait FlexParam:
-    Param<State: burn::tensor::Element + bytemuck::Pod> + burn::tensor::Element + bytemuck::Pod
-{
-}
-
-impl<P> FlexParam for P
-where
-    P: Param + burn::tensor::Element + bytemuck::Pod,
-    P::State: burn::tensor::Element + bytemuck::Pod,
-{
-}
+use crate::stats::Counters;
 
 /// Why the kernel cannot step `param` with `grad` in place (`None`: it
 /// can): either off Flex (autodiff over Flex counts as Flex), the parameter
@@ -105,22 +86,22 @@ pub(crate) fn applies<const D: usize>(
 /// valid. Each buffer that is shared with another owner or not contiguous
 /// is copied first (counted in `counters`); every other one is written
 /// where it lies. A shared parameter is stepped out of place into a buffer
-/// `spares` kept for it when there is one (module `shared`).
+/// the kept buffers hold for it when there is one (module `shared`).
 pub(crate) fn step<const D: usize>(
     kernel: &RmsProp,
     lr: f64,
     param: Tensor<D>,
     grad: Tensor<D>,
     state: FusedRmsPropState<D>,
-    (counters, spares): (&Counters, &Spares),
+    (counters, kept_buffers): (&Counters, &KeptBuffers),
 ) -> (Tensor<D>, FusedRmsPropState<D>) {
     let param = readable(to_flex(param), counters);
     let mut param = if param.is_unique() {
-        spares.forget(&param);
+        kept_buffers.forget(&param);
         Unshared::own(param)
     } else {
         counters.copied();
-        spares.unshare(param)
+        kept_buffers.unshare(param)
     };
     let grad = readable(to_flex(grad), counters);
     let mut square_avg = writable(to_flex(state.square_avg), counters);
@@ -157,7 +138,7 @@ pub(crate) fn step<const D: usize>(
     };
     // A shared parameter: the buffer it ends in is handed back, the other
     // kept for its next step.
-    let param = spares.handed_back(param, written);
+    let param = kept_buffers.handed_back(param, written);
 
     let state = FusedRmsPropState {
         square_avg: from_flex(square_avg),
@@ -198,54 +179,4 @@ fn run<P: FlexParam>(
         group = group.with_source(view::<P>(source));
     }
     kernel.step_many(lr, [group])
-}
-
-pub(crate) fn to_flex<const D: usize>(tensor: Tensor<D>) -> FlexTensor {
-    tensor
-        .try_into_primitive::<Flex>()
-        .expect("the in-place route only takes tensors on a Flex device")
-}
-
-pub(crate) fn from_flex<const D: usize>(tensor: FlexTensor) -> Tensor<D> {
-    Tensor::from_primitive::<Flex>(tensor)
-}
-
-/// The tensor, contiguous; a copy when it was not.
-pub(crate) fn readable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
-    if tensor.is_contiguous() {
-        tensor
-    } else {
-        counters.copied();
-        tensor.to_contiguous()
-    }
-}
-
-/// The tensor, contiguous and the sole owner of its buffer; a copy when it
-/// was not (a shared buffer is never written behind its other owner).
-pub(crate) fn writable(tensor: FlexTensor, counters: &Counters) -> FlexTensor {
-    let tensor = readable(tensor, counters);
-    if !tensor.is_unique() {
-        counters.copied();
-    }
-    tensor
-}
-
-pub(crate) fn view<T: burn::tensor::Element + bytemuck::Pod>(tensor: &FlexTensor) -> &[T] {
-    let (start, end) = tensor
-        .layout()
-        .contiguous_offsets()
-        .expect("made contiguous by `readable`");
-    &tensor.storage::<T>()[start..end]
-}
-
-/// The tensor's elements, mutably; `storage_mut` copies the buffer first if
-/// it is shared (copy-on-write), which `writable` has counted.
-pub(crate) fn view_mut<T: burn::tensor::Element + bytemuck::Pod>(
-    tensor: &mut FlexTensor,
-) -> &mut [T] {
-    let (start, end) = tensor
-        .layout()
-        .contiguous_offsets()
-        .expect("made contiguous by `writable`");
-    &mut tensor.storage_mut::<T>()[start..end]
 }

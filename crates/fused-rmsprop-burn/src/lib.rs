@@ -61,11 +61,11 @@
 //! and writes the parameter's next step into it, reading the parameter
 //! where it arrived (the kernel's out-of-place step: no copy, no
 //! allocation). Left to copy-on-write, every step allocated and copied each
-//! parameter first, which for a large parameter cost more than the step
-//! itself: a 16M `f32` parameter stepped in 51-55 ms that way, 9.5-10.7 ms
-//! out of place into kept buffers, 5-7 ms unshared in the same minutes
-//! (Xeon, 2 threads, BENCHMARKS.md). The kept buffers cost memory: one more
-//! buffer per parameter that arrives shared, for as long as it does.
+//! parameter first, which for a large parameter costs more than the step
+//! itself (the "Learner: module held" rows of `cargo run --release -p
+//! fused-rmsprop-benches --bin compare` measure the held step). The kept
+//! buffers cost memory: one more buffer per parameter that arrives shared,
+//! for as long as it does.
 //!
 //! # bf16 and f16 parameters
 //! A `bf16` or `f16` parameter keeps its state in `f32` (burn's own
@@ -82,6 +82,20 @@
 //! per-parameter step count and buffer that burn's per-parameter interface
 //! does not carry; this adapter rounds to nearest (the candle adapter has
 //! both).
+//!
+//! # Threads
+//! A parameter of 16K elements or more is stepped on rayon's pool, the
+//! training loop's thread working beside it. Burn calls the optimizer once
+//! per parameter, so after each call the pool's helpers stay awake for a
+//! while ([`Linger`], 1 ms by default) to take the next one without being
+//! woken; the cost is up to `pool - 1` cores busy for that long after the
+//! last call. [`FusedRmsProp::with_execution`] sets it per optimizer,
+//! [`set_default_linger`] or `FUSED_RMSPROP_LINGER_US=0` for the process.
+//!
+//! # One dependency
+//! Every type the options need is re-exported here ([`Hyper`],
+//! [`NonFinite`], [`Rounding`], [`Execution`], [`Linger`], [`KernelError`],
+//! ...), so this crate is the one to add beside burn.
 //!
 //! # Every other device and dtype
 //! On wgpu, CUDA, the CubeCL CPU runtime or any other backend, and when a
@@ -130,25 +144,36 @@ mod batched;
 mod composed;
 mod config;
 mod flex;
+mod flex_tensor;
 mod record;
 mod shared;
 mod state;
+mod stats;
 
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::optim::LearningRate;
 use burn::optim::Optimizer;
 use burn::tensor::{Device, Tensor};
-use fused_rmsprop::{Execution, Hyper, RmsProp};
+use fused_rmsprop::RmsProp;
 
 pub use batched::{BatchedError, BatchedRmsProp};
 pub use config::FusedRmsPropConfig;
-/// The non-finite gradient policy, re-exported from the kernel.
-pub use fused_rmsprop::NonFinite;
+// What a user names to fill `FusedRmsPropConfig`, build a `FusedRmsProp`
+// from `Hyper` or choose a path, re-exported from the kernel so that this
+// crate is the one dependency to add.
+/// The kernel's error: what [`FusedRmsPropConfig::try_build`] returns and
+/// [`StepStats::last_error`] holds.
+pub use fused_rmsprop::Error as KernelError;
+pub use fused_rmsprop::{
+    EpsPlacement, Execution, Hyper, Isa, Kernel, Linger, NonFinite, Rounding, Threads, WeightDecay,
+    bf16, default_linger, f16, set_default_linger,
+};
 pub use record::{RecordLoadError, load_record};
 pub use state::FusedRmsPropState;
+pub use stats::StepStats;
+
+use stats::Counters;
 
 /// The fused RMSprop optimizer for burn: what [`FusedRmsPropConfig::build`]
 /// returns, and what [`FusedRmsPropConfig::init`] wraps in a
@@ -175,7 +200,7 @@ pub struct FusedRmsProp {
     kernel: RmsProp,
     route: Route,
     counters: Arc<Counters>,
-    spares: Arc<shared::Spares>,
+    kept_buffers: Arc<shared::KeptBuffers>,
 }
 
 /// Which route a step takes.
@@ -196,91 +221,6 @@ pub enum Route {
     ComposedOps,
 }
 
-/// What an optimizer's steps did, counted since it was built (shared by its
-/// clones).
-///
-/// ```
-/// use fused_rmsprop_burn::StepStats;
-/// assert_eq!(StepStats::default().buffers_copied, 0);
-/// ```
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct StepStats {
-    /// Steps run in place by the fused kernel.
-    pub in_place_steps: u64,
-    /// Steps run with composed tensor ops (other devices and dtypes, or
-    /// [`Route::ComposedOps`]).
-    pub composed_steps: u64,
-    /// Buffers the in-place route could not write where they lay: copied
-    /// first (non-contiguous, or shared with no kept buffer ready), or a
-    /// shared parameter stepped out of place into a buffer kept for it
-    /// (see "When a step copies").
-    pub buffers_copied: u64,
-    /// States that did not fit their parameter and were started afresh.
-    pub states_reset: u64,
-    /// Steps refused (nothing written); see `last_error`.
-    pub rejected_steps: u64,
-    /// Steps that left their parameter untouched because its gradient held
-    /// NaN or Inf (`NonFinite::Skip`).
-    pub skipped_steps: u64,
-    /// Why the last refused step was refused, when the kernel refused it;
-    /// `None` when the last refusal was the batched route's
-    /// [`BatchedError::NotInPlace`], which the step's own result names.
-    pub last_error: Option<fused_rmsprop::Error>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    in_place: AtomicU64,
-    composed: AtomicU64,
-    copied: AtomicU64,
-    reset: AtomicU64,
-    rejected: AtomicU64,
-    skipped: AtomicU64,
-    last_error: Mutex<Option<fused_rmsprop::Error>>,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn copied(&self) {
-        Self::bump(&self.copied);
-    }
-
-    fn skipped(&self) {
-        Self::bump(&self.skipped);
-    }
-
-    fn rejected(&self, err: fused_rmsprop::Error) {
-        self.refused(Some(err));
-    }
-
-    /// A refused step, with the kernel's error when it was the kernel's.
-    fn refused(&self, err: Option<fused_rmsprop::Error>) {
-        Self::bump(&self.rejected);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = err;
-    }
-
-    /// The counts so far.
-    fn snapshot(&self) -> StepStats {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        StepStats {
-            in_place_steps: load(&self.in_place),
-            composed_steps: load(&self.composed),
-            buffers_copied: load(&self.copied),
-            states_reset: load(&self.reset),
-            rejected_steps: load(&self.rejected),
-            skipped_steps: load(&self.skipped),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        }
-    }
-}
-
 impl FusedRmsProp {
     /// An optimizer for `hyper` (its `lr` field is ignored: burn passes the
     /// learning rate to every step), or the error naming an invalid field.
@@ -296,7 +236,7 @@ impl FusedRmsProp {
             kernel: RmsProp::new(hyper)?,
             route: Route::Auto,
             counters: Arc::default(),
-            spares: Arc::default(),
+            kept_buffers: Arc::default(),
         })
     }
 
@@ -319,7 +259,7 @@ impl FusedRmsProp {
     /// ```
     /// use fused_rmsprop::{Execution, Kernel, Threads};
     /// use fused_rmsprop_burn::FusedRmsPropConfig;
-    /// let exec = Execution { kernel: Kernel::Scalar, threads: Threads::Single };
+    /// let exec = Execution { kernel: Kernel::Scalar, threads: Threads::Single, ..Default::default() };
     /// let optim = FusedRmsPropConfig::new().build().with_execution(exec)?;
     /// # let _ = optim;
     /// # Ok::<(), fused_rmsprop::Error>(())
@@ -400,7 +340,7 @@ impl Optimizer for FusedRmsProp {
         let (tensor, state) = if self.route == Route::Auto && flex::applies(&tensor, &grad, &state)
         {
             Counters::bump(&self.counters.in_place);
-            let shared = (&*self.counters, &*self.spares);
+            let shared = (&*self.counters, &*self.kept_buffers);
             flex::step(&self.kernel, lr, tensor, grad, state, shared)
         } else {
             Counters::bump(&self.counters.composed);

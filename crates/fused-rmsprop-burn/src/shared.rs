@@ -8,9 +8,9 @@
 //! a parameter's results go to a buffer of our own. Left to burn's
 //! copy-on-write, that buffer is a fresh allocation every step, filled by a
 //! copy before the step: for a large parameter, memory the system hands out
-//! page by page, each page faulted in while the copy writes it (a 16M `f32`
-//! parameter stepped 5-6x slower than unshared, BENCHMARKS.md). Instead,
-//! [`Spares`] keeps the buffer the parameter arrived in (its other owner
+//! page by page, each page faulted in while the copy writes it: several
+//! times the cost of the step itself for a large parameter. Instead,
+//! [`KeptBuffers`] keeps the buffer the parameter arrived in (its other owner
 //! lets go of it once the step returns) under the address of the buffer
 //! the step hands back, and the next step of that parameter, arriving in
 //! the buffer handed back, writes its results into the kept one if by then
@@ -27,12 +27,12 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use burn::tensor::{Bytes, DType};
 use fused_rmsprop::{bf16, f16};
 
-use crate::flex::FlexTensor;
+use crate::flex_tensor::FlexTensor;
 
 /// The kept buffers, by the address of the buffer handed back in their
 /// place.
 #[derive(Debug, Default)]
-pub(crate) struct Spares {
+pub(crate) struct KeptBuffers {
     kept: Mutex<Kept>,
 }
 
@@ -73,12 +73,12 @@ impl Kept {
     }
 }
 
-impl Spares {
+impl KeptBuffers {
     /// Where the step of the parameter `shared` writes, and where it reads
     /// when that is not the same place: the buffer kept for it by the
     /// previous step when nobody else holds that one any more (its contents
     /// stale, `shared` to read), or else a copy of `shared` of its own (to
-    /// step in place). Hand the result to [`Spares::handed_back`] once the
+    /// step in place). Hand the result to [`KeptBuffers::handed_back`] once the
     /// step is done.
     pub(crate) fn unshare(&self, shared: FlexTensor) -> Unshared {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
@@ -143,7 +143,7 @@ impl Spares {
 }
 
 /// A parameter's step in the making: where it writes and reads, and for a
-/// shared parameter the buffer it arrived in (see [`Spares::unshare`]).
+/// shared parameter the buffer it arrived in (see [`KeptBuffers::unshare`]).
 pub(crate) struct Unshared {
     /// Where the step writes.
     pub target: FlexTensor,
@@ -197,7 +197,7 @@ mod tests {
     /// beyond twice those still live.
     #[test]
     fn entries_of_parameters_nobody_holds_are_swept() {
-        let spares = Spares::default();
+        let kept_buffers = KeptBuffers::default();
         for _round in 0..10 {
             let handed_back: Vec<FlexTensor> = (0..100)
                 .map(|_| {
@@ -206,15 +206,15 @@ mod tests {
                     // A new buffer at the address of a dropped one finds
                     // that one's kept buffer: any buffer of the length that
                     // nobody else holds is a valid place to write.
-                    let unshared = spares.unshare(arrived);
-                    let target = spares.handed_back(unshared, true);
+                    let unshared = kept_buffers.unshare(arrived);
+                    let target = kept_buffers.handed_back(unshared, true);
                     drop(holder);
                     target
                 })
                 .collect();
             drop(handed_back);
         }
-        let live = spares.kept.lock().unwrap().len();
+        let live = kept_buffers.kept.lock().unwrap().len();
         assert!(
             live <= 2 * 100,
             "{live} entries kept for 100 live ones at most"
@@ -225,16 +225,16 @@ mod tests {
     /// reads where the parameter arrived.
     #[test]
     fn a_parameter_handed_back_finds_its_kept_buffer() {
-        let spares = Spares::default();
+        let kept_buffers = KeptBuffers::default();
         let first = tensor(4);
         let held = first.clone();
         let first_buffer = address(&first);
-        let unshared = spares.unshare(first);
+        let unshared = kept_buffers.unshare(first);
         assert!(unshared.source.is_none());
-        let handed_back = spares.handed_back(unshared, true);
+        let handed_back = kept_buffers.handed_back(unshared, true);
         drop(held); // the holder lets go of the buffer the parameter arrived in
         let held = handed_back.clone();
-        let unshared = spares.unshare(handed_back);
+        let unshared = kept_buffers.unshare(handed_back);
         assert_eq!(
             address(&unshared.target),
             first_buffer,

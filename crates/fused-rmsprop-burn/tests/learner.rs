@@ -35,8 +35,8 @@ const HIDDEN: usize = 32;
 const BATCH: usize = 16;
 const EPOCHS: usize = 2;
 /// Largest difference allowed between a loss reported under the fused
-/// optimizer and under Burn's (the bound; the two agree to a few
-/// f32 ulps per step, see `tests/training.rs`).
+/// optimizer and under Burn's (the two agree to a few f32 ulps per step,
+/// see `tests/training.rs`).
 const LOSS_TOLERANCE: f64 = 1e-5;
 
 #[derive(Clone, Copy, Debug)]

@@ -7,10 +7,9 @@ use std::path::Path;
 use candle_core::{DType, Tensor, Var};
 use fused_rmsprop::{Hyper, State};
 
-use crate::optimizer::VarState;
 use fused_rmsprop::{Float, bf16, f16};
 
-use crate::optimizer::half_state;
+use crate::var_state::{VarState, half_state};
 use crate::{Result, RmsProp};
 
 impl RmsProp {

@@ -30,13 +30,16 @@ use fused_rmsprop::{Execution, Group, Param, State, StateSlices, StepReport, Thr
 use rustc_hash::FxHashMap;
 
 use crate::Result;
-use crate::optimizer::kernel_error;
-use crate::spare::Spare;
+use crate::error::kernel_error;
+use crate::kept_allocation::KeptAllocation;
 use crate::storage::{CpuParam, buffer_key, cpu_slice};
 
-/// The most variables one nested dispatch holds. Each level of nesting costs
-/// about 1.6 KiB of stack, so a batch needs about 50 KiB; a step of many
-/// small variables pays one kernel dispatch (a few microseconds) per batch.
+/// The most variables one nested dispatch holds: it bounds the stack a step
+/// needs (each level of nesting costs a few stack frames; the tests step
+/// 100,000 variables on a 256 KiB stack), and a step of many small
+/// variables pays one kernel dispatch per batch of this many.
+///
+/// Not part of the API: public for the tests and benchmarks.
 pub const VARS_PER_DISPATCH: usize = 32;
 
 /// The variables of one dtype `T` to step: each one's index among the
@@ -50,19 +53,19 @@ pub(crate) struct Batch<'a, T: Param> {
 }
 
 /// The allocations of one dtype's step vectors, kept from step to step
-/// (see [`Spare`]): the batch's two, and the locks and slices of its
+/// (see [`KeptAllocation`]): the batch's two, and the locks and slices of its
 /// gradients.
 #[derive(Debug, Default)]
-pub(crate) struct BatchSpare {
-    targets: Spare<[usize; 3]>,
-    grads: Spare<[usize; 2]>,
-    locks: Spare<[usize; 2]>,
-    slices: Spare<[usize; 2]>,
+pub(crate) struct BatchAllocations {
+    targets: KeptAllocation<[usize; 3]>,
+    grads: KeptAllocation<[usize; 2]>,
+    locks: KeptAllocation<[usize; 2]>,
+    slices: KeptAllocation<[usize; 2]>,
 }
 
 impl<'a, T: CpuParam> Batch<'a, T> {
     /// An empty batch with room for `n` variables, in `spare`'s allocations.
-    pub(crate) fn with_capacity(spare: &mut BatchSpare, n: usize) -> Self {
+    pub(crate) fn with_capacity(spare: &mut BatchAllocations, n: usize) -> Self {
         Self {
             targets: spare.targets.take(n),
             grads: spare.grads.take(n),
@@ -112,7 +115,7 @@ pub(crate) fn step_all<T: CpuParam>(
     lr: f64,
     batch: Batch<'_, T>,
     owners: &FxHashMap<usize, usize>,
-    spare: &mut BatchSpare,
+    spare: &mut BatchAllocations,
 ) -> Result<Vec<usize>> {
     let Batch { mut targets, grads } = batch;
     let mut skipped = Vec::new();
@@ -163,18 +166,17 @@ pub(crate) fn step_all<T: CpuParam>(
 /// from which a variable is stepped in dispatches the kernel spreads over
 /// rayon's pool instead.
 ///
-/// A step of many variables, cut into dispatches of [`VARS_PER_DISPATCH`]
-/// each spread over the pool, ended every dispatch waiting for the slower
-/// thread of its split, and stepped a dispatch of small variables on one
-/// thread while the others waited: dozens of waits per step. Instead the
-/// dispatches of smaller variables each run whole on one thread, several at
-/// once, largest first, and only variables of this size or more are split.
-/// Measured on the AMD EPYC (2 threads, `cargo run --release -p
-/// fused-rmsprop-benches --example many_tensors -- candle 100`, builds
-/// alternated): the 2,000-tensor model 30.0-30.9 ms per step against
-/// 32.4-34.7 before, where the bare kernel's single `step_many` took
-/// 28.8-31.6 in the same rounds; the 150-tensor model 15.9-17.3 against
-/// 17.1-17.7.
+/// Why: a step of many variables, cut into dispatches of
+/// [`VARS_PER_DISPATCH`] each spread over the pool, would end every dispatch
+/// waiting for the slower thread of its split, and step a dispatch of small
+/// variables on one thread while the others waited. Instead the dispatches
+/// of smaller variables each run whole on one thread, several at once,
+/// largest first, and only variables of this size or more are split. `cargo
+/// run --release -p fused-rmsprop-benches --example many_tensors -- candle
+/// 100` measures a step of the 2,000- and 150-tensor models against the
+/// bare kernel's one `step_many`.
+///
+/// Not part of the API: public for the tests and benchmarks.
 ///
 /// ```
 /// use fused_rmsprop_candle::{ONE_THREAD_DISPATCH_ELEMENTS, VARS_PER_DISPATCH};
@@ -238,7 +240,7 @@ fn step_in_dispatches<'a, T: CpuParam>(
         .map(|(_, dispatch)| dispatch)
         .zip(outcomes.iter_mut())
         .collect();
-    fused_rmsprop::run_tasks(tasks, |(dispatch, outcome)| {
+    fused_rmsprop::run_tasks(kernel.execution().linger, tasks, |(dispatch, outcome)| {
         *outcome = Some(step_dispatch(&one_thread, lr, dispatch));
     });
     for outcome in outcomes {
@@ -386,7 +388,7 @@ mod tests {
 
     use super::*;
 
-    /// A [`Spare`] keeps an allocation only for items laid out like its
+    /// A [`KeptAllocation`] keeps an allocation only for items laid out like its
     /// stand-in (otherwise every step allocates again, silently).
     #[test]
     fn every_kept_vector_is_laid_out_like_its_stand_in() {

@@ -20,13 +20,13 @@
 //!
 //! candle lends a tensor's storage mutably only inside an in-place custom op,
 //! which holds that storage's write lock while it runs. The optimizer nests
-//! these ops, one per variable, up to [`VARS_PER_DISPATCH`] deep; the
+//! these ops, one per variable, a bounded number deep; the
 //! innermost holds every variable of the batch at once and steps them in one
 //! kernel dispatch. The stack depth is bounded whatever the number of
 //! variables; no `unsafe` is involved (the argument is in `src/inplace.rs`).
-//! Variables of [`ONE_THREAD_DISPATCH_ELEMENTS`] or more are stepped in
-//! dispatches the kernel spreads over rayon's pool; the others in dispatches
-//! of at most that many elements, each on one thread, several at once.
+//! Large variables (a million elements or more) are stepped in dispatches
+//! the kernel spreads over rayon's pool; the others in dispatches of at most
+//! that many elements, each on one thread, several at once.
 //! Before any lock is held, a step checks that no two variables share a
 //! storage (an error) and copies any gradient that shares a storage with a
 //! variable of the optimizer (its own or another's), so a step never waits on
@@ -57,6 +57,20 @@
 //! dtypes is stepped one kernel call per dtype, every gradient checked
 //! before any is written.
 //!
+//! # Threads
+//! Large variables are stepped on rayon's pool, and dispatches of small
+//! ones run several at once on it. After a step the pool's helpers stay
+//! awake for a while ([`Linger`], 1 ms by default) so that the next step
+//! does not wake them; the cost is up to `pool - 1` cores busy for that
+//! long. [`RmsProp::with_execution`] sets it per optimizer,
+//! [`set_default_linger`] or `FUSED_RMSPROP_LINGER_US=0` for the process.
+//!
+//! # One dependency
+//! Every type [`ParamsRmsProp`] and [`RmsProp::with_execution`] need is
+//! re-exported here ([`Rounding`], [`NonFinite`], [`EpsPlacement`],
+//! [`Execution`], [`Linger`], [`KernelError`], ...), so this crate is the one
+//! to add beside candle.
+//!
 //! # Other devices and dtypes
 //! [`TensorOpsRmsProp`] is the same update written with candle tensor ops:
 //! it runs wherever candle runs (CUDA, Metal), one new tensor per
@@ -73,15 +87,25 @@
 //! them.
 
 mod checkpoint;
+mod error;
 mod inplace;
+mod kept_allocation;
 mod optimizer;
 mod params;
-mod spare;
 mod storage;
 mod tensor_ops;
+mod var_state;
 
-/// The non-finite gradient policy and the eps placement, re-exported from the kernel.
-pub use fused_rmsprop::{EpsPlacement, NonFinite};
+// What a user names to fill `ParamsRmsProp` or choose a path, re-exported
+// from the kernel so that this crate is the one dependency to add.
+/// The kernel's error, whose message this crate's errors carry
+/// ([`candle_core::Error::Wrapped`] around it).
+pub use fused_rmsprop::Error as KernelError;
+pub use fused_rmsprop::{
+    EpsPlacement, Execution, Isa, Kernel, Linger, NonFinite, Rounding, Threads, bf16,
+    default_linger, f16, set_default_linger,
+};
+#[doc(hidden)]
 pub use inplace::{ONE_THREAD_DISPATCH_ELEMENTS, VARS_PER_DISPATCH};
 pub use optimizer::{RmsProp, Route};
 pub use params::ParamsRmsProp;
@@ -91,5 +115,3 @@ pub use tensor_ops::TensorOpsRmsProp;
 /// [`candle_core::Error::Wrapped`] around a [`fused_rmsprop::Error`], or are
 /// [`candle_core::Error::Msg`] naming the variable and what was wrong.
 pub type Result<T> = candle_core::Result<T>;
-
-use optimizer::kernel_error;

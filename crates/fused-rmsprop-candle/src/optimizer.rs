@@ -6,11 +6,13 @@ use std::collections::HashSet;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use candle_nn::Optimizer as _;
-use fused_rmsprop::{Hyper, NonFinite, State, bf16, f16};
+use fused_rmsprop::{NonFinite, bf16, f16};
 use rustc_hash::FxHashMap;
 
-use crate::inplace::{Batch, BatchSpare, step_all};
+use crate::error::kernel_error;
+use crate::inplace::{Batch, BatchAllocations, step_all};
 use crate::storage::storage_key;
+use crate::var_state::{VarState, state_for};
 use crate::{ParamsRmsProp, Result, TensorOpsRmsProp};
 
 /// Which route steps a variable.
@@ -36,43 +38,11 @@ pub enum Route {
     TensorOps,
 }
 
-/// One variable's state: in the variable's dtype for `f32` and `f64`, in
-/// `f32` for `bf16` and `f16` (with the master copy under master weights).
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum VarState {
-    F32(State<f32>),
-    F64(State<f64>),
-    BF16(State<f32>),
-    F16(State<f32>),
-}
-
-impl VarState {
-    /// Which of the four dtypes this is, as an index: `f32`, `f64`, `bf16`,
-    /// `f16`.
-    fn kind(&self) -> usize {
-        match self {
-            VarState::F32(_) => 0,
-            VarState::F64(_) => 1,
-            VarState::BF16(_) => 2,
-            VarState::F16(_) => 3,
-        }
-    }
-
-    /// The steps this state has taken.
-    pub(crate) fn step_mut(&mut self) -> &mut u64 {
-        match self {
-            VarState::F32(s) | VarState::BF16(s) | VarState::F16(s) => &mut s.step,
-            VarState::F64(s) => &mut s.step,
-        }
-    }
-}
-
 /// RMSprop over candle `Var`s, stepped in place by the fused kernel.
 ///
 /// Cost of a step: one pass over each variable's parameters, gradient and
-/// state; one kernel dispatch per [`VARS_PER_DISPATCH`](crate::VARS_PER_DISPATCH)
-/// variables of one dtype or [`ONE_THREAD_DISPATCH_ELEMENTS`](crate::ONE_THREAD_DISPATCH_ELEMENTS)
-/// elements, whichever comes first (dispatches of smaller variables each on
+/// state; one kernel dispatch per batch of variables of one dtype, a few
+/// dozen variables or a million elements, whichever comes first (dispatches of smaller variables each on
 /// one thread, several at once on rayon's pool; larger variables spread over
 /// the pool by the kernel); a few vectors of slice descriptors and a map of
 /// storage addresses (the aliasing check), about 120 bytes per variable,
@@ -110,7 +80,7 @@ pub struct RmsProp {
     kinds: [usize; 4],
     /// The allocations of each dtype's step vectors (in the order of
     /// [`VarState::kind`]), kept from step to step.
-    spares: [BatchSpare; 4],
+    spares: [BatchAllocations; 4],
 }
 
 /// A step's variables by dtype, each dtype stepped by one kernel call.
@@ -125,7 +95,7 @@ impl Batches<'_> {
     /// Empty batches with room for `counts` variables, in `spares`'
     /// allocations (both in the order of [`VarState::kind`]).
     fn with_capacities(
-        spares: &mut [BatchSpare; 4],
+        spares: &mut [BatchAllocations; 4],
         [f32s, f64s, bf16s, f16s]: [usize; 4],
     ) -> Self {
         let [s32, s64, sb16, sf16] = spares;
@@ -167,39 +137,6 @@ fn in_place(var: &Var) -> bool {
             var.dtype(),
             DType::F32 | DType::F64 | DType::BF16 | DType::F16
         )
-}
-
-pub(crate) fn kernel_error(e: fused_rmsprop::Error) -> candle_core::Error {
-    candle_core::Error::wrap(e)
-}
-
-/// Fresh state for a variable of the in-place route.
-fn state_for(var: &Var, index: usize, hyper: &Hyper) -> Result<VarState> {
-    let n = var.elem_count();
-    match var.dtype() {
-        DType::F32 => Ok(VarState::F32(State::new(n, hyper))),
-        DType::F64 => Ok(VarState::F64(State::new(n, hyper))),
-        DType::BF16 => Ok(VarState::BF16(half_state::<bf16>(var, hyper)?)),
-        DType::F16 => Ok(VarState::F16(half_state::<f16>(var, hyper)?)),
-        other => Err(candle_core::Error::msg(format!(
-            "fused RMSprop: variable {index} has dtype {other:?}; \
-             the in-place route steps f32, f64, bf16 and f16"
-        ))),
-    }
-}
-
-/// Fresh `f32` state for a 16-bit variable; under master weights, the
-/// master copy starts as the variable's values (one read of the variable).
-pub(crate) fn half_state<P>(var: &Var, hyper: &Hyper) -> Result<State<f32>>
-where
-    P: fused_rmsprop::Param<State = f32> + candle_core::WithDType,
-{
-    if hyper.master_weights {
-        let values = var.as_tensor().flatten_all()?.to_vec1::<P>()?;
-        Ok(State::for_params(&values, hyper))
-    } else {
-        Ok(State::new(var.elem_count(), hyper))
-    }
 }
 
 impl candle_nn::Optimizer for RmsProp {
@@ -501,5 +438,43 @@ impl RmsProp {
     /// ```
     pub fn params(&self) -> &ParamsRmsProp {
         &self.params
+    }
+
+    /// The same optimizer on another path of the kernel: a forced
+    /// instruction set or thread count, or how long the pool's helpers stay
+    /// after a threaded step ([`Linger`](crate::Linger); the process
+    /// default unless set). Every path writes the same bits.
+    ///
+    /// # Errors
+    /// The kernel's [`UnsupportedIsa`](crate::KernelError::UnsupportedIsa),
+    /// wrapped, when a forced instruction set is missing.
+    ///
+    /// ```
+    /// # use candle_nn::Optimizer;
+    /// use fused_rmsprop_candle::{Execution, Linger, ParamsRmsProp, RmsProp};
+    /// let quiet = Execution { linger: Linger::Off, ..Execution::default() };
+    /// let opt = RmsProp::new(vec![], ParamsRmsProp::default())?.with_execution(quiet)?;
+    /// assert_eq!(opt.execution().linger, Linger::Off);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn with_execution(mut self, execution: fused_rmsprop::Execution) -> Result<Self> {
+        self.kernel = self
+            .kernel
+            .with_execution(execution)
+            .map_err(kernel_error)?;
+        Ok(self)
+    }
+
+    /// The kernel's path ([`RmsProp::with_execution`]).
+    ///
+    /// ```
+    /// # use candle_nn::Optimizer;
+    /// use fused_rmsprop_candle::{Execution, ParamsRmsProp, RmsProp};
+    /// let opt = RmsProp::new(vec![], ParamsRmsProp::default())?;
+    /// assert_eq!(opt.execution(), Execution::default());
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn execution(&self) -> fused_rmsprop::Execution {
+        self.kernel.execution()
     }
 }

@@ -4,7 +4,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use fused_rmsprop::EpsPlacement;
 
-use crate::{ParamsRmsProp, Result, kernel_error};
+use crate::error::kernel_error;
+use crate::{ParamsRmsProp, Result};
 
 /// RMSprop written with candle tensor ops, as candle-optimisers writes it:
 /// state in `Var`s, new values copied in with `Var::set`, one new tensor per

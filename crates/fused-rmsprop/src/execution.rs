@@ -4,7 +4,7 @@
 
 use core::num::NonZeroUsize;
 
-use crate::Error;
+use crate::{Error, Linger};
 
 /// An instruction set the SIMD kernel can run with.
 ///
@@ -115,8 +115,8 @@ pub enum Kernel {
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Threads {
-    /// One thread below [`PARALLEL_MIN_ELEMENTS`](crate::PARALLEL_MIN_ELEMENTS)
-    /// elements in one call; above it, every thread of the pool.
+    /// One thread below 16K elements in one call (a second thread would
+    /// cost more than it saves); from there, every thread of the pool.
     #[default]
     Auto,
     /// Always the calling thread, never the pool.
@@ -126,11 +126,12 @@ pub enum Threads {
     Exactly(NonZeroUsize),
 }
 
-/// The path a step takes: kernel and threads.
+/// The path a step takes: kernel, threads, and how long the pool's helpers
+/// stay after a threaded call.
 ///
 /// ```
 /// use fused_rmsprop::{Execution, Hyper, Kernel, RmsProp, Threads};
-/// let spec = Execution { kernel: Kernel::Scalar, threads: Threads::Single };
+/// let spec = Execution { kernel: Kernel::Scalar, threads: Threads::Single, ..Execution::default() };
 /// let opt = RmsProp::new(Hyper::default()).unwrap().with_execution(spec).unwrap();
 /// assert_eq!(opt.execution(), spec);
 /// ```
@@ -140,6 +141,9 @@ pub struct Execution {
     pub kernel: Kernel,
     /// One thread, all, or a forced count.
     pub threads: Threads,
+    /// How long the pool's helpers stay after a threaded call from outside
+    /// the pool ([`Linger`]; the process default unless set).
+    pub linger: Linger,
 }
 
 /// A kernel whose instruction set has been checked: the proof tokens pulp

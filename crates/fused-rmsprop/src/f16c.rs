@@ -3,8 +3,8 @@
 //!
 //! pulp's AVX2 token does not include F16C, so the 16-bit kernel on AVX2
 //! converted `f16` with integer and `f32` lane operations (about thirty per
-//! register), which made it the slowest step in cache: on an AMD EPYC
-//! (Zen 3) 0.52 G elements/s per core against 1.43 for `bf16`. Every x86
+//! register), which made it the slowest step in cache, about a third of
+//! the `bf16` step's rate on a CPU without AVX-512. Every x86
 //! CPU with AVX2 that we know of has F16C, but it is a separate feature
 //! bit, so it is detected at run time ([`F16c::detect`]) and the kernel
 //! keeps the lane conversions for a CPU without it.

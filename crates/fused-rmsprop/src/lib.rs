@@ -35,16 +35,26 @@
 //!   written once over pulp's `Simd` trait and dispatched at run time to
 //!   AVX-512, AVX2, NEON or a portable fallback ([`Isa`]). The elements that
 //!   do not fill a register go through the scalar specification itself.
-//! - **threaded** (`src/parallel.rs`): rayon's global pool, used above
-//!   [`PARALLEL_MIN_ELEMENTS`] elements per call. A call made from outside
-//!   the pool (a training loop stepping one tensor at a time) has the
-//!   calling thread work beside the pool instead of sleeping until the pool
-//!   is done, and the pool's helpers stay awake for a millisecond after a
-//!   call so the next one does not wake them again ([`run_tasks`]).
-//!   [`RmsProp::step_many`] steps many tensors in one dispatch, split across
-//!   threads by size.
+//! - **threaded** (`src/parallel.rs`): rayon's global pool, used from
+//!   16K elements per call (below that, a second thread costs more than it
+//!   saves). A call made from outside the pool (a training loop stepping one
+//!   tensor at a time) has the calling thread work beside the pool instead
+//!   of sleeping until the pool is done. [`RmsProp::step_many`] steps many
+//!   tensors in one dispatch, split across threads by size.
 //!
 //! [`Execution`] forces a path and a thread count.
+//!
+//! # Lingering helpers: the one process-wide policy
+//!
+//! After a threaded call from outside the pool, `pool - 1` of rayon's
+//! threads stay awake for a while ([`DEFAULT_LINGER`], 1 ms), polling for
+//! the next call, so that a framework calling the kernel once per tensor
+//! does not wake a sleeping thread for every tensor. Meanwhile they run any
+//! other rayon work there is; what they cost is up to `pool - 1` cores busy
+//! for the linger time after the last call. [`Linger`] in [`Execution`]
+//! sets it per optimizer; [`set_default_linger`] or the environment
+//! variable `FUSED_RMSPROP_LINGER_US` (microseconds, `0` for off) for the
+//! process.
 //!
 //! # Mixed precision: `bf16` and `f16` parameters
 //!
@@ -73,17 +83,14 @@
 //! moved; `bf16`/`f16` 6 kept (2 parameter + 4 square average), 14 moved
 //! (read 2 + 2 + 4, write 2 + 4); with master weights 10 kept, 20 moved (the
 //! parameter is written, no longer read). Centered and momentum add 4 bytes
-//! kept and 8 moved each, as for `f32`. Measured (`compare`, Intel Xeon
-//! with AVX-512, 2 cores, 16M elements, plain): bf16 0.94-0.95 and f16
-//! 0.99-1.01 of a skeleton loop with the same loads and stores, 1.31-1.41x
-//! the `f32` step's elements per second; stochastic rounding +11% to +14%
-//! over nearest (2 threads); master weights at 1.02-1.03 of their 20-byte
-//! skeleton (README, BENCHMARKS.md). On an AMD EPYC (Zen 3, AVX2, no
-//! AVX-512) the division and square root of 8 lanes at a time bound the
-//! step in cache: 2.1 G elements/s per core for `f32`, 1.4 for `bf16`, 1.6
-//! for `f16` (64K, plain, `in_cache` example). One call steps one parameter type:
-//! a model with tensors of several types makes one [`RmsProp::step_many`]
-//! call per type (the adapters do).
+//! kept and 8 moved each, as for `f32`. Fewer bytes make a 16-bit step
+//! faster in DRAM, up to the rate at which the cores' divide and square-root
+//! units get through one of each per element (on CPUs without AVX-512 that
+//! bound comes first). `cargo run --release -p fused-rmsprop-benches --bin
+//! compare` prints each 16-bit step against a skeleton loop with its loads
+//! and stores, and `--example in_cache` the rate per core in cache. One call
+//! steps one parameter type: a model with tensors of several types makes one
+//! [`RmsProp::step_many`] call per type (the adapters do).
 //!
 //! # The numerics contract
 //!
@@ -101,7 +108,7 @@
 //!   and an add round twice, so it must be used everywhere or nowhere. FMA
 //!   everywhere would make the scalar path call `fmaf` for every element on
 //!   a build without FMA in its target features (the default `x86_64`
-//!   target), about 24x slower; FMA nowhere costs the vector paths nothing
+//!   target), many times slower; FMA nowhere costs the vector paths nothing
 //!   measurable, since the step is bound by memory bandwidth or by the
 //!   square-root/divide unit, not by multiply-add throughput;
 //! - no reciprocal or reciprocal-square-root estimates, no flush-to-zero:
@@ -146,6 +153,8 @@ mod execution;
 #[allow(unsafe_code)]
 mod f16c;
 mod finite;
+mod half_lanes;
+mod linger;
 mod parallel;
 mod param;
 #[allow(unsafe_code)]
@@ -158,6 +167,8 @@ mod state;
 mod step;
 #[cfg(feature = "proptest")]
 pub mod testing;
+#[cfg(target_arch = "x86_64")]
+mod token;
 
 pub use config::{EpsPlacement, Hyper, NonFinite, Rounding, WeightDecay};
 pub use element::Float;
@@ -165,6 +176,10 @@ pub use error::Error;
 pub use execution::{Execution, Isa, Kernel, Threads};
 /// The 16-bit float types the kernel steps, re-exported from `half`.
 pub use half::{bf16, f16};
+pub use linger::{DEFAULT_LINGER, LINGER_ENV, Linger, default_linger, set_default_linger};
+// Work-splitting internals, public for the benchmarks and the candle
+// adapter only: hidden from the docs, not part of the API.
+#[doc(hidden)]
 pub use parallel::{PARALLEL_MIN_ELEMENTS, TASK_ALIGN_ELEMENTS, TASKS_PER_THREAD, run_tasks};
 pub use param::Param;
 pub use state::{State, StateSlices};
@@ -348,8 +363,8 @@ impl<'a, P: Param> Group<'a, P> {
 
 impl RmsProp {
     /// An optimizer with `hyper` (validated) on the default path: SIMD with
-    /// the widest instruction set, threads above
-    /// [`PARALLEL_MIN_ELEMENTS`].
+    /// the widest instruction set, threads from 16K elements per call
+    /// ([`Threads::Auto`]), the process default [`Linger`].
     ///
     /// # Errors
     /// [`Error::InvalidHyper`] for the first invalid field.
@@ -546,7 +561,13 @@ impl RmsProp {
         if self.hyper.non_finite != NonFinite::Propagate {
             self.keep_finite(&mut chunks, &mut report)?;
         }
-        parallel::run(self.kernel, self.execution.threads, &coefficients, chunks);
+        let execution = self.execution;
+        parallel::run(
+            self.kernel,
+            (execution.threads, execution.linger),
+            &coefficients,
+            chunks,
+        );
         Ok(report)
     }
 

@@ -16,50 +16,57 @@ use rayon::prelude::*;
 
 use crate::execution::ResolvedKernel;
 use crate::step::{Chunk, Coefficients};
-use crate::{Param, Threads};
+use crate::{Linger, Param, Threads};
 
-mod linger;
+mod helpers;
 
 /// Below this many elements in one call, [`Threads::Auto`] stays on the
-/// calling thread. Measured on the Xeon (2 threads) with the helpers
-/// staying awake between calls: in the `threshold` group of `cargo bench -p
-/// fused-rmsprop-benches --bench kernel` (warm buffers) two threads beat
-/// one from 16K elements up (5.3 vs 7.1 µs at 16K, 3.6 vs 3.5 µs at 8K,
-/// 2.7 vs 1.8 µs at 4K); on `compare`'s 2,000-tensor model called one tensor
-/// at a time (cold buffers, five alternating runs of `cargo run --release -p
-/// fused-rmsprop-benches --example many_tensors -- kernel-each 100`) a step
-/// took 21.7-22.7 ms at 16K against 23.3-25.3 ms at 64K (the threshold when
-/// every call had to wake a helper) and 22.7-24.9 ms at 4K; through burn
-/// 36.1-39.3 against 37.5-42.3 ms.
+/// calling thread: a smaller call is over before a second thread would have
+/// paid for joining it. The bound holds with the helpers lingering between
+/// calls (module `helpers`); a call that must wake a sleeping thread pays
+/// several times more to split. The `threshold` group of `cargo bench -p
+/// fused-rmsprop-benches --bench kernel` (one thread against two, warm
+/// buffers, by size) and `cargo run --release -p fused-rmsprop-benches
+/// --example many_tensors -- kernel-each 100` (a model of 2,000 tensors
+/// called one at a time) measure it.
+///
+/// Not part of the API: public for the benchmarks, which split their
+/// skeleton loops the same way.
+#[doc(hidden)]
 pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
 
 /// Task sizes under [`Threads::Auto`] are rounded to this many elements, so
 /// a piece boundary inside a tensor never splits a cache line or a SIMD
-/// register of the one before. Public, with [`TASKS_PER_THREAD`], so that
-/// code measured against the step (the benchmarks' bandwidth skeleton) cuts
-/// its work the same way.
+/// register of the one before.
+///
+/// Not part of the API: public, with [`TASKS_PER_THREAD`], so that code
+/// measured against the step (the benchmarks' bandwidth skeleton) cuts its
+/// work the same way.
 ///
 /// ```
 /// assert_eq!(fused_rmsprop::TASK_ALIGN_ELEMENTS % 16, 0); // whole AVX-512 registers of f32
 /// ```
+#[doc(hidden)]
 pub const TASK_ALIGN_ELEMENTS: usize = 64;
 
 /// Tasks per pool thread under [`Threads::Auto`]: more than one lets a
 /// thread that finishes early (the other core busy on a shared machine, a
 /// helper that started late) take the rest, instead of holding up the end
-/// of the call.
+/// of the call. Not part of the API (see [`TASK_ALIGN_ELEMENTS`]).
 ///
 /// ```
 /// // A call on a pool of two threads is cut into this many tasks.
 /// let tasks = 2 * fused_rmsprop::TASKS_PER_THREAD;
 /// assert!(tasks > 2);
 /// ```
+#[doc(hidden)]
 pub const TASKS_PER_THREAD: usize = 4;
 
-/// Runs `chunks` with `kernel` on the threads `threads` asks for.
+/// Runs `chunks` with `kernel` on the threads `threads` asks for, helpers
+/// lingering after as `linger` says.
 pub(crate) fn run<P: Param>(
     kernel: ResolvedKernel,
-    threads: Threads,
+    (threads, linger): (Threads, Linger),
     c: &Coefficients<P::State>,
     mut chunks: Vec<Chunk<'_, P>>,
 ) {
@@ -83,7 +90,7 @@ pub(crate) fn run<P: Param>(
         }
         return;
     }
-    run_tasks(pack(&mut chunks, total, tasks, align), |task| {
+    run_tasks(linger, pack(&mut chunks, total, tasks, align), |task| {
         for chunk in task.into_chunks() {
             kernel.run(c, chunk);
         }
@@ -98,27 +105,30 @@ pub(crate) fn run<P: Param>(
 /// from one queue: handing the call to the pool alone would leave the caller
 /// asleep until the last task ends and then wake it, two trips through the
 /// OS scheduler per call, which a framework that steps one tensor at a time
-/// pays once per tensor. The helpers stay awake for a millisecond after a
-/// call, waiting for the next one (running any other rayon work meanwhile),
-/// so that back-to-back calls do not wake them each time either (module
-/// `linger`). A second thread calling while the first one's call runs uses
-/// rayon's own scheduling instead. Measured on the Xeon (2 threads,
-/// BENCHMARKS.md): a 1M-element step took 0.32-0.35 ms against 0.45 ms with
-/// the pool alone, and the 2,000 tensors of `compare`'s model called one at
-/// a time 23.7-29.5 ms against 29.1-33.4 ms with helpers woken per call.
-/// Public so that code measured against the step (the benchmarks' bandwidth
-/// skeleton) splits its work the same way.
+/// pays once per tensor. The helpers stay awake for `linger` after a call,
+/// waiting for the next one (running any other rayon work meanwhile), so
+/// that back-to-back calls do not wake them each time either (module
+/// `helpers`; [`Linger::Off`] leaves them to rayon). A second thread calling
+/// while the first one's call runs uses rayon's own scheduling instead.
 ///
 /// A panic in `work` reaches the caller once every other task has run (the
 /// first panic, when several tasks panic), whichever path the call took.
 ///
+/// Not part of the API: public so that code measured against the step (the
+/// benchmarks' bandwidth skeleton) and the candle adapter's dispatch of
+/// many variables split their work the same way.
+///
 /// ```
+/// use fused_rmsprop::Linger;
 /// let mut sums = vec![0u64; 4];
 /// let tasks: Vec<(usize, &mut u64)> = sums.iter_mut().enumerate().collect();
-/// fused_rmsprop::run_tasks(tasks, |(i, sum)| *sum = (i as u64 * 1000..(i as u64 + 1) * 1000).sum());
+/// fused_rmsprop::run_tasks(Linger::ProcessDefault, tasks, |(i, sum)| {
+///     *sum = (i as u64 * 1000..(i as u64 + 1) * 1000).sum()
+/// });
 /// assert_eq!(sums.iter().sum::<u64>(), (0..4000).sum());
 /// ```
-pub fn run_tasks<T: Send>(tasks: Vec<T>, work: impl Fn(T) + Sync + Send) {
+#[doc(hidden)]
+pub fn run_tasks<T: Send>(linger: Linger, tasks: Vec<T>, work: impl Fn(T) + Sync + Send) {
     if rayon::current_thread_index().is_some() {
         let first_panic = Mutex::new(None);
         tasks.into_par_iter().for_each(|task| {
@@ -151,7 +161,8 @@ pub fn run_tasks<T: Send>(tasks: Vec<T>, work: impl Fn(T) + Sync + Send) {
         rethrow(drain_catching(&drain));
         return;
     }
-    if linger::run(helpers, &drain) {
+    let linger = linger.duration();
+    if !linger.is_zero() && helpers::run(helpers, linger, &drain) {
         return;
     }
     let helping = Helping::default();
@@ -211,10 +222,7 @@ fn wait_until(done: impl Fn() -> bool) {
 /// working ends within one task, so the caller waits for it awake instead;
 /// one that has not started (its thread still waking) may take much longer,
 /// and the caller leaves it to the scope. The waiting is only about speed:
-/// the scope still waits for every helper, whatever this sees. Measured on
-/// the Xeon (2 threads, alternating `compare` runs, BENCHMARKS.md): burn's
-/// 150-tensor model 11.7-12.7 against 13.2-13.7 ms per step, candle's
-/// 2,000-tensor model 21.0-21.4 against 23.6-24.5 ms.
+/// the scope still waits for every helper, whatever this sees.
 #[derive(Default)]
 struct Helping {
     started: AtomicUsize,
@@ -439,10 +447,20 @@ mod tests {
     /// Runs `calls` calls of `tasks` tasks, each counting its runs and
     /// calling `inside` with its index; asserts every task ran once.
     fn every_task_once(calls: usize, tasks: usize, inside: impl Fn(usize) + Sync) {
+        every_task_once_lingering(Linger::ProcessDefault, calls, tasks, inside);
+    }
+
+    /// [`every_task_once`] with helpers lingering as `linger` says.
+    fn every_task_once_lingering(
+        linger: Linger,
+        calls: usize,
+        tasks: usize,
+        inside: impl Fn(usize) + Sync,
+    ) {
         use std::sync::atomic::AtomicU32;
         for _ in 0..calls {
             let runs: Vec<AtomicU32> = (0..tasks).map(|_| AtomicU32::new(0)).collect();
-            run_tasks(runs.iter().enumerate().collect(), |(i, r)| {
+            run_tasks(linger, runs.iter().enumerate().collect(), |(i, r)| {
                 r.fetch_add(1, Ordering::Relaxed);
                 inside(i);
             });
@@ -489,7 +507,7 @@ mod tests {
         }
         let _crowding = crowding();
         let caller = std::thread::current().id();
-        let helped = linger::HELPED.load(Ordering::Relaxed);
+        let helped = helpers::HELPED.load(Ordering::Relaxed);
         let elsewhere = std::sync::atomic::AtomicBool::new(false);
         every_task_once(50, 8, |_| {
             std::thread::sleep(std::time::Duration::from_micros(200));
@@ -498,7 +516,30 @@ mod tests {
             }
         });
         assert!(elsewhere.load(Ordering::Relaxed));
-        assert!(linger::HELPED.load(Ordering::Relaxed) > helped);
+        assert!(helpers::HELPED.load(Ordering::Relaxed) > helped);
+    }
+
+    /// With lingering off, a call from outside the pool still runs every
+    /// task once and still spreads them over the pool (rayon's own path),
+    /// as does a call with a linger time of its own.
+    #[test]
+    fn every_linger_setting_runs_every_task_once_on_the_pool() {
+        let _crowding = crowding();
+        for linger in [
+            Linger::Off,
+            Linger::For(std::time::Duration::from_micros(50)),
+        ] {
+            let caller = std::thread::current().id();
+            let elsewhere = std::sync::atomic::AtomicBool::new(false);
+            every_task_once_lingering(linger, 50, 8, |_| {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                if std::thread::current().id() != caller {
+                    elsewhere.store(true, Ordering::Relaxed);
+                }
+            });
+            let pool = rayon::current_num_threads();
+            assert!(pool < 2 || elsewhere.load(Ordering::Relaxed), "{linger:?}");
+        }
     }
 
     /// A task that panics makes the call panic, whichever thread ran it
@@ -539,7 +580,7 @@ mod tests {
         for bad in 0..8 {
             let done = AtomicU32::new(0);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_tasks((0..8).collect(), |i: u32| {
+                run_tasks(Linger::ProcessDefault, (0..8).collect(), |i: u32| {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                     assert!(i != bad && i != (bad + 4) % 8, "task {i} fails");
                     done.fetch_add(1, Ordering::Relaxed);

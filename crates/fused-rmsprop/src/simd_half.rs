@@ -1,7 +1,7 @@
 //! The vectorized kernel for 16-bit parameters: the [scalar
 //! specification](crate::scalar) on registers of `f32` lanes, with the
 //! parameter and gradient widened from 16 bits and the result rounded back
-//! inside the registers ([`Half`](crate::param::Half)'s lane conversions).
+//! inside the registers ([`Half`](crate::half_lanes::Half)'s lane conversions).
 //!
 //! Each register's 16-bit elements are moved to and from the low halves of
 //! `u32` lanes by a fixed-length copy (zero-extension on load, truncation on
@@ -20,7 +20,7 @@
 
 use pulp::{Simd, WithSimd};
 
-use crate::param::Half;
+use crate::half_lanes::Half;
 use crate::simd::{LaneCoefficients, update_lanes};
 use crate::step::{Chunk, Coefficients};
 use crate::{prefetch, rounding, scalar};
@@ -64,11 +64,9 @@ fn load<H: Half, S: Simd>(src: &[H]) -> S::u32s {
 fn store<H: Half, S: Simd>(simd: S, dst: &mut [H], lanes: S::u32s) {
     #[cfg(target_arch = "x86_64")]
     {
-        use core::any::Any;
         use core::arch::x86_64::{__m256i, __m512i};
-        let token: &dyn Any = &simd;
         if let (Some(v4), Ok(wide)) = (
-            crate::param::avx512(&simd),
+            crate::token::avx512(&simd),
             bytemuck::try_cast::<S::u32s, __m512i>(lanes),
         ) {
             let narrow: [u16; 16] = bytemuck::cast(v4.avx512f._mm512_cvtepi32_epi16(wide));
@@ -78,7 +76,7 @@ fn store<H: Half, S: Simd>(simd: S, dst: &mut [H], lanes: S::u32s) {
             return;
         }
         if let (Some(v3), Ok(wide)) = (
-            token.downcast_ref::<pulp::x86::V3>(),
+            crate::token::avx2(&simd),
             bytemuck::try_cast::<S::u32s, __m256i>(lanes),
         ) {
             // Packs within each 128-bit half, then gathers the two halves'

@@ -159,7 +159,7 @@ impl<T: Copy> Coefficients<T> {
 /// of its own with the tests of the options folded away. A macro, not a
 /// function taking the kernel as a closure: a closure's body may be
 /// compiled apart from the SIMD kernel's target features and then calls
-/// every lane operation (measured: 30 times slower).
+/// every lane operation, many times slower.
 macro_rules! with_constant_options {
     ($c:expr, [$($variant:ident),+], |$k:ident| $body:expr) => {{
         let c = $c;

@@ -13,8 +13,8 @@
 use proptest::prelude::*;
 
 use crate::{
-    EpsPlacement, Execution, Float, Hyper, Isa, Kernel, NonFinite, Param, Rounding, Threads,
-    WeightDecay, bf16, f16,
+    EpsPlacement, Execution, Float, Hyper, Isa, Kernel, Linger, NonFinite, Param, Rounding,
+    Threads, WeightDecay, bf16, f16,
 };
 
 /// The scalar specification on the calling thread: what every other path
@@ -22,11 +22,13 @@ use crate::{
 pub const SPEC: Execution = Execution {
     kernel: Kernel::Scalar,
     threads: Threads::Single,
+    linger: Linger::ProcessDefault,
 };
 
 /// Every path of this machine but [`SPEC`]: each instruction set on one
 /// thread, the default kernel cut into 2, 3 and 7 tasks, the scalar
-/// specification cut into 4, and the default execution.
+/// specification cut into 4, 2 tasks with lingering off, and the default
+/// execution.
 ///
 /// ```
 /// assert!(fused_rmsprop::testing::other_paths().len() >= 6);
@@ -38,17 +40,27 @@ pub fn other_paths() -> Vec<Execution> {
         .map(|isa| Execution {
             kernel: Kernel::Simd(isa),
             threads: Threads::Single,
+            ..Default::default()
         })
         .collect();
     for n in [2, 3, 7] {
         paths.push(Execution {
             kernel: Kernel::Auto,
             threads: tasks(n),
+            ..Default::default()
         });
     }
     paths.push(Execution {
         kernel: Kernel::Scalar,
         threads: tasks(4),
+        ..Default::default()
+    });
+    // Lingering changes who runs a task, never how: one threaded path
+    // without it.
+    paths.push(Execution {
+        threads: tasks(2),
+        linger: Linger::Off,
+        ..Execution::default()
     });
     paths.push(Execution::default());
     paths

@@ -159,7 +159,7 @@ proptest! {
         let mut alone_state = together_state.clone();
         let threads = Threads::Exactly(NonZeroUsize::new(tasks).unwrap());
         let opt = RmsProp::new(hyper).unwrap()
-            .with_execution(Execution { kernel: Kernel::Auto, threads }).unwrap();
+            .with_execution(Execution { kernel: Kernel::Auto, threads, ..Default::default() }).unwrap();
         for step in 0..2u64 {
             let groups = together.iter_mut().zip(&grads).zip(&mut together_state).enumerate()
                 .map(|(g, ((p, gr), s))| Group::new(p, gr, s.slices_mut()).with_rounding_key(step, g as u64));

@@ -14,12 +14,14 @@ fn executions() -> Vec<Execution> {
         Execution {
             kernel: Kernel::Scalar,
             threads: Threads::Single,
+            ..Default::default()
         },
     ];
     for isa in Isa::available() {
         out.push(Execution {
             kernel: Kernel::Simd(isa),
             threads: Threads::Exactly(3.try_into().unwrap()),
+            ..Default::default()
         });
     }
     out

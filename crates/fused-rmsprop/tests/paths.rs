@@ -234,7 +234,7 @@ proptest! {
         let mut alone_state = together_state.clone();
 
         let threads = Threads::Exactly(NonZeroUsize::new(tasks).unwrap());
-        let opt = RmsProp::new(hyper).unwrap().with_execution(Execution { kernel: Kernel::Auto, threads }).unwrap();
+        let opt = RmsProp::new(hyper).unwrap().with_execution(Execution { kernel: Kernel::Auto, threads, ..Default::default() }).unwrap();
         for _ in 0..2 {
             let groups = together.iter_mut().zip(&grads).zip(&mut together_state)
                 .map(|((p, g), s)| Group::new(p, g, s.slices_mut()));
@@ -333,6 +333,7 @@ fn large_threaded_calls_match_one_thread() {
             .with_execution(Execution {
                 kernel: Kernel::Auto,
                 threads,
+                ..Default::default()
             })
             .unwrap();
         let (mut params, grads) = make();

@@ -25,6 +25,7 @@ fn trajectory(hyper: Hyper) -> Vec<f64> {
             .with_execution(fused_rmsprop::Execution {
                 kernel,
                 threads: Threads::Single,
+                ..Default::default()
             })
             .unwrap();
         let mut p = [1.0f64];

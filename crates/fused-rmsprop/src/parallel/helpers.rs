@@ -2,23 +2,22 @@
 //!
 //! A framework that steps one parameter at a time calls the kernel once per
 //! tensor, with its own bookkeeping in between. rayon's idle workers go
-//! back to sleep within microseconds, so every call handed to rayon paid
+//! back to sleep within microseconds, so every call handed to rayon pays
 //! for waking one: a futex call, an interrupt to the other core (a VM exit
 //! on a virtual machine) and the scheduler's latency, before the helper
-//! took its first task. Here, after a call from outside the pool, `pool - 1`
-//! jobs of rayon's global pool stay for [`LINGER`], polling one slot where
-//! the next call publishes its work, as OpenMP runtimes keep their threads
-//! spinning between parallel regions. While they wait they run any other
-//! rayon work there is (`rayon::yield_now`), so the rest of the program
-//! loses no thread to them; what they cost is a core kept busy for at most
-//! [`LINGER`] after the last call.
+//! takes its first task. Here, after a call from outside the pool, `pool - 1`
+//! jobs of rayon's global pool stay for the call's linger time
+//! ([`Linger`](crate::Linger)), polling one slot where the next call
+//! publishes its work, as OpenMP runtimes keep their threads spinning
+//! between parallel regions. While they wait they run any other rayon work
+//! there is (`rayon::yield_now`), so the rest of the program loses no thread
+//! to them; what they cost is a core kept busy for at most the linger time
+//! after the last call.
 //!
-//! Measured on the Xeon (2 threads, five alternating runs of `cargo run
-//! --release -p fused-rmsprop-benches --example many_tensors -- MODE 100`
-//! with and without, BENCHMARKS.md): the 2,000-tensor model called one
-//! tensor at a time went from 29.1-33.4 to 23.7-29.5 ms per step, and
-//! through burn from 43.5-52.7 to 37.9-44.4; a burn step's context
-//! switches from about 11,000 to about 110 (`perf stat`).
+//! `cargo run --release -p fused-rmsprop-benches --example many_tensors --
+//! kernel-each 100` (one call per tensor) and `-- burn 100` (through burn's
+//! `ModuleOptimizer`) measure what it saves, with `FUSED_RMSPROP_LINGER_US=0`
+//! for the other side; `perf stat` counts the context switches it avoids.
 //!
 //! # Why the pointer in the slot is sound
 //!
@@ -55,11 +54,6 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::{drain_catching, rethrow};
-
-/// How long helpers stay after the last call: longer than the bookkeeping
-/// a framework does between two parameters (microseconds), shorter than
-/// anything a user would notice as a busy core.
-pub(super) const LINGER: Duration = Duration::from_millis(1);
 
 /// One call's work, published in the slot while the caller runs it.
 struct Call<'a> {
@@ -119,13 +113,13 @@ fn now() -> u64 {
 }
 
 /// Runs `drain` on the calling thread (outside rayon's pool) while up to
-/// `helpers` lingering helpers run it too, and keeps them for [`LINGER`]
+/// `helpers` lingering helpers run it too, and keeps them for `linger`
 /// after. Returns `false`, having run nothing, when another thread's call
 /// holds the slot; the caller then takes rayon's own path.
-pub(super) fn run(helpers: usize, drain: &(dyn Fn() + Sync)) -> bool {
+pub(super) fn run(helpers: usize, linger: Duration, drain: &(dyn Fn() + Sync)) -> bool {
     let slot = &SLOT;
-    slot.deadline
-        .store(now() + LINGER.as_nanos() as u64, SeqCst);
+    let linger_ns = u64::try_from(linger.as_nanos()).unwrap_or(u64::MAX);
+    slot.deadline.store(now().saturating_add(linger_ns), SeqCst);
     slot.spawn_missing(helpers);
     let call = Call {
         drain,

@@ -6,7 +6,7 @@
 //! frees them and which the next step then faults back in page by page
 //! (about 2,100 page faults per step, `perf stat -e page-faults`; none at
 //! 1,000 variables, whose vectors stay in the heap): a cost per variable
-//! that grew with the number of variables. A [`Spare`] keeps such a
+//! that grew with the number of variables. A [`KeptAllocation`] keeps such a
 //! vector's allocation without its items: emptied and retyped to a stand-in
 //! item `W` of the same size and alignment that borrows nothing, which the
 //! standard library's in-place `collect` does without reallocating (a test
@@ -15,9 +15,9 @@
 
 /// The allocation of an empty vector whose items are laid out like `W`.
 #[derive(Debug, Default)]
-pub(crate) struct Spare<W>(Vec<W>);
+pub(crate) struct KeptAllocation<W>(Vec<W>);
 
-impl<W> Spare<W> {
+impl<W> KeptAllocation<W> {
     /// An empty vector of `T` with room for at least `n` items: in the kept
     /// allocation when `T` has `W`'s size and alignment, in a new one
     /// otherwise (or when it is too small).
@@ -52,7 +52,7 @@ mod tests {
     #[test]
     fn an_allocation_is_kept_across_item_types_of_one_layout() {
         let value = 7u64;
-        let mut spare = Spare::<[usize; 2]>::default();
+        let mut spare = KeptAllocation::<[usize; 2]>::default();
         let mut borrowing: Vec<(&u64, usize)> = spare.take(1000);
         borrowing.push((&value, 1));
         let address = borrowing.as_ptr() as usize;
@@ -64,7 +64,7 @@ mod tests {
 
     #[test]
     fn a_different_layout_gets_a_new_allocation_of_the_room_asked() {
-        let mut spare = Spare::<[usize; 2]>::default();
+        let mut spare = KeptAllocation::<[usize; 2]>::default();
         spare.keep(Vec::<[usize; 2]>::with_capacity(10));
         let wider: Vec<[usize; 3]> = spare.take(50);
         assert!(wider.is_empty() && wider.capacity() >= 50);

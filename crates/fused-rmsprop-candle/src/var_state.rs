@@ -1,0 +1,67 @@
+//! Each variable's optimizer state, by dtype: what the step updates and
+//! what a checkpoint saves. A leaf of the optimizer and the checkpoint.
+
+use candle_core::{DType, Var};
+use fused_rmsprop::{Hyper, State, bf16, f16};
+
+use crate::Result;
+
+/// One variable's state: in the variable's dtype for `f32` and `f64`, in
+/// `f32` for `bf16` and `f16` (with the master copy under master weights).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum VarState {
+    F32(State<f32>),
+    F64(State<f64>),
+    BF16(State<f32>),
+    F16(State<f32>),
+}
+
+impl VarState {
+    /// Which of the four dtypes this is, as an index: `f32`, `f64`, `bf16`,
+    /// `f16`.
+    pub(crate) fn kind(&self) -> usize {
+        match self {
+            VarState::F32(_) => 0,
+            VarState::F64(_) => 1,
+            VarState::BF16(_) => 2,
+            VarState::F16(_) => 3,
+        }
+    }
+
+    /// The steps this state has taken.
+    pub(crate) fn step_mut(&mut self) -> &mut u64 {
+        match self {
+            VarState::F32(s) | VarState::BF16(s) | VarState::F16(s) => &mut s.step,
+            VarState::F64(s) => &mut s.step,
+        }
+    }
+}
+
+/// Fresh state for a variable of the in-place route.
+pub(crate) fn state_for(var: &Var, index: usize, hyper: &Hyper) -> Result<VarState> {
+    let n = var.elem_count();
+    match var.dtype() {
+        DType::F32 => Ok(VarState::F32(State::new(n, hyper))),
+        DType::F64 => Ok(VarState::F64(State::new(n, hyper))),
+        DType::BF16 => Ok(VarState::BF16(half_state::<bf16>(var, hyper)?)),
+        DType::F16 => Ok(VarState::F16(half_state::<f16>(var, hyper)?)),
+        other => Err(candle_core::Error::msg(format!(
+            "fused RMSprop: variable {index} has dtype {other:?}; \
+             the in-place route steps f32, f64, bf16 and f16"
+        ))),
+    }
+}
+
+/// Fresh `f32` state for a 16-bit variable; under master weights, the
+/// master copy starts as the variable's values (one read of the variable).
+pub(crate) fn half_state<P>(var: &Var, hyper: &Hyper) -> Result<State<f32>>
+where
+    P: fused_rmsprop::Param<State = f32> + candle_core::WithDType,
+{
+    if hyper.master_weights {
+        let values = var.as_tensor().flatten_all()?.to_vec1::<P>()?;
+        Ok(State::for_params(&values, hyper))
+    } else {
+        Ok(State::new(var.elem_count(), hyper))
+    }
+}
