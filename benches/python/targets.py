@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The open issues' target figures, read from `compare --json` rows.
+"""Per-tensor costs and 16-bit ratios, read from `compare --json` rows.
 
 BENCHMARKS.md quotes, for each default run, a few figures that the table
 of `compare` holds only spread over several rows: the per-tensor cost of
@@ -22,9 +22,8 @@ Per file it prints:
                         "floor" is burn's floor (an optimizer that
                         returns its inputs) per tensor on its own
   model-N burn over ...  burn's per-parameter step over (its floor +
-                        bare step_many), both in ms per step: the issue's
-                        fallback bound for the 150-tensor model is 1.10;
-                        then over its floor under the kernel's traffic
+                        bare step_many), both in ms per step (1.0: the
+                        least a per-parameter optimizer can cost); then over its floor under the kernel's traffic
                         ("floor+traffic" above, whole step against whole
                         step)
   <dtype> 16M           per route (candle, burn, batched): the 16M step of
