@@ -20,8 +20,8 @@ use burn::tensor::{Bytes, Device as BurnDevice, Tensor as BurnTensor, TensorData
 use candle_core::{Device as CandleDevice, Tensor as CandleTensor, Var};
 use candle_nn::Optimizer as _;
 use fused_rmsprop::{
-    EpsPlacement, Execution, Hyper, Isa, Kernel, NonFinite, Param, RmsProp, Rounding, State,
-    Threads, WeightDecay, bf16, f16,
+    EpsPlacement, Execution, GradClip, Hyper, Isa, Kernel, NonFinite, Param, RmsProp, Rounding,
+    State, Threads, WeightDecay, bf16, f16,
 };
 use fused_rmsprop_burn::FusedRmsPropConfig;
 use fused_rmsprop_candle::ParamsRmsProp;
@@ -77,6 +77,13 @@ fn raw_hyper(input: &mut Input<'_>) -> Hyper {
             Rounding::Nearest
         },
         master_weights: input.flag(),
+        // Last, so that the corpus's earlier bytes keep their meaning.
+        grad_clip: match input.byte() % 4 {
+            0 => None,
+            1 => Some(GradClip::Value(number(input))),
+            2 => Some(GradClip::NormPerTensor(number(input))),
+            _ => Some(GradClip::NormGlobal(number(input))),
+        },
     }
 }
 

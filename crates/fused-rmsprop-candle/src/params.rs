@@ -104,6 +104,7 @@ impl ParamsRmsProp {
             non_finite: self.non_finite,
             rounding: self.rounding,
             master_weights: self.master_weights,
+            grad_clip: None,
         }
     }
 }

@@ -79,6 +79,75 @@ pub enum Rounding {
     },
 }
 
+/// Gradient clipping inside the step: the gradient is clipped as it is read,
+/// before `maximize` and weight decay, exactly as a framework's clipping of
+/// the gradient before its optimizer step would leave it (Burn's
+/// `GradientClippingConfig`, PyTorch's `clip_grad_value_` and
+/// `clip_grad_norm_`).
+///
+/// Clipping by value costs nothing in memory traffic. Clipping by norm reads
+/// each gradient once more, before the step, to compute its norm (4 bytes
+/// per `f32` element). The norm is a sum of squares accumulated in `f64` in
+/// a fixed order (blocks of [`GRAD_NORM_BLOCK`](crate::GRAD_NORM_BLOCK)
+/// elements by index, sixteen interleaved partial sums per block combined
+/// in a fixed tree, the blocks added in index order), so it has the same bits
+/// on every path and any number of threads; [`StepReport`](crate::StepReport)
+/// returns it.
+///
+/// ```
+/// use fused_rmsprop::{GradClip, Hyper, RmsProp, State};
+/// let opt = RmsProp::new(Hyper::default().with_grad_clip(Some(GradClip::NormGlobal(1.0))))?;
+/// let mut p = [0.0f32; 2];
+/// let mut s = State::new(2, opt.hyper());
+/// let report = opt.step(&mut p, &[3.0, 4.0], &mut s)?;
+/// assert_eq!(report.grad_norm(), Some(5.0));
+/// assert!((report.clip_coefficient().unwrap() - 0.2).abs() < 1e-6);
+/// # Ok::<(), fused_rmsprop::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GradClip {
+    /// Each gradient element clamped to `[-max, max]` (Burn's
+    /// `GradientClippingConfig::Value`, PyTorch's `clip_grad_value_`). A NaN
+    /// stays NaN, as Burn's `mask_fill` leaves it; `max` in the state type.
+    Value(f64),
+    /// Each tensor's gradient scaled by `min(1, max_norm / (norm +
+    /// MIN_POSITIVE))`, `norm` its own L2 norm and `MIN_POSITIVE` the
+    /// smallest normal value of the state type: Burn's
+    /// `GradientClippingConfig::Norm`, which clips each parameter alone.
+    /// Computed in `f64`, applied in the state type (`f32` for 16-bit
+    /// gradients, where Burn also computes the norm in `f32`).
+    NormPerTensor(f64),
+    /// Every gradient of one [`step_many`](crate::RmsProp::step_many) call
+    /// scaled by `min(1, max_norm / (total + 1e-6))`, `total` the L2 norm
+    /// of all of them together: PyTorch's
+    /// `clip_grad_norm_(model.parameters(), max_norm)` (Hugging Face's
+    /// `max_grad_norm`). A call of one tensor clips it alone.
+    NormGlobal(f64),
+}
+
+impl GradClip {
+    /// The threshold: the value bound or the norm bound.
+    ///
+    /// ```
+    /// assert_eq!(fused_rmsprop::GradClip::Value(0.5).max(), 0.5);
+    /// ```
+    pub fn max(self) -> f64 {
+        match self {
+            GradClip::Value(max) | GradClip::NormPerTensor(max) | GradClip::NormGlobal(max) => max,
+        }
+    }
+
+    /// Whether this clips by a norm (and so reads the gradients once more).
+    ///
+    /// ```
+    /// assert!(fused_rmsprop::GradClip::NormGlobal(1.0).is_by_norm());
+    /// assert!(!fused_rmsprop::GradClip::Value(1.0).is_by_norm());
+    /// ```
+    pub fn is_by_norm(self) -> bool {
+        !matches!(self, GradClip::Value(_))
+    }
+}
+
 /// How weight decay is applied.
 ///
 /// ```
@@ -183,6 +252,8 @@ pub struct Hyper {
     /// DeepSpeed do it). Costs 4 bytes per element; a plain step then moves
     /// 20 bytes per element instead of 14. Ignored for `f32`/`f64`.
     pub master_weights: bool,
+    /// Gradient clipping inside the step ([`GradClip`]); `None` is off.
+    pub grad_clip: Option<GradClip>,
 }
 
 impl Default for Hyper {
@@ -202,6 +273,7 @@ impl Default for Hyper {
             non_finite: NonFinite::Propagate,
             rounding: Rounding::Nearest,
             master_weights: false,
+            grad_clip: None,
         }
     }
 }
@@ -257,6 +329,8 @@ builder! {
     with_rounding: rounding: Rounding,
     /// Sets [`Hyper::master_weights`].
     with_master_weights: master_weights: bool,
+    /// Sets [`Hyper::grad_clip`].
+    with_grad_clip: grad_clip: Option<GradClip>,
 }
 
 impl Hyper {
@@ -291,6 +365,9 @@ impl Hyper {
                 "a finite value >= 0",
                 non_negative,
             )?;
+        }
+        if let Some(clip) = self.grad_clip {
+            check("grad_clip", clip.max(), "a finite value >= 0", non_negative)?;
         }
         Ok(())
     }

@@ -49,6 +49,9 @@ pub trait Float:
 {
     /// `0.0`.
     const ZERO: Self;
+    /// The smallest positive normal value (what Burn adds to a norm before
+    /// dividing by it).
+    const MIN_POSITIVE: Self;
 
     /// Rounds an `f64` hyper-parameter to this type (round to nearest even).
     fn from_f64(value: f64) -> Self;
@@ -77,6 +80,15 @@ pub trait Float:
     fn lanes_sqrt<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S>;
     /// Lane-wise `-a` (flips the sign bit, as scalar `-a` does).
     fn lanes_neg<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// `a` clamped to `[lo, hi]` as the scalar specification's gradient
+    /// clipping does it: above `hi` becomes `hi`, then below `lo` becomes
+    /// `lo`; a NaN lane stays as it is.
+    fn lanes_clamp_keeping_nan<S: Simd>(
+        simd: S,
+        a: Self::Lanes<S>,
+        lo: Self::Lanes<S>,
+        hi: Self::Lanes<S>,
+    ) -> Self::Lanes<S>;
     /// Lane-wise `if a < 0 { 0 } else { a }`: NaN and `-0.0` pass through.
     fn lanes_clamp_negative_to_zero<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S>;
     /// Lane-wise `if a == a { a } else { CANONICAL_NAN }`.
@@ -89,6 +101,7 @@ macro_rules! impl_float {
      $div:ident, $sqrt:ident, $neg:ident, $less:ident, $equal:ident, $select:ident) => {
         impl Float for $ty {
             const ZERO: Self = 0.0;
+            const MIN_POSITIVE: Self = $ty::MIN_POSITIVE;
 
             #[inline(always)]
             fn from_f64(value: f64) -> Self {
@@ -144,6 +157,16 @@ macro_rules! impl_float {
             fn lanes_clamp_negative_to_zero<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S> {
                 let zero = simd.$splat(0.0);
                 simd.$select(simd.$less(a, zero), zero, a)
+            }
+            #[inline(always)]
+            fn lanes_clamp_keeping_nan<S: Simd>(
+                simd: S,
+                a: Self::Lanes<S>,
+                lo: Self::Lanes<S>,
+                hi: Self::Lanes<S>,
+            ) -> Self::Lanes<S> {
+                let a = simd.$select(simd.$less(hi, a), hi, a);
+                simd.$select(simd.$less(a, lo), lo, a)
             }
             #[inline(always)]
             fn lanes_canonicalize_nan<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S> {

@@ -56,6 +56,17 @@ pub enum Error {
         /// The index of the first non-finite element in that gradient.
         index: usize,
     },
+    /// Clipping by norm found a norm that is not finite although every
+    /// gradient is (the squares of `f64` gradients above about `1e154`
+    /// overflow), and the policy is [`NonFinite::Error`](crate::NonFinite::Error):
+    /// PyTorch's `clip_grad_norm_(.., error_if_nonfinite=True)`.
+    NonFiniteGradNorm {
+        /// The group whose norm it is ([`GradClip::NormPerTensor`](crate::GradClip::NormPerTensor)),
+        /// or `None` for the norm of all groups ([`GradClip::NormGlobal`](crate::GradClip::NormGlobal)).
+        group: Option<usize>,
+        /// The norm.
+        norm: f64,
+    },
     /// A forced instruction set is not available on this CPU.
     UnsupportedIsa {
         /// The instruction set asked for, e.g. `"avx512"`.
@@ -87,6 +98,10 @@ impl fmt::Display for Error {
                 f,
                 "group {group}: the gradient holds a NaN or an infinity (first at element {index})"
             ),
+            Error::NonFiniteGradNorm { group, norm } => match group {
+                Some(group) => write!(f, "group {group}: the gradient norm is {norm}"),
+                None => write!(f, "the gradients' total norm is {norm}"),
+            },
             Error::MissingState { group, buffer } => write!(
                 f,
                 "group {group}: the hyper-parameters need a {buffer} buffer, but none was given"

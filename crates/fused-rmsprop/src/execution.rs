@@ -205,6 +205,18 @@ impl ResolvedKernel {
         c: &crate::step::Coefficients<P::State>,
         chunk: crate::step::Chunk<'_, P>,
     ) {
+        // A tensor that clipping by norm clips carries its own scale.
+        let scaled;
+        let c = match chunk.grad_scale {
+            Some(scale) => {
+                scaled = crate::step::Coefficients {
+                    grad_scale: Some(scale),
+                    ..*c
+                };
+                &scaled
+            }
+            None => c,
+        };
         match self {
             ResolvedKernel::Scalar => crate::scalar::step(c, chunk),
             ResolvedKernel::Simd(SimdToken::Fallback) => {

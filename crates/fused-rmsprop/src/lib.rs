@@ -92,6 +92,29 @@
 //! steps one parameter type: a model with tensors of several types makes one
 //! [`RmsProp::step_many`] call per type (the adapters do).
 //!
+//! # Gradient clipping
+//!
+//! [`Hyper::grad_clip`] clips the gradient as the step reads it, before
+//! anything else touches it ([`GradClip`]): by value (each element clamped,
+//! no extra traffic), by each tensor's norm (Burn's `Norm`), or by the norm
+//! of all the tensors of one [`RmsProp::step_many`] call (PyTorch's
+//! `clip_grad_norm_`). Clipping by norm reads the gradients once more
+//! before the step; the norm has the same bits on every path and thread
+//! count, and the [`StepReport`] returns it ([`StepReport::grad_norm`]).
+//!
+//! ```
+//! use fused_rmsprop::{GradClip, Group, Hyper, RmsProp, StateSlices};
+//! let opt = RmsProp::new(Hyper::default().with_grad_clip(Some(GradClip::NormGlobal(1.0))))?;
+//! let (mut w, mut b) = (vec![0.0f32; 2], vec![0.0f32; 1]);
+//! let (mut vw, mut vb) = (vec![0.0f32; 2], vec![0.0f32; 1]);
+//! let report = opt.step_many(0.01, [
+//!     Group::new(&mut w, &[3.0, 0.0], StateSlices::new(&mut vw)),
+//!     Group::new(&mut b, &[4.0], StateSlices::new(&mut vb)),
+//! ])?;
+//! assert_eq!(report.grad_norm(), Some(5.0)); // log it as clip_grad_norm_'s return value
+//! # Ok::<(), fused_rmsprop::Error>(())
+//! ```
+//!
 //! # The numerics contract
 //!
 //! Every path — scalar, SIMD with each instruction set, threaded with any
@@ -155,6 +178,7 @@ mod f16c;
 mod finite;
 mod half_lanes;
 mod linger;
+mod norm;
 mod parallel;
 mod param;
 #[allow(unsafe_code)]
@@ -170,13 +194,14 @@ pub mod testing;
 #[cfg(target_arch = "x86_64")]
 mod token;
 
-pub use config::{EpsPlacement, Hyper, NonFinite, Rounding, WeightDecay};
+pub use config::{EpsPlacement, GradClip, Hyper, NonFinite, Rounding, WeightDecay};
 pub use element::Float;
 pub use error::Error;
 pub use execution::{Execution, Isa, Kernel, Threads};
 /// The 16-bit float types the kernel steps, re-exported from `half`.
 pub use half::{bf16, f16};
 pub use linger::{DEFAULT_LINGER, LINGER_ENV, Linger, default_linger, set_default_linger};
+pub use norm::GRAD_NORM_BLOCK;
 // Work-splitting internals, public for the benchmarks and the candle
 // adapter only: hidden from the docs, not part of the API.
 #[doc(hidden)]
@@ -206,7 +231,8 @@ pub fn find_non_finite<T: Param>(xs: &[T]) -> Option<usize> {
 use step::{Chunk, Coefficients};
 
 /// What a step did beyond updating: which tensors it skipped under
-/// [`NonFinite::Skip`]. Empty under the other policies.
+/// [`NonFinite::Skip`], and under clipping by norm ([`GradClip`]) the
+/// gradients' norms before clipping and the coefficient applied.
 ///
 /// ```
 /// use fused_rmsprop::{Hyper, NonFinite, RmsProp, State};
@@ -219,9 +245,32 @@ use step::{Chunk, Coefficients};
 /// assert_eq!(s.step, 0);
 /// # Ok::<(), fused_rmsprop::Error>(())
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct StepReport {
     skipped: Vec<usize>,
+    /// Under clipping by norm: each group's norm (`None` for a group
+    /// skipped before it was measured), by group index.
+    group_grad_norms: Vec<Option<f64>>,
+    grad_norm: Option<f64>,
+    clip_coefficient: Option<f64>,
+}
+
+/// Reports are equal when they skipped the same groups and hold the same
+/// bits in every norm and coefficient (a NaN norm equals itself: every path
+/// writes the same canonical NaN).
+impl PartialEq for StepReport {
+    fn eq(&self, other: &Self) -> bool {
+        let bits = |x: &Option<f64>| x.map(f64::to_bits);
+        self.skipped == other.skipped
+            && self.group_grad_norms.len() == other.group_grad_norms.len()
+            && self
+                .group_grad_norms
+                .iter()
+                .zip(&other.group_grad_norms)
+                .all(|(a, b)| bits(a) == bits(b))
+            && bits(&self.grad_norm) == bits(&other.grad_norm)
+            && bits(&self.clip_coefficient) == bits(&other.clip_coefficient)
+    }
 }
 
 impl StepReport {
@@ -242,6 +291,44 @@ impl StepReport {
     /// ```
     pub fn is_skipped(&self, group: usize) -> bool {
         self.skipped.contains(&group)
+    }
+
+    /// Under clipping by norm, the L2 norm of all the step's gradients
+    /// together, before clipping (what PyTorch's `clip_grad_norm_`
+    /// returns); groups skipped for a non-finite gradient are not in it.
+    /// `None` when the step does not clip by norm.
+    ///
+    /// ```
+    /// use fused_rmsprop::{GradClip, Hyper, RmsProp, State};
+    /// let opt = RmsProp::new(Hyper::default().with_grad_clip(Some(GradClip::NormPerTensor(10.0))))?;
+    /// let mut s = State::new(2, opt.hyper());
+    /// let report = opt.step(&mut [0.0f32; 2], &[6.0, 8.0], &mut s)?;
+    /// assert_eq!(report.grad_norm(), Some(10.0));
+    /// # Ok::<(), fused_rmsprop::Error>(())
+    /// ```
+    pub fn grad_norm(&self) -> Option<f64> {
+        self.grad_norm
+    }
+
+    /// Under clipping by norm, group `group`'s own gradient norm before
+    /// clipping; `None` otherwise, or when the group was skipped.
+    ///
+    /// ```
+    /// assert_eq!(fused_rmsprop::StepReport::default().group_grad_norm(0), None);
+    /// ```
+    pub fn group_grad_norm(&self, group: usize) -> Option<f64> {
+        self.group_grad_norms.get(group).copied().flatten()
+    }
+
+    /// Under [`GradClip::NormGlobal`], the factor every gradient was
+    /// multiplied by: `min(1, max_norm / (grad_norm + 1e-6))` (1.0 when
+    /// nothing was clipped). `None` otherwise.
+    ///
+    /// ```
+    /// assert_eq!(fused_rmsprop::StepReport::default().clip_coefficient(), None);
+    /// ```
+    pub fn clip_coefficient(&self) -> Option<f64> {
+        self.clip_coefficient
     }
 }
 
@@ -561,6 +648,9 @@ impl RmsProp {
         if self.hyper.non_finite != NonFinite::Propagate {
             self.keep_finite(&mut chunks, &mut report)?;
         }
+        if let Some(clip) = self.hyper.grad_clip.filter(|clip| clip.is_by_norm()) {
+            self.clip_by_norm(clip, &mut chunks, &mut report)?;
+        }
         let execution = self.execution;
         parallel::run(
             self.kernel,
@@ -569,6 +659,85 @@ impl RmsProp {
             chunks,
         );
         Ok(report)
+    }
+
+    /// Measures the gradients' norms for clipping by norm, records them in
+    /// `report`, and sets each chunk's gradient scale. A norm that is not
+    /// finite although the gradients are (an `f64` overflow) is an error
+    /// under [`NonFinite::Error`], skips the groups it covers under
+    /// [`NonFinite::Skip`], and scales by what the formula gives under
+    /// [`NonFinite::Propagate`] (as PyTorch does). Writes no parameter.
+    fn clip_by_norm<P: Param>(
+        &self,
+        clip: GradClip,
+        chunks: &mut Vec<Chunk<'_, P>>,
+        report: &mut StepReport,
+    ) -> Result<(), Error> {
+        let groups = chunks.len() + report.skipped.len();
+        let stepped: Vec<usize> = (0..groups).filter(|g| !report.is_skipped(*g)).collect();
+        let grads: Vec<&[P]> = chunks.iter().map(|chunk| chunk.grads).collect();
+        let sums = norm::sums_of_squares(&grads, self.execution.threads);
+        let norms: Vec<f64> = sums.iter().map(|&sum| norm::norm(sum)).collect();
+        report.group_grad_norms = vec![None; groups];
+        for (&group, &norm) in stepped.iter().zip(&norms) {
+            report.group_grad_norms[group] = Some(norm);
+        }
+        let total = norm::norm(sums.iter().fold(0.0, |total, sum| total + sum));
+        report.grad_norm = Some(total);
+        let scale = |max: f64, norm: f64, tiny: f64| {
+            let coefficient = norm::canonical(max / (norm + tiny));
+            // 1 or more clips nothing; a NaN coefficient scales by NaN.
+            let clips = coefficient < 1.0 || coefficient.is_nan();
+            let scale = clips.then_some(coefficient);
+            (scale, scale.unwrap_or(1.0))
+        };
+        // Groups whose norm overflowed, by position in `chunks`.
+        let mut overflowed = Vec::new();
+        match clip {
+            GradClip::NormGlobal(max) => {
+                let (factor, coefficient) = scale(max, total, 1e-6);
+                report.clip_coefficient = Some(coefficient);
+                if total.is_infinite() {
+                    if self.hyper.non_finite == NonFinite::Error {
+                        return Err(Error::NonFiniteGradNorm {
+                            group: None,
+                            norm: total,
+                        });
+                    }
+                    overflowed.extend(0..chunks.len());
+                }
+                for chunk in chunks.iter_mut() {
+                    chunk.grad_scale = factor.map(P::State::from_f64);
+                }
+            }
+            GradClip::NormPerTensor(max) => {
+                let tiny = P::State::MIN_POSITIVE.to_f64();
+                for (position, (chunk, &norm)) in chunks.iter_mut().zip(&norms).enumerate() {
+                    if norm.is_infinite() {
+                        if self.hyper.non_finite == NonFinite::Error {
+                            let group = Some(stepped[position]);
+                            return Err(Error::NonFiniteGradNorm { group, norm });
+                        }
+                        overflowed.push(position);
+                    }
+                    chunk.grad_scale = scale(max, norm, tiny).0.map(P::State::from_f64);
+                }
+            }
+            GradClip::Value(_) => {}
+        }
+        if self.hyper.non_finite == NonFinite::Skip && !overflowed.is_empty() {
+            let mut position = 0;
+            chunks.retain(|_| {
+                let keep = !overflowed.contains(&position);
+                position += 1;
+                keep
+            });
+            report
+                .skipped
+                .extend(overflowed.iter().map(|&p| stepped[p]));
+            report.skipped.sort_unstable();
+        }
+        Ok(())
     }
 
     /// Drops from `chunks` those whose gradients are not all finite,

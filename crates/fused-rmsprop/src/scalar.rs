@@ -24,6 +24,8 @@ pub(crate) fn step<P: Param>(c: &Coefficients<P::State>, chunk: Chunk<'_, P>) {
         master,
         offset,
         key,
+        // Already in `c`: `ResolvedKernel::run` moves it there.
+        grad_scale: _,
     } = chunk;
     for i in 0..params.len() {
         let grad_avg = if c.centered {
@@ -74,6 +76,19 @@ fn update_element<T: Float>(
     momentum_buf: Option<&mut T>,
 ) -> T {
     let mut g = grad;
+    if let Some(max) = c.clip_value {
+        // Above max becomes max, then below -max becomes -max; a NaN fails
+        // both comparisons and stays.
+        if max < g {
+            g = max;
+        }
+        if g < -max {
+            g = -max;
+        }
+    }
+    if let Some(scale) = c.grad_scale {
+        g = g * scale;
+    }
     if c.maximize {
         g = -g;
     }

@@ -122,6 +122,9 @@ pub(crate) struct LaneCoefficients<L> {
     coupled_weight_decay: L,
     decoupled_decay_factor: L,
     momentum: L,
+    clip_value: L,
+    neg_clip_value: L,
+    grad_scale: L,
 }
 
 impl<L: Copy> LaneCoefficients<L> {
@@ -136,6 +139,9 @@ impl<L: Copy> LaneCoefficients<L> {
             coupled_weight_decay: splat(c.coupled_weight_decay.unwrap_or(T::ZERO)),
             decoupled_decay_factor: splat(c.decoupled_decay_factor.unwrap_or(T::ZERO)),
             momentum: splat(c.momentum.unwrap_or(T::ZERO)),
+            clip_value: splat(c.clip_value.unwrap_or(T::ZERO)),
+            neg_clip_value: splat(c.clip_value.map_or(T::ZERO, |max| -max)),
+            grad_scale: splat(c.grad_scale.unwrap_or(T::ZERO)),
         }
     }
 }
@@ -160,6 +166,12 @@ pub(crate) fn update_lanes<T: Float, S: Simd>(
     let canonical = |x| T::lanes_canonicalize_nan(simd, x);
 
     let mut g = grad;
+    if c.clip_value.is_some() {
+        g = T::lanes_clamp_keeping_nan(simd, g, k.neg_clip_value, k.clip_value);
+    }
+    if c.grad_scale.is_some() {
+        g = mul(g, k.grad_scale);
+    }
     if c.maximize {
         g = T::lanes_neg(simd, g);
     }

@@ -141,6 +141,8 @@ fn whole_registers<H: Half, S: Simd>(simd: S, c: &Coefficients<f32>, head: Chunk
         master,
         offset,
         key,
+        // Already in `c`: `ResolvedKernel::run` moves it there.
+        grad_scale: _,
     } = head;
     let (square_head, _) = S::as_mut_simd_f32s(square_avg);
     let (grad_avg_head, _) = S::as_mut_simd_f32s(grad_avg);

@@ -7,7 +7,9 @@
 //! constant differently from another.
 
 use crate::config::validate_lr;
-use crate::{EpsPlacement, Error, Float, Hyper, Param, Rounding, StateSlices, WeightDecay};
+use crate::{
+    EpsPlacement, Error, Float, GradClip, Hyper, Param, Rounding, StateSlices, WeightDecay,
+};
 
 /// The per-step constants of the update, in the element type.
 #[derive(Clone, Copy, Debug)]
@@ -33,6 +35,13 @@ pub(crate) struct Coefficients<T> {
     /// 16-bit parameters are rounded stochastically (keyed by each chunk's
     /// [`Chunk::key`]).
     pub stochastic: bool,
+    /// `Some(max)` when clipping by value: each gradient element is
+    /// clamped to `[-max, max]` first.
+    pub clip_value: Option<T>,
+    /// `Some(scale)` when clipping by norm clips this chunk's tensor: each
+    /// gradient element is multiplied by it first. Set per chunk from
+    /// [`Chunk::grad_scale`] (`None` in the step's shared coefficients).
+    pub grad_scale: Option<T>,
 }
 
 impl<T: Float> Coefficients<T> {
@@ -65,6 +74,11 @@ impl<T: Float> Coefficients<T> {
             nesterov: hyper.nesterov,
             master: narrows && hyper.master_weights,
             stochastic: narrows && matches!(hyper.rounding, Rounding::Stochastic { .. }),
+            clip_value: match hyper.grad_clip {
+                Some(GradClip::Value(max)) => Some(T::from_f64(max)),
+                _ => None,
+            },
+            grad_scale: None,
         })
     }
 }
@@ -87,7 +101,9 @@ impl<T: Copy> Coefficients<T> {
             && !self.centered
             && self.momentum.is_none()
             && !self.master
-            && !self.stochastic;
+            && !self.stochastic
+            && self.clip_value.is_none()
+            && self.grad_scale.is_none();
         plain.then_some(Self {
             eps_inside_sqrt: false,
             maximize: false,
@@ -99,6 +115,8 @@ impl<T: Copy> Coefficients<T> {
             nesterov: false,
             master: false,
             stochastic: false,
+            clip_value: None,
+            grad_scale: None,
             ..*self
         })
     }
@@ -198,6 +216,9 @@ pub(crate) struct Chunk<'a, P: Param> {
     /// The tensor's stochastic-rounding key (seed, step, stream); 0 when
     /// rounding to nearest.
     pub key: u64,
+    /// The factor clipping by norm multiplies this tensor's gradient by;
+    /// `None` when it does not clip it.
+    pub grad_scale: Option<P::State>,
 }
 
 impl<'a, P: Param> Chunk<'a, P> {
@@ -255,6 +276,7 @@ impl<'a, P: Param> Chunk<'a, P> {
             master,
             offset: 0,
             key,
+            grad_scale: None,
         })
     }
 
@@ -277,6 +299,7 @@ impl<'a, P: Param> Chunk<'a, P> {
                 master: &mut [],
                 offset: 0,
                 key: 0,
+                grad_scale: None,
             },
         )
     }
@@ -313,6 +336,7 @@ impl<'a, P: Param> Chunk<'a, P> {
                 master: master_a,
                 offset: self.offset,
                 key: self.key,
+                grad_scale: self.grad_scale,
             },
             Chunk {
                 params: params_b,
@@ -324,6 +348,7 @@ impl<'a, P: Param> Chunk<'a, P> {
                 master: master_b,
                 offset: self.offset + mid as u64,
                 key: self.key,
+                grad_scale: self.grad_scale,
             },
         )
     }

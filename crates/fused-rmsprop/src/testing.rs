@@ -13,8 +13,8 @@
 use proptest::prelude::*;
 
 use crate::{
-    EpsPlacement, Execution, Float, Hyper, Isa, Kernel, Linger, NonFinite, Param, Rounding,
-    Threads, WeightDecay, bf16, f16,
+    EpsPlacement, Execution, Float, GradClip, Hyper, Isa, Kernel, Linger, NonFinite, Param,
+    Rounding, Threads, WeightDecay, bf16, f16,
 };
 
 /// The scalar specification on the calling thread: what every other path
@@ -186,6 +186,27 @@ pub fn hyper() -> impl Strategy<Value = Hyper> {
                 ..Hyper::default()
             },
         )
+}
+
+/// Valid hyper-parameters as [`hyper`], with gradient clipping: by value
+/// or by norm (per tensor or global), with thresholds from 0 (clip
+/// everything) through values that clip some gradients to ones that clip
+/// none.
+///
+/// ```
+/// use proptest::strategy::{Strategy, ValueTree};
+/// let mut runner = proptest::test_runner::TestRunner::default();
+/// let h = fused_rmsprop::testing::clipping_hyper().new_tree(&mut runner).unwrap().current();
+/// assert!(h.grad_clip.is_some());
+/// ```
+pub fn clipping_hyper() -> impl Strategy<Value = Hyper> {
+    let max = prop_oneof![Just(0.0), Just(1.0), 0.0f64..10.0, Just(1e30)];
+    let clip = (0u8..3, max).prop_map(|(kind, max)| match kind {
+        0 => GradClip::Value(max),
+        1 => GradClip::NormPerTensor(max),
+        _ => GradClip::NormGlobal(max),
+    });
+    (hyper(), clip).prop_map(|(hyper, clip)| hyper.with_grad_clip(Some(clip)))
 }
 
 /// Valid hyper-parameters as [`hyper`], with every rounding option for
