@@ -13,7 +13,9 @@ use burn::tensor::{Device as BurnDevice, Tensor as BurnTensor, TensorData};
 use candle_core::{Device as CandleDevice, Tensor as CandleTensor, Var};
 use candle_nn::Optimizer as _;
 use fused_rmsprop::testing::{Arbitrary16, element, half_element, half_hyper, hyper};
-use fused_rmsprop::{EpsPlacement, Hyper, Param, RmsProp, Rounding, State, WeightDecay, bf16, f16};
+use fused_rmsprop::{
+    EpsPlacement, GradClip, Hyper, Param, RmsProp, Rounding, State, WeightDecay, bf16, f16,
+};
 use fused_rmsprop_burn::{FusedRmsPropConfig, FusedRmsPropState};
 use fused_rmsprop_candle::ParamsRmsProp;
 use proptest::prelude::*;
@@ -71,6 +73,14 @@ fn candle_params(h: &Hyper) -> ParamsRmsProp {
         non_finite: h.non_finite,
         rounding: h.rounding,
         master_weights: h.master_weights,
+        clip_value: match h.grad_clip {
+            Some(GradClip::Value(max)) => Some(max),
+            _ => None,
+        },
+        max_grad_norm: match h.grad_clip {
+            Some(GradClip::NormGlobal(max)) => Some(max),
+            _ => None,
+        },
     }
 }
 

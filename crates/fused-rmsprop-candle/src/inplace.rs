@@ -83,6 +83,23 @@ impl<'a, T: CpuParam> Batch<'a, T> {
         self.grads.push(grad);
     }
 
+    /// Each variable's index and its gradient's sum of squares (the
+    /// kernel's, in its fixed order), for clipping by the norm of all the
+    /// optimizer's gradients; with `skip_non_finite`, a gradient holding a
+    /// NaN or an infinity is left out (its variable will be skipped).
+    pub(crate) fn sums_of_squares(&self, skip_non_finite: bool) -> Result<Vec<(usize, f64)>> {
+        let mut sums = Vec::with_capacity(self.grads.len());
+        for ((index, ..), grad) in self.targets.iter().zip(&self.grads) {
+            let (storage, layout) = grad.storage_and_layout();
+            let slice = cpu_slice::<T>(&storage, layout)?;
+            if skip_non_finite && fused_rmsprop::find_non_finite(slice).is_some() {
+                continue;
+            }
+            sums.push((*index, fused_rmsprop::sum_of_squares(slice)));
+        }
+        Ok(sums)
+    }
+
     /// The first gradient holding a NaN or an infinity: the variable's
     /// index and the element's.
     pub(crate) fn first_non_finite(&self) -> Result<Option<(usize, usize)>> {
@@ -110,8 +127,10 @@ impl<'a, T: CpuParam> Batch<'a, T> {
 ///
 /// Under `NonFinite::Error` the caller has checked every gradient already
 /// (a dispatch cannot see the next one's gradients before it writes).
+/// `grad_scale`, when set, multiplies every gradient (clipping by a norm
+/// the caller measured over all of them).
 pub(crate) fn step_all<T: CpuParam>(
-    kernel: &fused_rmsprop::RmsProp,
+    (kernel, grad_scale): (&fused_rmsprop::RmsProp, Option<f64>),
     lr: f64,
     batch: Batch<'_, T>,
     owners: &FxHashMap<usize, usize>,
@@ -152,6 +171,7 @@ pub(crate) fn step_all<T: CpuParam>(
                 momentum_buf: state.momentum_buf.as_deref_mut(),
                 master: state.master.as_deref_mut(),
                 step: &mut state.step,
+                grad_scale,
             });
         step_in_dispatches(kernel, lr, pending, &mut skipped)?;
         spare.slices.keep(slices);
@@ -296,6 +316,8 @@ struct Pending<'a, T: Param> {
     momentum_buf: Option<&'a mut [T::State]>,
     master: Option<&'a mut [T::State]>,
     step: &'a mut u64,
+    /// The factor clipping by the global norm multiplies the gradient by.
+    grad_scale: Option<f64>,
 }
 
 /// Locks the next pending variable's storage (through an in-place op) and
@@ -374,9 +396,12 @@ impl<T: CpuParam> candle_core::InplaceOp1 for NestedStep<'_, '_, T> {
         state.grad_avg = this.grad_avg;
         state.momentum_buf = this.momentum_buf;
         state.master = this.master;
-        groups.push(
-            Group::new(params, this.grad, state).with_rounding_key(*this.step, this.index as u64),
-        );
+        let mut group =
+            Group::new(params, this.grad, state).with_rounding_key(*this.step, this.index as u64);
+        if let Some(scale) = this.grad_scale {
+            group = group.with_grad_scale(scale);
+        }
+        groups.push(group);
         counters.push(this.step);
         nest(kernel, lr, pending, groups, &mut counters, self.report)
     }

@@ -57,6 +57,16 @@
 //! dtypes is stepped one kernel call per dtype, every gradient checked
 //! before any is written.
 //!
+//! # Gradient clipping
+//! candle has no clipping of its own; [`ParamsRmsProp::clip_value`] clamps
+//! each gradient element inside the step (PyTorch's `clip_grad_value_`, no
+//! extra traffic) and [`ParamsRmsProp::max_grad_norm`] scales every gradient
+//! by `min(1, max / (norm + 1e-6))`, `norm` the L2 norm of all the
+//! optimizer's gradients together (PyTorch's `clip_grad_norm_`): one more
+//! read of the gradients, the norm summed in the kernel's fixed order, so
+//! it has the same bits however the step is cut into dispatches.
+//! [`RmsProp::last_grad_norm`] returns it for logging.
+//!
 //! # Threads
 //! Large variables are stepped on rayon's pool, and dispatches of small
 //! ones run several at once on it. After a step the pool's helpers stay

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use crate::error::kernel_error;
 use crate::inplace::{Batch, BatchAllocations, step_all};
 use crate::storage::storage_key;
+use crate::tensor_ops::{clip_coefficient, sum_of_squares};
 use crate::var_state::{VarState, state_for};
 use crate::{ParamsRmsProp, Result, TensorOpsRmsProp};
 
@@ -72,6 +73,8 @@ pub struct RmsProp {
     /// The variables the in-place route cannot step, and their optimizer.
     fallback: Option<(Vec<Var>, TensorOpsRmsProp)>,
     last_skipped: Vec<Var>,
+    /// The norm of the last step's gradients, under `max_grad_norm`.
+    last_grad_norm: Option<f64>,
     /// The step's map from storage address to variable, kept for its
     /// allocation (cleared when a step starts).
     owners: FxHashMap<usize, usize>,
@@ -225,6 +228,26 @@ impl candle_nn::Optimizer for RmsProp {
             )?),
         };
 
+        let grad_scale = match self.params.max_grad_norm {
+            None => None,
+            Some(max) => {
+                let norm = global_norm(
+                    &batches,
+                    self.params.non_finite,
+                    &self.fallback,
+                    &fallback_grads,
+                )?;
+                self.last_grad_norm = Some(norm);
+                clip_coefficient(max, norm)
+            }
+        };
+        let fallback_grads = match (fallback_grads, grad_scale, &self.fallback) {
+            (Some(fallback_grads), Some(scale), Some((vars, _))) => {
+                Some(scaled(vars, &fallback_grads, scale)?)
+            }
+            (fallback_grads, ..) => fallback_grads,
+        };
+
         // One kernel call per dtype (one parameter type per call).
         // A gradient shares storage only with variables of its own dtype (a
         // storage has one), so each batch's copies are made before that
@@ -232,6 +255,7 @@ impl candle_nn::Optimizer for RmsProp {
         let [s32, s64, sb16, sf16] = &mut self.spares;
         let owners = &*owners;
         let kernel = &self.kernel;
+        let kernel = (kernel, grad_scale);
         let mut in_place_skipped = step_all(kernel, lr, batches.f32s, owners, s32)?;
         in_place_skipped.extend(step_all(kernel, lr, batches.f64s, owners, s64)?);
         in_place_skipped.extend(step_all(kernel, lr, batches.bf16s, owners, sb16)?);
@@ -260,6 +284,50 @@ impl candle_nn::Optimizer for RmsProp {
     fn set_learning_rate(&mut self, lr: f64) {
         self.params.lr = lr;
     }
+}
+
+/// The L2 norm of every gradient of the step, for `max_grad_norm`: the
+/// in-place variables' sums of squares (the kernel's, bit-reproducible)
+/// added in the order of the variables, then the tensor-op route's. Under
+/// [`NonFinite::Skip`] a gradient holding a NaN or an infinity is left out
+/// (its variable is skipped); otherwise a NaN makes the norm NaN, and with
+/// it every clipped gradient, as in PyTorch.
+fn global_norm(
+    batches: &Batches<'_>,
+    non_finite: NonFinite,
+    fallback: &Option<(Vec<Var>, TensorOpsRmsProp)>,
+    fallback_grads: &Option<GradStore>,
+) -> Result<f64> {
+    let skip = non_finite == NonFinite::Skip;
+    let mut sums = batches.f32s.sums_of_squares(skip)?;
+    sums.extend(batches.f64s.sums_of_squares(skip)?);
+    sums.extend(batches.bf16s.sums_of_squares(skip)?);
+    sums.extend(batches.f16s.sums_of_squares(skip)?);
+    sums.sort_unstable_by_key(|(index, _)| *index);
+    let mut total = sums.iter().fold(0.0, |total, (_, sum)| total + sum);
+    if let (Some((vars, _)), Some(grads)) = (fallback, fallback_grads) {
+        for var in vars {
+            if let Some(grad) = grads.get(var) {
+                total += sum_of_squares(grad)?;
+            }
+        }
+    }
+    // Every NaN the canonical one: which NaN a sum of NaNs keeps depends on
+    // the order of its operands. `black_box`, or the compiler folds the
+    // choice away (the kernel's tests caught it doing so).
+    let norm = std::hint::black_box(total.sqrt());
+    Ok(if norm.is_nan() { f64::NAN } else { norm })
+}
+
+/// `grads` of `vars`, each multiplied by `scale`.
+fn scaled(vars: &[Var], grads: &GradStore, scale: f64) -> Result<GradStore> {
+    let mut out = GradStore::default();
+    for var in vars {
+        if let Some(grad) = grads.get(var) {
+            out.insert(var.as_tensor(), (grad * scale)?);
+        }
+    }
+    Ok(out)
 }
 
 /// An error unless `grad` has the shape, dtype and device of `var` (`what`
@@ -367,6 +435,7 @@ impl RmsProp {
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn with_route(vars: Vec<Var>, params: ParamsRmsProp, route: Route) -> Result<Self> {
+        params.check_clipping().map_err(kernel_error)?;
         let hyper = params.hyper();
         let kernel = fused_rmsprop::RmsProp::new(hyper).map_err(kernel_error)?;
         let mut seen = HashSet::new();
@@ -384,7 +453,15 @@ impl RmsProp {
         let fallback = if other.is_empty() {
             None
         } else {
-            let optimizer = TensorOpsRmsProp::new(other.clone(), params)?;
+            // The norm covers every variable: this optimizer measures it
+            // and hands the tensor-op route gradients already scaled.
+            let optimizer = TensorOpsRmsProp::new(
+                other.clone(),
+                ParamsRmsProp {
+                    max_grad_norm: None,
+                    ..params
+                },
+            )?;
             Some((other, optimizer))
         };
         Ok(Self {
@@ -394,6 +471,7 @@ impl RmsProp {
             route,
             fallback,
             last_skipped: Vec::new(),
+            last_grad_norm: None,
             owners: FxHashMap::default(),
             kinds,
             spares: Default::default(),
@@ -438,6 +516,27 @@ impl RmsProp {
     /// ```
     pub fn params(&self) -> &ParamsRmsProp {
         &self.params
+    }
+
+    /// Under [`ParamsRmsProp::max_grad_norm`], the L2 norm of all the last
+    /// step's gradients before clipping (what PyTorch's `clip_grad_norm_`
+    /// returns, for a training loop to log); `None` before the first step
+    /// or without `max_grad_norm`.
+    ///
+    /// ```
+    /// use candle_core::{Device, Var};
+    /// use candle_nn::Optimizer;
+    /// use fused_rmsprop_candle::{ParamsRmsProp, RmsProp};
+    /// let w = Var::new(&[3.0f32, 4.0], &Device::Cpu)?;
+    /// let params = ParamsRmsProp { max_grad_norm: Some(1.0), ..Default::default() };
+    /// let mut opt = RmsProp::new(vec![w.clone()], params)?;
+    /// assert_eq!(opt.last_grad_norm(), None);
+    /// opt.backward_step(&(w.as_tensor().sqr()?.sum_all()? * 0.5)?)?; // gradient = w
+    /// assert_eq!(opt.last_grad_norm(), Some(5.0));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn last_grad_norm(&self) -> Option<f64> {
+        self.last_grad_norm
     }
 
     /// The same optimizer on another path of the kernel: a forced

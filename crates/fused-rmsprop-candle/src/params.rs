@@ -1,6 +1,6 @@
 //! [`ParamsRmsProp`]: the optimizer's settings, with candle-optimisers' names.
 
-use fused_rmsprop::{EpsPlacement, Hyper, NonFinite, Rounding, WeightDecay};
+use fused_rmsprop::{EpsPlacement, GradClip, Hyper, NonFinite, Rounding, WeightDecay};
 
 /// Hyper-parameters, with candle-optimisers' field names and types plus the
 /// fused kernel's options. `Default` is PyTorch's: lr 0.01, alpha 0.99,
@@ -49,6 +49,16 @@ pub struct ParamsRmsProp {
     /// optimizer (4 bytes per element): the step updates the copy and
     /// writes its rounded value to the variable.
     pub master_weights: bool,
+    /// Clip each gradient element to `[-clip_value, clip_value]` inside the
+    /// step (PyTorch's `clip_grad_value_`; a NaN stays NaN). `None`: off.
+    pub clip_value: Option<f64>,
+    /// Scale every gradient by `min(1, max_grad_norm / (norm + 1e-6))`,
+    /// `norm` the L2 norm of all the optimizer's gradients together
+    /// (PyTorch's `clip_grad_norm_(parameters, max_grad_norm)`, Hugging
+    /// Face's `max_grad_norm`); [`RmsProp::last_grad_norm`](crate::RmsProp::last_grad_norm)
+    /// returns the norm. One more read of the gradients per step. `None`:
+    /// off. Not together with `clip_value`.
+    pub max_grad_norm: Option<f64>,
 }
 
 impl Default for ParamsRmsProp {
@@ -70,6 +80,8 @@ impl Default for ParamsRmsProp {
             non_finite: NonFinite::Propagate,
             rounding: Rounding::Nearest,
             master_weights: false,
+            clip_value: None,
+            max_grad_norm: None,
         }
     }
 }
@@ -104,7 +116,36 @@ impl ParamsRmsProp {
             non_finite: self.non_finite,
             rounding: self.rounding,
             master_weights: self.master_weights,
-            grad_clip: None,
+            grad_clip: self.clip_value.map(GradClip::Value),
         }
+    }
+
+    /// Checks the clipping fields under their own names: each bound finite
+    /// and `>= 0`, and not both set.
+    pub(crate) fn check_clipping(&self) -> Result<(), fused_rmsprop::Error> {
+        if let Some(max) = self.clip_value
+            && !(max.is_finite() && max >= 0.0)
+        {
+            return Err(fused_rmsprop::Error::InvalidHyper {
+                name: "clip_value",
+                value: max,
+                expected: "a finite value >= 0",
+            });
+        }
+        let Some(max) = self.max_grad_norm else {
+            return Ok(());
+        };
+        let expected = if self.clip_value.is_some() {
+            "None when clip_value is set (clip by value or by norm, not both)"
+        } else if max.is_finite() && max >= 0.0 {
+            return Ok(());
+        } else {
+            "a finite value >= 0"
+        };
+        Err(fused_rmsprop::Error::InvalidHyper {
+            name: "max_grad_norm",
+            value: max,
+            expected,
+        })
     }
 }

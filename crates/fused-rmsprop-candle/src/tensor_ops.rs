@@ -59,6 +59,7 @@ impl candle_nn::Optimizer for TensorOpsRmsProp {
     /// Validates the hyper-parameters and makes the state of every float
     /// variable (integer ones are skipped).
     fn new(vars: Vec<Var>, params: ParamsRmsProp) -> Result<Self> {
+        params.check_clipping().map_err(kernel_error)?;
         params.hyper().validate().map_err(kernel_error)?;
         let vars: Vec<Var> = vars.into_iter().filter(|v| v.dtype().is_float()).collect();
         let filled = |v: &Var, fill: f64| {
@@ -94,10 +95,29 @@ impl candle_nn::Optimizer for TensorOpsRmsProp {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let p = self.params;
         p.hyper().validate().map_err(kernel_error)?;
+        // The norm of every gradient before any variable is written.
+        let grad_scale = match p.max_grad_norm {
+            None => None,
+            Some(max) => {
+                let mut total = 0.0;
+                for var in &self.vars {
+                    if let Some(grad) = grads.get(var) {
+                        total += sum_of_squares(grad)?;
+                    }
+                }
+                clip_coefficient(max, total.sqrt())
+            }
+        };
         for (i, var) in self.vars.iter().enumerate() {
             let Some(grad) = grads.get(var) else { continue };
             let compute = state_dtype(var.dtype());
             let mut g = grad.detach().to_dtype(compute)?;
+            if let Some(max) = p.clip_value {
+                g = clamp_keeping_nan(&g, max)?;
+            }
+            if let Some(scale) = grad_scale {
+                g = (g * scale)?;
+            }
             let mut param = match &self.master[i] {
                 Some(master) => master.as_tensor().detach(),
                 None => var.as_tensor().detach().to_dtype(compute)?,
@@ -153,4 +173,30 @@ impl candle_nn::Optimizer for TensorOpsRmsProp {
     fn set_learning_rate(&mut self, lr: f64) {
         self.params.lr = lr;
     }
+}
+
+/// The sum of the squares of `grad`'s elements, in `f64` (candle's own
+/// reduction order: the tensor-op route's norm is not bit-reproducible
+/// across versions of candle, unlike the in-place route's).
+pub(crate) fn sum_of_squares(grad: &Tensor) -> Result<f64> {
+    grad.to_dtype(DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()
+}
+
+/// The factor clipping by a global norm multiplies every gradient by
+/// (PyTorch's `clip_grad_norm_`: `max / (norm + 1e-6)`), or `None` when it
+/// is 1 or more (nothing is clipped). A NaN norm gives a NaN factor.
+pub(crate) fn clip_coefficient(max: f64, norm: f64) -> Option<f64> {
+    let coefficient = max / (norm + 1e-6);
+    (coefficient < 1.0 || coefficient.is_nan()).then_some(coefficient)
+}
+
+/// `g` with every element above `max` set to `max` and every one below
+/// `-max` to `-max`; a NaN stays (as the kernel and Burn's clipping leave it).
+fn clamp_keeping_nan(g: &Tensor, max: f64) -> Result<Tensor> {
+    let bound = |value: f64| g.ones_like()? * value;
+    let g = g.gt(max)?.where_cond(&bound(max)?, g)?;
+    g.lt(-max)?.where_cond(&bound(-max)?, &g)
 }

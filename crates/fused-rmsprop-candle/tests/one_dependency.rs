@@ -14,7 +14,7 @@ fn every_configuration() -> Vec<ParamsRmsProp> {
     for eps_placement in [EpsPlacement::OutsideSqrt, EpsPlacement::InsideSqrt] {
         for non_finite in [NonFinite::Propagate, NonFinite::Skip, NonFinite::Error] {
             for rounding in [Rounding::Nearest, Rounding::Stochastic { seed: 7 }] {
-                for master_weights in [false, true] {
+                for (master_weights, clip) in [(false, 0), (true, 1), (false, 2)] {
                     out.push(ParamsRmsProp {
                         lr: 1e-2,
                         alpha: 0.9,
@@ -31,6 +31,8 @@ fn every_configuration() -> Vec<ParamsRmsProp> {
                         non_finite,
                         rounding,
                         master_weights,
+                        clip_value: (clip == 1).then_some(0.5),
+                        max_grad_norm: (clip == 2).then_some(1.0),
                     });
                 }
             }

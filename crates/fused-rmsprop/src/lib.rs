@@ -211,6 +211,21 @@ pub use state::{State, StateSlices};
 
 use execution::ResolvedKernel;
 
+/// The sum of the squares of `xs`, in `f64`, in the order clipping by norm
+/// uses ([`GradClip`]): the same bits on every CPU, path and thread count.
+/// Threaded for long slices. An adapter that steps a model in several
+/// calls adds these sums over all its gradients (in a fixed order), takes
+/// the square root and scales each gradient with
+/// [`Group::with_grad_scale`], which is what [`GradClip::NormGlobal`] does
+/// within one call.
+///
+/// ```
+/// assert_eq!(fused_rmsprop::sum_of_squares(&[3.0f32, 4.0]), 25.0);
+/// ```
+pub fn sum_of_squares<P: Param>(xs: &[P]) -> f64 {
+    norm::sums_of_squares(&[xs], Threads::Auto)[0]
+}
+
 /// The index of the first NaN or infinity in `xs`, or `None` when every
 /// element is finite: the check behind [`NonFinite::Error`], for callers that
 /// must check gradients before a step of several dispatches writes anything.
@@ -384,6 +399,9 @@ pub struct Group<'a, P: Param> {
     /// same seed and step number draw independent bits when their streams
     /// differ (an adapter passes the parameter's index); 0 by default.
     pub stream: u64,
+    /// A factor the gradient is multiplied by as the step reads it (see
+    /// [`Group::with_grad_scale`]); `None` by default.
+    pub grad_scale: Option<f64>,
 }
 
 impl<'a, P: Param> Group<'a, P> {
@@ -402,6 +420,7 @@ impl<'a, P: Param> Group<'a, P> {
             state,
             step: 0,
             stream: 0,
+            grad_scale: None,
         }
     }
 
@@ -429,6 +448,27 @@ impl<'a, P: Param> Group<'a, P> {
     #[must_use]
     pub fn with_source(mut self, source: &'a [P]) -> Self {
         self.source = Some(source);
+        self
+    }
+
+    /// Multiplies the gradient by `scale` as the step reads it (in the state
+    /// type, after clipping by value): clipping by a norm the caller
+    /// measured over more than one call, as an adapter that steps a model
+    /// in several dispatches does with [`sum_of_squares`]. Clipping by norm
+    /// of the step itself ([`GradClip::NormPerTensor`],
+    /// [`GradClip::NormGlobal`]) replaces it.
+    ///
+    /// ```
+    /// # use fused_rmsprop::{Group, Hyper, RmsProp, StateSlices};
+    /// let opt = RmsProp::new(Hyper::default().with_alpha(0.0))?;
+    /// let (mut p, mut v) = ([0.0f32; 1], [0.0f32; 1]);
+    /// opt.step_many(0.01, [Group::new(&mut p, &[4.0], StateSlices::new(&mut v)).with_grad_scale(0.5)])?;
+    /// assert_eq!(v[0], 4.0); // (4 * 0.5)²
+    /// # Ok::<(), fused_rmsprop::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_grad_scale(mut self, scale: f64) -> Self {
+        self.grad_scale = Some(scale);
         self
     }
 
@@ -634,15 +674,10 @@ impl RmsProp {
         let mut chunks = Vec::with_capacity(groups.size_hint().0);
         for (i, g) in groups.enumerate() {
             let key = seed.map_or(0, |seed| rounding::key(seed, g.step, g.stream));
-            chunks.push(Chunk::new(
-                i,
-                &coefficients,
-                g.params,
-                g.source,
-                g.grads,
-                g.state,
-                key,
-            )?);
+            let mut chunk =
+                Chunk::new(i, &coefficients, g.params, g.source, g.grads, g.state, key)?;
+            chunk.grad_scale = g.grad_scale.map(P::State::from_f64);
+            chunks.push(chunk);
         }
         let mut report = StepReport::default();
         if self.hyper.non_finite != NonFinite::Propagate {

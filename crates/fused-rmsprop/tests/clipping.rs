@@ -393,3 +393,33 @@ fn a_negative_or_non_finite_bound_is_refused() {
         }
     }
 }
+
+/// A gradient scale set by the caller (`Group::with_grad_scale`) is
+/// applied the same way on every path, and equals scaling the gradient
+/// first in the state type.
+#[test]
+fn a_caller_scale_is_the_same_on_every_path_and_equals_scaling_first() {
+    let hyper = Hyper::default().with_momentum(0.9).with_centered(true);
+    for len in [0usize, 1, 15, 16, 17, 70, 5000] {
+        let grads: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+        let step = |path: Execution, scale: Option<f64>, grads: &[f32]| {
+            let opt = RmsProp::new(hyper).unwrap().with_execution(path).unwrap();
+            let mut params = vec![0.25f32; len];
+            let mut state = State::new(len, &hyper);
+            for _ in 0..2 {
+                let mut group = Group::new(&mut params, grads, state.slices_mut());
+                if let Some(scale) = scale {
+                    group = group.with_grad_scale(scale);
+                }
+                opt.step_many(hyper.lr, [group]).unwrap();
+            }
+            (bits(&params), bits(&state.square_avg))
+        };
+        let spec = step(SPEC, Some(0.3), &grads);
+        for path in other_paths() {
+            assert!(step(path, Some(0.3), &grads) == spec, "len {len} {path:?}");
+        }
+        let scaled_first: Vec<f32> = grads.iter().map(|g| g * 0.3f64 as f32).collect();
+        assert!(step(SPEC, None, &scaled_first) == spec, "len {len}");
+    }
+}
