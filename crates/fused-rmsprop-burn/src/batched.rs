@@ -13,7 +13,6 @@ mod checkpoint;
 
 use std::collections::HashMap;
 
-use burn::grad_clipping::{GradientClipping, GradientClippingConfig};
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, GradientCheckpointingStrategy, Tensor};
@@ -38,8 +37,8 @@ use crate::{FusedRmsPropConfig, StepStats};
 ///   ([`BatchedError::NotInPlace`]) and the module returned as it was. Use
 ///   `init()` elsewhere.
 /// - **One learning rate, no parameter groups**: `lr` applies to every
-///   parameter. Gradient clipping from the config is applied, per gradient,
-///   as burn applies it.
+///   parameter. Gradient clipping from the config is applied inside the
+///   step, per parameter, as `init()`'s optimizer applies it.
 /// - **Checkpoints in burn's optimizer record**, through
 ///   [`to_record`](Self::to_record) and [`load_record`](Self::load_record),
 ///   which take the module (burn ties a record to parameter ids): the
@@ -71,7 +70,6 @@ use crate::{FusedRmsPropConfig, StepStats};
 #[derive(Debug)]
 pub struct BatchedRmsProp {
     kernel: RmsProp,
-    grad_clipping: Option<GradientClippingConfig>,
     /// Every parameter's state, those of the last step's parameters first
     /// and in their order (so that a step of the same parameters finds them
     /// lined up, without a lookup); `None` only while a step lines them up.
@@ -140,7 +138,6 @@ impl FusedRmsPropConfig {
     pub fn try_init_batched(&self) -> Result<BatchedRmsProp, fused_rmsprop::Error> {
         Ok(BatchedRmsProp {
             kernel: RmsProp::new(self.hyper())?,
-            grad_clipping: self.grad_clipping_config().cloned(),
             states: Vec::new(),
             spare: Vec::new(),
             counters: Counters::default(),
@@ -178,13 +175,8 @@ impl BatchedRmsProp {
         module: M,
         mut grads: GradientsParams,
     ) -> (M, Result<Vec<ParamId>, BatchedError>) {
-        let clipping = self
-            .grad_clipping
-            .as_ref()
-            .map(GradientClippingConfig::init);
         let mut take = Take {
             grads: &mut grads,
-            clipping: clipping.as_ref(),
             counters: &self.counters,
             taken: std::mem::take(&mut self.spare),
             refused: None,
@@ -407,7 +399,6 @@ impl Wide for f64 {
 /// cannot step stops the taking (the rest stay where they are).
 struct Take<'a> {
     grads: &'a mut GradientsParams,
-    clipping: Option<&'a GradientClipping>,
     counters: &'a Counters,
     taken: Vec<Taken>,
     refused: Option<BatchedError>,
@@ -433,10 +424,6 @@ impl ModuleMapper for Take<'_> {
         let grad = match self.grads.remove::<D>(id) {
             Some(grad) if self.refused.is_none() => grad,
             _ => return Param::from_mapped_value(id, tensor, mapper),
-        };
-        let grad = match self.clipping {
-            Some(clipping) => clipping.clip_gradient(grad),
-            None => grad,
         };
         if let Some(reason) = flex::refusal(&tensor, &grad) {
             self.refused = Some(BatchedError::NotInPlace { param: id, reason });

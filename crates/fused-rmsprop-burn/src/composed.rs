@@ -10,8 +10,9 @@
 //! `f32`, the result cast back with the backend's own conversion (round to
 //! nearest on Flex and the CubeCL backends).
 
+use burn::grad_clipping::GradientClipping;
 use burn::tensor::Tensor;
-use fused_rmsprop::{EpsPlacement, Hyper, WeightDecay};
+use fused_rmsprop::{EpsPlacement, GradClip, Hyper, WeightDecay};
 
 use crate::FusedRmsPropState;
 
@@ -33,6 +34,7 @@ pub(crate) fn step<const D: usize>(
             t.cast(compute)
         }
     };
+    let grad = clip(hyper, grad);
     let (param, grad) = (widen(param), widen(grad));
     let mut grad = if hyper.maximize { grad.neg() } else { grad };
     let mut param = param;
@@ -94,4 +96,17 @@ pub(crate) fn step<const D: usize>(
 pub(crate) fn all_finite<const D: usize>(grad: &Tensor<D>) -> bool {
     let poisoned = grad.clone().mul_scalar(0.0).sum().into_scalar::<f64>();
     !poisoned.is_nan()
+}
+
+/// The gradient clipped with burn's own clipping (its tensor ops, in the
+/// gradient's dtype), as burn's `ModuleOptimizer` clips it. Each call is one
+/// parameter, so a global norm is this parameter's norm.
+fn clip<const D: usize>(hyper: &Hyper, grad: Tensor<D>) -> Tensor<D> {
+    match hyper.grad_clip {
+        None => grad,
+        Some(GradClip::Value(max)) => GradientClipping::Value(max as f32).clip_gradient(grad),
+        Some(GradClip::NormPerTensor(max) | GradClip::NormGlobal(max)) => {
+            GradientClipping::Norm(max as f32).clip_gradient(grad)
+        }
+    }
 }

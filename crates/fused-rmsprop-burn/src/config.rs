@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::ModuleOptimizer;
 use burn::optim::decay::WeightDecayConfig;
-use fused_rmsprop::{EpsPlacement, Hyper, NonFinite, WeightDecay};
+use fused_rmsprop::{EpsPlacement, GradClip, Hyper, NonFinite, WeightDecay};
 
 use crate::FusedRmsProp;
 
@@ -47,8 +47,11 @@ pub struct FusedRmsPropConfig {
     /// [Weight decay](WeightDecayConfig): added to the gradient
     /// (`g += penalty * p`) unless `decoupled_weight_decay` is set.
     weight_decay: Option<WeightDecayConfig>,
-    /// [Gradient clipping](GradientClippingConfig), applied by the
-    /// [`ModuleOptimizer`] that [`init`](Self::init) returns.
+    /// [Gradient clipping](GradientClippingConfig), burn's type and
+    /// semantics (each parameter's gradient alone): on the in-place route
+    /// inside the fused step (by value at no extra cost, by norm with one
+    /// more read of the gradient), on the composed route with burn's own
+    /// tensor ops. The non-finite policy sees the gradient before clipping.
     grad_clipping: Option<GradientClippingConfig>,
     /// Put epsilon inside the square root, `sqrt(v + eps)`, as Optax and
     /// Keras do; PyTorch and burn add it outside, `sqrt(v) + eps`.
@@ -114,11 +117,10 @@ impl FusedRmsPropConfig {
             .with_maximize(self.maximize)
             .with_clamp_centered_variance(self.clamp_centered_variance)
             .with_non_finite(self.non_finite_grads)
-    }
-
-    /// The gradient clipping to apply before each step, if any.
-    pub(crate) fn grad_clipping_config(&self) -> Option<&GradientClippingConfig> {
-        self.grad_clipping.as_ref()
+            .with_grad_clip(self.grad_clipping.as_ref().map(|clipping| match clipping {
+                GradientClippingConfig::Value(max) => GradClip::Value(f64::from(*max)),
+                GradientClippingConfig::Norm(max) => GradClip::NormPerTensor(f64::from(*max)),
+            }))
     }
 
     /// Builds the bare optimizer, or says which field is invalid.
@@ -156,19 +158,16 @@ impl FusedRmsPropConfig {
             .unwrap_or_else(|err| panic!("invalid FusedRmsPropConfig: {err}"))
     }
 
-    /// The whole-module optimizer with this config's gradient clipping, or
-    /// the error of [`try_build`](Self::try_build).
+    /// The whole-module optimizer, or the error of
+    /// [`try_build`](Self::try_build). The config's gradient clipping is the
+    /// optimizer's own (see the field), not the `ModuleOptimizer`'s.
     ///
     /// ```
     /// use fused_rmsprop_burn::FusedRmsPropConfig;
     /// assert!(FusedRmsPropConfig::new().with_momentum(-0.1).try_init().is_err());
     /// ```
     pub fn try_init(&self) -> Result<ModuleOptimizer, fused_rmsprop::Error> {
-        let mut optim = ModuleOptimizer::from(self.try_build()?);
-        if let Some(config) = &self.grad_clipping {
-            optim = optim.with_grad_clipping(config.init());
-        }
-        Ok(optim)
+        Ok(ModuleOptimizer::from(self.try_build()?))
     }
 
     /// The whole-module optimizer, as `RmsPropConfig::init` returns it: use

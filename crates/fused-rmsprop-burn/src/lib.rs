@@ -83,6 +83,18 @@
 //! does not carry; this adapter rounds to nearest (the candle adapter has
 //! both).
 //!
+//! # Gradient clipping
+//! [`FusedRmsPropConfig::with_grad_clipping`] takes burn's
+//! `GradientClippingConfig` with burn's semantics (each parameter's
+//! gradient clipped alone, by value or by its norm), but the optimizer
+//! clips, not the `ModuleOptimizer`: on the in-place route inside the fused
+//! step (by value at no extra cost, by norm with one more read of the
+//! gradient, where burn's clipping makes several passes and new tensors),
+//! on the composed route with burn's own clipping. The numbers are burn's
+//! within rounding (`tests/clipping.rs`: the norm is summed in `f64` in the
+//! kernel's fixed order where burn sums it in `f32`). A 16-bit gradient is
+//! clipped widened to `f32`, where burn clips it in its own dtype.
+//!
 //! # Threads
 //! A parameter of 16K elements or more is stepped on rayon's pool, the
 //! training loop's thread working beside it. Burn calls the optimizer once
