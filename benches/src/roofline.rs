@@ -4,6 +4,9 @@
 //!   variant read, params and state written) with one add per buffer instead
 //!   of the RMSprop arithmetic. Its bytes per second is the bandwidth limit
 //!   for this access pattern: `roofline_fraction = kernel GB/s / skeleton GB/s`.
+//! - [`read_all`]: one read of a slice, no write: the extra pass that
+//!   clipping by norm makes over the gradients before the step (its limit is
+//!   this pass and the skeleton, one after the other).
 //! - [`triad`]: STREAM's `a = b + s * c`, the customary bandwidth figure.
 //!
 //! Both run with the widest SIMD pulp finds and split work over rayon's
@@ -124,6 +127,41 @@ pub fn skeleton(buffers: &mut Buffers, threads: usize, prefetch: bool) {
     fused_rmsprop::run_tasks(fused_rmsprop::Linger::ProcessDefault, tasks, |t| {
         Arch::new().dispatch(t)
     });
+}
+
+/// Reads every element of `xs` once (an unsigned maximum over the bits,
+/// which the compiler vectorizes), on `threads` tasks cut as the kernel
+/// cuts a call: the least a pass that reads a gradient, as clipping by norm
+/// does, can cost. Returns the maximum so the read cannot be optimized away.
+pub fn read_all(xs: &[f32], threads: usize) -> u32 {
+    struct Read<'a>(&'a [f32]);
+    impl WithSimd for Read<'_> {
+        type Output = u32;
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, _simd: S) -> u32 {
+            self.0.iter().fold(0u32, |max, x| max.max(x.to_bits()))
+        }
+    }
+    if threads <= 1 {
+        return Arch::new().dispatch(Read(xs));
+    }
+    let per_task = task_len(xs.len(), threads);
+    let maxima: Vec<std::sync::atomic::AtomicU32> = xs
+        .chunks(per_task)
+        .map(|_| std::sync::atomic::AtomicU32::new(0))
+        .collect();
+    let tasks: Vec<_> = xs.chunks(per_task).zip(&maxima).collect();
+    fused_rmsprop::run_tasks(fused_rmsprop::Linger::ProcessDefault, tasks, |(xs, max)| {
+        max.store(
+            Arch::new().dispatch(Read(xs)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    });
+    maxima
+        .iter()
+        .map(|m| m.load(std::sync::atomic::Ordering::Relaxed))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Elements per task when `n` elements run on `threads` threads, cut as the

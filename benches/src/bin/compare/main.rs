@@ -6,6 +6,7 @@
 //!   --quick            1M only, plain variant, no model (well under 30 s)
 //!   --no-model         skip the 150-parameter transformer-sized model
 //!   --no-train         skip the whole-training-step rows
+//!   --no-clip          skip the rows with gradient clipping
 //!   --sizes 1M,16M     tensor sizes (K and M suffixes: 2^10, 2^20)
 //!   --threads N        threads for the threaded rows (default: the pool's)
 //!   --variant NAME     plain | momentum | centered+momentum+wd (default: all
@@ -39,6 +40,13 @@
 //! alone and under the kernel's traffic, each against the bare kernel's
 //! `step_many` on buffers of the same sizes, printed in µs per tensor.
 //!
+//! Then gradient clipping, at the largest size and on the 150-tensor
+//! model: burn's `RmsProp` with burn's clipping (by value, by each
+//! parameter's norm) against the fused optimizer clipping inside the step,
+//! and candle's tensor-op RMSprop with the clipping in candle ops (by value,
+//! by the norm of every variable) against the fused one; the limit is the
+//! skeleton, after a read of the gradients for a norm (24 bytes per element).
+//!
 //! Then 16-bit parameters: the kernel's bf16 and f16 step (each rounding
 //! mode) against the f32 step of the same size and the 16-bit skeleton, and
 //! each framework's fused optimizer on a bf16 (and, with `--half`, f16) model
@@ -61,6 +69,7 @@
 
 mod burn_rows;
 mod candle_rows;
+mod clipping_rows;
 mod half_rows;
 mod kernel_rows;
 mod limit;
@@ -76,6 +85,7 @@ use indicatif::ProgressBar;
 
 use crate::burn_rows::{Stepping, burn_rows, burn_rows_stepped};
 use crate::candle_rows::candle_rows;
+use crate::clipping_rows::clipping_rows;
 use crate::half_rows::half_framework_rows;
 use crate::kernel_rows::{half_kernel_rows, kernel_rows};
 use crate::options::{Options, parse_args};
@@ -122,6 +132,9 @@ fn main() {
     if options.model {
         held_rows(&options, &progress, &mut rows);
     }
+    if options.clipping {
+        clipped_rows(&options, &progress, &mut rows);
+    }
     if options.training {
         // One variant is enough to show what the swap buys a whole step.
         let variant = options.variants[0];
@@ -147,6 +160,7 @@ fn progress_units(options: &Options) -> u64 {
     let units = options.sizes.len() * options.variants.len()
         + model_units
         + usize::from(options.training)
+        + usize::from(options.clipping)
         + 2 * usize::from(options.model)
         + options.half.len();
     units as u64
@@ -240,6 +254,24 @@ fn held_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Row>) {
         (format!("model-{}", model.len()), model),
     ] {
         burn_rows_stepped(case, &sizes, variant, options.threads, Stepping::Held, rows);
+    }
+    progress.inc(1);
+}
+
+/// Gradient clipping in both frameworks, plain: the largest size, and the
+/// 150-tensor model when the model rows run.
+fn clipped_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Row>) {
+    progress.set_message("gradient clipping");
+    let largest = options.sizes.iter().copied().max().unwrap_or(1 << 24);
+    clipping_rows(size_label(largest), &[largest], options.threads, rows);
+    if options.model {
+        let model = workload::transformer_sizes();
+        clipping_rows(
+            format!("model-{}", model.len()),
+            &model,
+            options.threads,
+            rows,
+        );
     }
     progress.inc(1);
 }

@@ -12,6 +12,8 @@ pub(crate) struct Options {
     pub(crate) json: bool,
     pub(crate) model: bool,
     pub(crate) training: bool,
+    /// Rows with gradient clipping (by value and by norm, both frameworks).
+    pub(crate) clipping: bool,
     pub(crate) peers: Option<String>,
     pub(crate) plot: Option<String>,
     pub(crate) half: Vec<candle_core::DType>,
@@ -39,6 +41,7 @@ pub(crate) fn parse_args() -> Result<Options, String> {
         json: false,
         model: true,
         training: true,
+        clipping: true,
         peers: None,
         plot: None,
         half: vec![candle_core::DType::BF16],
@@ -56,6 +59,7 @@ pub(crate) fn parse_args() -> Result<Options, String> {
             }
             "--no-model" => options.model = false,
             "--no-train" => options.training = false,
+            "--no-clip" => options.clipping = false,
             "--sizes" => {
                 options.sizes = value("--sizes")?
                     .split(',')
