@@ -29,6 +29,10 @@ HEADLINES = [
     ("150 tensors, burn `init_batched()`", "burn", "bare kernel step_many", "BatchedRmsProp", "model-150"),
     ("16M, burn-train's `Learner`", "burn", "burn RmsProp (Learner: module held)", "FusedRmsProp", "16M"),
     ("150 tensors, burn-train's `Learner`", "burn", "burn RmsProp (Learner: module held)", "FusedRmsProp", "model-150"),
+    ("16M `f32`, burn, clipping by value", "burn", "burn RmsProp, clip by value (burn's)", "FusedRmsProp", "16M"),
+    ("16M `f32`, burn, clipping by norm", "burn", "burn RmsProp, clip by norm (burn's)", "FusedRmsProp", "16M"),
+    ("16M `f32`, candle, clipping by value", "candle", "tensor-op RMSprop, clip by value (candle ops)", "fused RmsProp", "16M"),
+    ("16M `f32`, candle, clipping by norm", "candle", "tensor-op RMSprop, clip by norm (candle ops)", "fused RmsProp", "16M"),
     ("whole training step, MLP, candle", "candle", "tensor-op RMSprop (train step)", "fused", "train-mlp"),
     ("whole training step, MLP, burn", "burn", "burn RmsProp (train step)", "fused", "train-mlp"),
 ]

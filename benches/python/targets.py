@@ -26,6 +26,12 @@ Per file it prints:
                         least a per-parameter optimizer can cost); then over its floor under the kernel's traffic
                         ("floor+traffic" above, whole step against whole
                         step)
+  <case> clipped        per framework and clipping (by value, by norm): the
+                        clipped step's time over the unclipped step's, its
+                        fraction of its limit (the skeleton, after a read of
+                        the gradients for a norm), and its speedup over the
+                        framework's optimizer with the framework's clipping
+                        beside the unclipped speedup
   <dtype> 16M           per route (candle, burn, batched): the 16M step of
                         its skeleton, the speedup over the framework's own
                         optimizer, and the 150-tensor model's elements per
@@ -127,6 +133,33 @@ def half(rows, dtype):
     return out
 
 
+def clipping(rows, case):
+    """Per framework and clipping: the clipped step's time over the
+    unclipped fused step's (same run), its fraction of its own limit (the
+    skeleton, after a read of the gradients for a norm), and its speedup
+    over the framework's optimizer with the framework's clipping against
+    the unclipped speedup."""
+    unclipped = {
+        "burn": find(rows, "burn", "burn RmsProp", "FusedRmsProp", case),
+        "candle": find(rows, "candle", "tensor-op RMSprop", "fused RmsProp", case),
+    }
+    names = {
+        "burn": ("burn RmsProp, {} (burn's)", "FusedRmsProp, {} (in the step)"),
+        "candle": ("tensor-op RMSprop, {} (candle ops)", "fused RmsProp, {} (in the step)"),
+    }
+    out = {}
+    for framework, (baseline, fused) in names.items():
+        base = unclipped[framework]
+        for clip in ("clip by value", "clip by norm"):
+            r = find(rows, framework, baseline.format(clip), fused.format(clip), case)
+            if r is None:
+                continue
+            over_unclipped = None if base is None else round(r["fused_ns"] / base["fused_ns"], 3)
+            speedups = (round(r["speedup"], 1), None if base is None else round(base["speedup"], 1))
+            out[f"{framework} {clip}"] = (over_unclipped, round(r["roofline_fraction"], 3), speedups)
+    return out
+
+
 def main(paths):
     for path in paths:
         rows = load(path)
@@ -152,6 +185,13 @@ def main(paths):
             figures = half(rows, dtype)
             if figures:
                 print(f"  {dtype} 16M (of skeleton, speedup, 150/16M rate) {figures}")
+        clipped_cases = sorted({r["case"] for r in rows if "clip by" in r["baseline"]})
+        for case in clipped_cases:
+            figures = clipping(rows, case)
+            if figures:
+                print(f"  {case} clipped (time over unclipped, of its limit, (speedup, unclipped speedup))")
+                for name, value in figures.items():
+                    print(f"    {name}: {value}")
 
 
 if __name__ == "__main__":
