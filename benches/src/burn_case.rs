@@ -131,6 +131,12 @@ impl Case {
 
 /// Burn's own `RmsProp` configured as `variant`.
 pub fn burn_rmsprop(variant: Variant) -> ModuleOptimizer {
+    burn_rmsprop_config(variant).init()
+}
+
+/// The config of burn's own `RmsProp` for `variant` (to add burn's options,
+/// such as its gradient clipping, before `init`).
+pub fn burn_rmsprop_config(variant: Variant) -> RmsPropConfig {
     let h = variant.hyper();
     RmsPropConfig::new()
         .with_alpha(h.alpha as f32)
@@ -138,7 +144,6 @@ pub fn burn_rmsprop(variant: Variant) -> ModuleOptimizer {
         .with_epsilon(h.eps as f32)
         .with_centered(h.centered)
         .with_weight_decay(penalty(h.weight_decay))
-        .init()
 }
 
 /// The fused optimizer configured as `variant`.

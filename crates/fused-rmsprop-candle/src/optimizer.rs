@@ -304,19 +304,15 @@ fn global_norm(
     sums.extend(batches.bf16s.sums_of_squares(skip)?);
     sums.extend(batches.f16s.sums_of_squares(skip)?);
     sums.sort_unstable_by_key(|(index, _)| *index);
-    let mut total = sums.iter().fold(0.0, |total, (_, sum)| total + sum);
+    let mut sums: Vec<f64> = sums.into_iter().map(|(_, sum)| sum).collect();
     if let (Some((vars, _)), Some(grads)) = (fallback, fallback_grads) {
         for var in vars {
             if let Some(grad) = grads.get(var) {
-                total += sum_of_squares(grad)?;
+                sums.push(sum_of_squares(grad)?);
             }
         }
     }
-    // Every NaN the canonical one: which NaN a sum of NaNs keeps depends on
-    // the order of its operands. `black_box`, or the compiler folds the
-    // choice away (the kernel's tests caught it doing so).
-    let norm = std::hint::black_box(total.sqrt());
-    Ok(if norm.is_nan() { f64::NAN } else { norm })
+    Ok(fused_rmsprop::grad_norm(&sums))
 }
 
 /// `grads` of `vars`, each multiplied by `scale`.

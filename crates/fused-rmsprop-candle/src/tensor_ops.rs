@@ -99,13 +99,13 @@ impl candle_nn::Optimizer for TensorOpsRmsProp {
         let grad_scale = match p.max_grad_norm {
             None => None,
             Some(max) => {
-                let mut total = 0.0;
+                let mut sums = Vec::new();
                 for var in &self.vars {
                     if let Some(grad) = grads.get(var) {
-                        total += sum_of_squares(grad)?;
+                        sums.push(sum_of_squares(grad)?);
                     }
                 }
-                clip_coefficient(max, total.sqrt())
+                clip_coefficient(max, fused_rmsprop::grad_norm(&sums))
             }
         };
         for (i, var) in self.vars.iter().enumerate() {

@@ -226,6 +226,19 @@ pub fn sum_of_squares<P: Param>(xs: &[P]) -> f64 {
     norm::sums_of_squares(&[xs], Threads::Auto)[0]
 }
 
+/// The L2 norm of several tensors from their [`sum_of_squares`], added in
+/// the order given; a NaN norm is the canonical one. With the sums in a
+/// fixed order, the same bits on every path: what [`GradClip::NormGlobal`]
+/// computes within one call, for an adapter that measures the sums over
+/// several.
+///
+/// ```
+/// assert_eq!(fused_rmsprop::grad_norm(&[9.0, 16.0]), 5.0);
+/// ```
+pub fn grad_norm(sums_of_squares: &[f64]) -> f64 {
+    norm::norm(sums_of_squares.iter().fold(0.0, |total, sum| total + sum))
+}
+
 /// The index of the first NaN or infinity in `xs`, or `None` when every
 /// element is finite: the check behind [`NonFinite::Error`], for callers that
 /// must check gradients before a step of several dispatches writes anything.
@@ -717,7 +730,7 @@ impl RmsProp {
         for (&group, &norm) in stepped.iter().zip(&norms) {
             report.group_grad_norms[group] = Some(norm);
         }
-        let total = norm::norm(sums.iter().fold(0.0, |total, sum| total + sum));
+        let total = grad_norm(&sums);
         report.grad_norm = Some(total);
         let scale = |max: f64, norm: f64, tiny: f64| {
             let coefficient = norm::canonical(max / (norm + tiny));

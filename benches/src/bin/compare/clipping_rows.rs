@@ -100,15 +100,9 @@ fn burn_clipped(case: &str, sizes: &[usize], clip: Clip, threads: usize, rows: &
     let variant = Variant::Plain;
     let lr = variant.hyper().lr;
     let n: usize = sizes.iter().sum();
-    let baseline_optim = {
-        let h = variant.hyper();
-        burn::optim::RmsPropConfig::new()
-            .with_alpha(h.alpha as f32)
-            .with_momentum(h.momentum as f32)
-            .with_epsilon(h.eps as f32)
-            .with_grad_clipping(Some(clip.burn()))
-            .init()
-    };
+    let baseline_optim = burn_case::burn_rmsprop_config(variant)
+        .with_grad_clipping(Some(clip.burn()))
+        .init();
     let fused_optim = burn_case::fused_rmsprop(variant)
         .with_grad_clipping(Some(clip.burn()))
         .init();
