@@ -135,10 +135,12 @@ def half(rows, dtype):
 
 def clipping(rows, case):
     """Per framework and clipping: the clipped step's time over the
-    unclipped fused step's (same run), its fraction of its own limit (the
-    skeleton, after a read of the gradients for a norm), and its speedup
-    over the framework's optimizer with the framework's clipping against
-    the unclipped speedup."""
+    unclipped fused step's, its fraction of its own limit (the skeleton,
+    after a read of the gradients for a norm), and its speedup over the
+    framework's optimizer with the framework's clipping against the
+    unclipped speedup. Rows that carry their own unclipped timings (the
+    field `unclipped`, timed in the same rounds) use them; older rows fall
+    back on the run's unclipped rows, timed at another point of the run."""
     unclipped = {
         "burn": find(rows, "burn", "burn RmsProp", "FusedRmsProp", case),
         "candle": find(rows, "candle", "tensor-op RMSprop", "fused RmsProp", case),
@@ -154,8 +156,16 @@ def clipping(rows, case):
             r = find(rows, framework, baseline.format(clip), fused.format(clip), case)
             if r is None:
                 continue
-            over_unclipped = None if base is None else round(r["fused_ns"] / base["fused_ns"], 3)
-            speedups = (round(r["speedup"], 1), None if base is None else round(base["speedup"], 1))
+            same = r.get("unclipped")
+            if same is not None:
+                over_unclipped = round(same["clipped_over_unclipped"], 3)
+                unclipped_speedup = round(same["baseline_ns"] / same["fused_ns"], 1)
+            elif base is not None:
+                over_unclipped = round(r["fused_ns"] / base["fused_ns"], 3)
+                unclipped_speedup = round(base["speedup"], 1)
+            else:
+                over_unclipped = unclipped_speedup = None
+            speedups = (round(r["speedup"], 1), unclipped_speedup)
             out[f"{framework} {clip}"] = (over_unclipped, round(r["roofline_fraction"], 3), speedups)
     return out
 

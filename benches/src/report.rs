@@ -38,6 +38,27 @@ pub struct Row {
     pub max_abs_diff: Option<f64>,
     /// The CPU's model name.
     pub cpu: String,
+    /// For a row with gradient clipping on: the same two steps without it,
+    /// timed in the same run (absent for other rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclipped: Option<Unclipped>,
+}
+
+/// The steps of a clipped row without clipping, timed in the same run, so
+/// that what clipping costs and the speedups with and without it are read
+/// under the same conditions (a framework's step at 16M can vary by half
+/// from one part of a run to another).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Unclipped {
+    /// Median ns of the framework's optimizer without clipping, timed in
+    /// the same rounds as the row's baseline and fused step.
+    pub baseline_ns: f64,
+    /// Median ns of the fused step without clipping, in the same rounds.
+    pub fused_ns: f64,
+    /// The fused step's time with clipping over its time without, both
+    /// timed interleaved with the row's limit, apart from the baselines (as
+    /// `roofline_fraction` is).
+    pub clipped_over_unclipped: f64,
 }
 
 impl Row {

@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use crate::error::kernel_error;
 use crate::inplace::{Batch, BatchAllocations, step_all};
 use crate::storage::storage_key;
-use crate::tensor_ops::{clip_coefficient, sum_of_squares};
+use crate::tensor_ops::sum_of_squares;
 use crate::var_state::{VarState, state_for};
 use crate::{ParamsRmsProp, Result, TensorOpsRmsProp};
 
@@ -238,7 +238,7 @@ impl candle_nn::Optimizer for RmsProp {
                     &fallback_grads,
                 )?;
                 self.last_grad_norm = Some(norm);
-                clip_coefficient(max, norm)
+                fused_rmsprop::global_clip_scale(max, norm)
             }
         };
         let fallback_grads = match (fallback_grads, grad_scale, &self.fallback) {

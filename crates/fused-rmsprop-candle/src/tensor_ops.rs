@@ -105,7 +105,7 @@ impl candle_nn::Optimizer for TensorOpsRmsProp {
                         sums.push(sum_of_squares(grad)?);
                     }
                 }
-                clip_coefficient(max, fused_rmsprop::grad_norm(&sums))
+                fused_rmsprop::global_clip_scale(max, fused_rmsprop::grad_norm(&sums))
             }
         };
         for (i, var) in self.vars.iter().enumerate() {
@@ -183,14 +183,6 @@ pub(crate) fn sum_of_squares(grad: &Tensor) -> Result<f64> {
         .sqr()?
         .sum_all()?
         .to_scalar::<f64>()
-}
-
-/// The factor clipping by a global norm multiplies every gradient by
-/// (PyTorch's `clip_grad_norm_`: `max / (norm + 1e-6)`), or `None` when it
-/// is 1 or more (nothing is clipped). A NaN norm gives a NaN factor.
-pub(crate) fn clip_coefficient(max: f64, norm: f64) -> Option<f64> {
-    let coefficient = max / (norm + 1e-6);
-    (coefficient < 1.0 || coefficient.is_nan()).then_some(coefficient)
 }
 
 /// `g` with every element above `max` set to `max` and every one below

@@ -212,8 +212,8 @@ pub use state::{State, StateSlices};
 use execution::ResolvedKernel;
 
 /// The sum of the squares of `xs`, in `f64`, in the order clipping by norm
-/// uses ([`GradClip`]): the same bits on every CPU, path and thread count.
-/// Threaded for long slices. An adapter that steps a model in several
+/// uses ([`GradClip`]): the same bits on every CPU, path and thread count
+/// (a NaN sum is the canonical NaN). Threaded for long slices. An adapter that steps a model in several
 /// calls adds these sums over all its gradients (in a fixed order), takes
 /// the square root and scales each gradient with
 /// [`Group::with_grad_scale`], which is what [`GradClip::NormGlobal`] does
@@ -237,6 +237,24 @@ pub fn sum_of_squares<P: Param>(xs: &[P]) -> f64 {
 /// ```
 pub fn grad_norm(sums_of_squares: &[f64]) -> f64 {
     norm::norm(sums_of_squares.iter().fold(0.0, |total, sum| total + sum))
+}
+
+/// The factor clipping by a global norm multiplies every gradient by,
+/// PyTorch's `clip_grad_norm_` rule `max_norm / (norm + 1e-6)`, or `None`
+/// when that is 1 or more (nothing is clipped); a NaN norm gives the
+/// canonical NaN (every gradient becomes NaN, as in PyTorch). What
+/// [`GradClip::NormGlobal`] applies within one call, for an adapter that
+/// measures the norm over several with [`grad_norm`] and passes the factor
+/// to [`Group::with_grad_scale`].
+///
+/// ```
+/// assert_eq!(fused_rmsprop::global_clip_scale(1.0, 0.5), None);
+/// let scale = fused_rmsprop::global_clip_scale(2.0, 4.0).unwrap();
+/// assert!((scale - 0.5).abs() < 1e-6);
+/// assert!(fused_rmsprop::global_clip_scale(1.0, f64::NAN).unwrap().is_nan());
+/// ```
+pub fn global_clip_scale(max_norm: f64, norm: f64) -> Option<f64> {
+    norm::clip_scale(max_norm, norm, 1e-6)
 }
 
 /// The index of the first NaN or infinity in `xs`, or `None` when every
@@ -732,19 +750,12 @@ impl RmsProp {
         }
         let total = grad_norm(&sums);
         report.grad_norm = Some(total);
-        let scale = |max: f64, norm: f64, tiny: f64| {
-            let coefficient = norm::canonical(max / (norm + tiny));
-            // 1 or more clips nothing; a NaN coefficient scales by NaN.
-            let clips = coefficient < 1.0 || coefficient.is_nan();
-            let scale = clips.then_some(coefficient);
-            (scale, scale.unwrap_or(1.0))
-        };
         // Groups whose norm overflowed, by position in `chunks`.
         let mut overflowed = Vec::new();
         match clip {
             GradClip::NormGlobal(max) => {
-                let (factor, coefficient) = scale(max, total, 1e-6);
-                report.clip_coefficient = Some(coefficient);
+                let factor = global_clip_scale(max, total);
+                report.clip_coefficient = Some(factor.unwrap_or(1.0));
                 if total.is_infinite() {
                     if self.hyper.non_finite == NonFinite::Error {
                         return Err(Error::NonFiniteGradNorm {
@@ -768,7 +779,7 @@ impl RmsProp {
                         }
                         overflowed.push(position);
                     }
-                    chunk.grad_scale = scale(max, norm, tiny).0.map(P::State::from_f64);
+                    chunk.grad_scale = norm::clip_scale(max, norm, tiny).map(P::State::from_f64);
                 }
             }
             GradClip::Value(_) => {}

@@ -22,10 +22,15 @@
 //! summed whole by one thread, so neither the instruction set nor the
 //! thread count can change a bit of the result. Accumulating in `f64`
 //! keeps the sum of `f32` squares exact to far below the `f32` norm's own
-//! precision.
+//! precision. 16-bit gradients are widened to `f32` exactly, by a shift
+//! for `bf16` ([`bf16_block_sums`]) and a block at a time with the kernel's
+//! conversions for `f16` ([`widened_block_sums`]). A sum that is NaN is the canonical NaN (the
+//! payload of a sum of NaNs depends on the order of its operands and the
+//! instruction set).
 
 use rayon::prelude::*;
 
+use crate::half_lanes::Half;
 use crate::{Float, PARALLEL_MIN_ELEMENTS, Param, Threads};
 
 /// Elements per block of the norm's summation order (see the module docs).
@@ -41,17 +46,26 @@ const PARTIALS: usize = 16;
 /// The sum of the squares of `xs` (at most one block), in the order of the
 /// module docs, in `f64`.
 #[inline(always)]
-fn block_sum<P: Param>(xs: &[P]) -> f64 {
+pub(crate) fn block_sum<P: Param>(xs: &[P]) -> f64 {
+    block_sum_of(xs, |x| x.widen())
+}
+
+/// [`block_sum`] with each element widened by `widen` (which must give
+/// [`Param::widen`]'s value, a NaN's payload aside).
+#[inline(always)]
+fn block_sum_of<X, F: Float>(xs: &[X], widen: impl Fn(&X) -> F) -> f64 {
     let mut partial = [0.0f64; PARTIALS];
     let mut registers = xs.chunks_exact(PARTIALS);
     for register in &mut registers {
-        for (sum, x) in partial.iter_mut().zip(register) {
-            let x = x.widen().to_f64();
-            *sum += x * x;
+        // Widened whole first, then squared and added lane by lane: the
+        // shape the compiler turns into whole vector registers.
+        let wide: [f64; PARTIALS] = core::array::from_fn(|j| widen(&register[j]).to_f64());
+        for j in 0..PARTIALS {
+            partial[j] += wide[j] * wide[j];
         }
     }
     for (sum, x) in partial.iter_mut().zip(registers.remainder()) {
-        let x = x.widen().to_f64();
+        let x = widen(x).to_f64();
         *sum += x * x;
     }
     let mut width = PARTIALS;
@@ -64,8 +78,42 @@ fn block_sum<P: Param>(xs: &[P]) -> f64 {
     partial[0]
 }
 
-/// [`block_sum`] of every block of a slice, compiled for the best
-/// instruction set; the sums written to `out`, one per block.
+/// [`block_sum`] of each block of `xs`, written to `out`.
+#[inline(always)]
+pub(crate) fn block_sums<P: Param>(xs: &[P], out: &mut [f64]) {
+    for (block, out) in xs.chunks(GRAD_NORM_BLOCK).zip(out) {
+        *out = block_sum(block);
+    }
+}
+
+/// [`block_sums`] of `bf16` elements, each widened by moving its bits up
+/// (`f32`'s top half): exact for every value, and a NaN stays a NaN, whose
+/// payload the canonical sum drops. The compiler vectorizes the shift,
+/// where `half`'s conversion tests each element for a NaN to quiet it.
+#[inline(always)]
+pub(crate) fn bf16_block_sums<S: pulp::Simd>(_simd: S, xs: &[half::bf16], out: &mut [f64]) {
+    let widen = |x: &half::bf16| f32::from_bits(u32::from(x.to_bits()) << 16);
+    for (block, out) in xs.chunks(GRAD_NORM_BLOCK).zip(out) {
+        *out = block_sum_of(block, widen);
+    }
+}
+
+/// [`block_sums`] of 16-bit elements, each block widened to `f32` on the
+/// stack first with the lane conversions (widening one element at a time
+/// inside the sum kept the pass from being vectorized). Widening is exact,
+/// so the sums are the same but for a NaN's payload, which
+/// [`sums_of_squares`] makes canonical.
+#[inline(always)]
+pub(crate) fn widened_block_sums<H: Half, S: pulp::Simd>(simd: S, xs: &[H], out: &mut [f64]) {
+    let mut wide = [0.0f32; GRAD_NORM_BLOCK];
+    for (block, out) in xs.chunks(GRAD_NORM_BLOCK).zip(out) {
+        let wide = &mut wide[..block.len()];
+        crate::simd_half::widen_into(simd, block, wide);
+        *out = block_sum(wide);
+    }
+}
+
+/// [`block_sums`] of a slice, compiled for the best instruction set.
 struct BlockSums<'a, 'o, P> {
     xs: &'a [P],
     out: &'o mut [f64],
@@ -75,10 +123,8 @@ impl<P: Param> pulp::WithSimd for BlockSums<'_, '_, P> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        for (block, out) in self.xs.chunks(GRAD_NORM_BLOCK).zip(self.out) {
-            *out = block_sum(block);
-        }
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        P::block_sums_simd(simd, self.xs, self.out);
     }
 }
 
@@ -127,7 +173,7 @@ pub(crate) fn sums_of_squares<P: Param>(grads: &[&[P]], threads: Threads) -> Vec
     for grad in grads {
         let (own, later) = block_sums.split_at(blocks(grad.len()));
         block_sums = later;
-        sums.push(own.iter().fold(0.0, |sum, block| sum + block));
+        sums.push(canonical(own.iter().fold(0.0, |sum, block| sum + block)));
     }
     sums
 }
@@ -136,6 +182,14 @@ pub(crate) fn sums_of_squares<P: Param>(grads: &[&[P]], threads: Threads) -> Vec
 /// NaN a sum of NaNs returns depends on the order of its operands).
 pub(crate) fn norm(sum_of_squares: f64) -> f64 {
     canonical(sum_of_squares.sqrt())
+}
+
+/// The factor clipping to `max` by a norm multiplies a gradient by,
+/// `max / (norm + tiny)`, or `None` when that is 1 or more (nothing is
+/// clipped); a NaN factor (a NaN norm) is the canonical NaN and clips.
+pub(crate) fn clip_scale(max: f64, norm: f64, tiny: f64) -> Option<f64> {
+    let coefficient = canonical(max / (norm + tiny));
+    (coefficient < 1.0 || coefficient.is_nan()).then_some(coefficient)
 }
 
 /// `x`, or the canonical NaN if `x` is a NaN. `x` goes through
@@ -166,7 +220,7 @@ pub(crate) fn spec_sum_of_squares<P: Param>(xs: &[P]) -> f64 {
         }
         total += partial[0];
     }
-    total
+    canonical(total)
 }
 
 #[cfg(test)]
@@ -217,6 +271,77 @@ mod tests {
         assert_eq!(
             sums.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
             expected
+        );
+    }
+
+    /// Each block's sum from `BlockSums` on every instruction set of this
+    /// machine against the spec's, bit for bit (NaN sums canonical).
+    fn every_isa_sums_as_the_spec<P: Param>(xs: &[P]) {
+        let spec: Vec<u64> = xs
+            .chunks(GRAD_NORM_BLOCK)
+            .map(|block| spec_sum_of_squares(block).to_bits())
+            .collect();
+        let check = |isa: &str, out: &[f64]| {
+            let got: Vec<u64> = out.iter().map(|&x| canonical(x).to_bits()).collect();
+            assert_eq!(got, spec, "{} on {isa}", P::NAME);
+        };
+        use pulp::Simd;
+        let mut out = vec![0.0; spec.len()];
+        Simd::vectorize(pulp::Scalar::new(), BlockSums { xs, out: &mut out });
+        check("fallback", &out);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                Simd::vectorize(v3, BlockSums { xs, out: &mut out });
+                check("avx2", &out);
+            }
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                Simd::vectorize(v4, BlockSums { xs, out: &mut out });
+                check("avx512", &out);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(neon) = pulp::aarch64::Neon::try_new() {
+            Simd::vectorize(neon, BlockSums { xs, out: &mut out });
+            check("neon", &out);
+        }
+    }
+
+    #[test]
+    fn every_sixteen_bit_pattern_sums_as_the_spec_on_every_isa() {
+        // Every bit pattern in order (blocks of finite values, of
+        // infinities and of NaNs), then shuffled by a stride coprime to
+        // 2^16 so that blocks mix magnitudes, then with a tail that does
+        // not fill a register.
+        let patterns = |stride: u32, len: u32| -> Vec<u16> {
+            (0..len)
+                .map(|i| (i.wrapping_mul(stride) & 0xFFFF) as u16)
+                .collect()
+        };
+        for bits in [
+            patterns(1, 1 << 16),
+            patterns(40_503, 1 << 16),
+            patterns(7, 4_099),
+        ] {
+            every_isa_sums_as_the_spec(
+                &bits
+                    .iter()
+                    .map(|&b| half::bf16::from_bits(b))
+                    .collect::<Vec<_>>(),
+            );
+            every_isa_sums_as_the_spec(
+                &bits
+                    .iter()
+                    .map(|&b| half::f16::from_bits(b))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        every_isa_sums_as_the_spec(&awkward(3 * GRAD_NORM_BLOCK + 21));
+        every_isa_sums_as_the_spec(
+            &awkward(5_000)
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect::<Vec<_>>(),
         );
     }
 

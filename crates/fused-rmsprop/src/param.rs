@@ -40,6 +40,13 @@ pub(crate) mod sealed {
             chunk: Chunk<'_, Self>,
         ) where
             Self: super::Param;
+
+        /// The sum of the squares of each block of `xs` in the gradient
+        /// norm's order (`norm::block_sum`), on instruction set `simd`,
+        /// written to `out` (one per block).
+        fn block_sums_simd<S: pulp::Simd>(simd: S, xs: &[Self], out: &mut [f64])
+        where
+            Self: super::Param;
     }
 }
 
@@ -102,6 +109,11 @@ macro_rules! wide_param {
             ) {
                 crate::simd::step(simd, c, chunk)
             }
+
+            #[inline(always)]
+            fn block_sums_simd<S: Simd>(_simd: S, xs: &[$ty], out: &mut [f64]) {
+                crate::norm::block_sums(xs, out)
+            }
         }
 
         impl Param for $ty {
@@ -149,7 +161,8 @@ wide_param!(f64, u64, "f64");
 /// `simd_half`, `half`'s conversions with canonical NaNs.
 macro_rules! half_param {
     ($ty:ident, $name:literal, nan: $nan:literal, infinity: $infinity:literal,
-     rounds_stochastically: $rounds_stochastically:literal, stochastic: $stochastic:expr) => {
+     rounds_stochastically: $rounds_stochastically:literal, stochastic: $stochastic:expr,
+     block_sums: $block_sums:path) => {
         impl sealed::Sealed for $ty {
             const ROUNDS_STOCHASTICALLY: bool = $rounds_stochastically;
 
@@ -160,6 +173,11 @@ macro_rules! half_param {
                 chunk: crate::step::Chunk<'_, $ty>,
             ) {
                 crate::simd_half::step(simd, c, chunk)
+            }
+
+            #[inline(always)]
+            fn block_sums_simd<S: Simd>(simd: S, xs: &[$ty], out: &mut [f64]) {
+                $block_sums(simd, xs, out)
             }
         }
 
@@ -206,8 +224,8 @@ half_param!(bf16, "bf16", nan: 0x7FC0, infinity: 0x7F80, rounds_stochastically: 
     // A carry out of the low 16 bits moves the magnitude up one ulp;
     // infinities have zero low bits and stay infinite.
     bf16::from_bits((x.to_bits().wrapping_add(random & 0xFFFF) >> 16) as u16)
-});
+}, block_sums: crate::norm::bf16_block_sums);
 half_param!(f16, "f16", nan: 0x7E00, infinity: 0x7C00, rounds_stochastically: false,
     stochastic: |x: f32, _random: u32| {
     f16::from_f32(x)
-});
+}, block_sums: crate::norm::widened_block_sums);

@@ -40,9 +40,16 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
         let width = core::mem::size_of::<T::Lanes<S>>() / core::mem::size_of::<T>();
         let whole = self.chunk.len() / width * width;
         let (head, tail) = self.chunk.split_at(whole);
-        crate::step::with_constant_options!(c, [plain, plain_with_momentum], |k| whole_registers(
-            simd, k, head
-        ));
+        crate::step::with_constant_options!(
+            c,
+            [
+                plain,
+                plain_with_momentum,
+                plain_clipped_by_value,
+                plain_scaled
+            ],
+            |k| whole_registers(simd, k, head)
+        );
         scalar::step(c, tail);
     }
 }

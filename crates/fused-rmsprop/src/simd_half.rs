@@ -39,6 +39,33 @@ struct Kernel<'a, 'c, H: Half> {
     chunk: Chunk<'a, H>,
 }
 
+/// `dst[i] = src[i]` widened to `f32` (slices of one length), for a pass
+/// that only reads the values (the gradient norm): whole registers with
+/// the lane conversions, or with the CPU's own when it converts this type
+/// a slice at a time ([`Half::converts_slices`]); the rest one element at a
+/// time. As with [`Half::widen_lanes`], a NaN's quiet bit may be left as it
+/// was, so a caller keeping a NaN's bits makes it canonical.
+#[inline(always)]
+pub(crate) fn widen_into<H: Half, S: Simd>(simd: S, src: &[H], dst: &mut [f32]) {
+    let dst = &mut dst[..src.len()];
+    let whole = if H::converts_slices() {
+        let whole = src.len() / 8 * 8;
+        H::widen_slice(&src[..whole], &mut dst[..whole]);
+        whole
+    } else {
+        let width = core::mem::size_of::<S::f32s>() / core::mem::size_of::<f32>();
+        let whole = src.len() / width * width;
+        let (lanes, _) = S::as_mut_simd_f32s(&mut dst[..whole]);
+        for (out, register) in lanes.iter_mut().zip(src.chunks_exact(width)) {
+            *out = H::widen_lanes(simd, load::<H, S>(register));
+        }
+        whole
+    };
+    for (out, x) in dst[whole..].iter_mut().zip(&src[whole..]) {
+        *out = x.widen();
+    }
+}
+
 /// `src` (one register's worth of elements) in the low halves of `u32` lanes.
 #[inline(always)]
 fn load<H: Half, S: Simd>(src: &[H]) -> S::u32s {
@@ -111,7 +138,9 @@ impl<H: Half> WithSimd for Kernel<'_, '_, H> {
                 plain,
                 plain_with_momentum,
                 plain_stochastic,
-                plain_with_master
+                plain_with_master,
+                plain_clipped_by_value,
+                plain_scaled
             ],
             |k| whole_registers(simd, k, head)
         );

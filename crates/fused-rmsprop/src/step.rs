@@ -168,6 +168,40 @@ impl<T: Copy> Coefficients<T> {
             ..plain
         })
     }
+
+    /// `Some(copy)` for the plain variant clipping by value: as
+    /// [`Coefficients::plain`], with the clamp's presence a constant too, so
+    /// clipping by value adds two lane operations to the plain loop and
+    /// nothing else.
+    #[inline(always)]
+    pub fn plain_clipped_by_value(&self) -> Option<Self> {
+        let plain = Self {
+            clip_value: None,
+            ..*self
+        }
+        .plain()?;
+        Some(Self {
+            clip_value: Some(self.clip_value?),
+            ..plain
+        })
+    }
+
+    /// `Some(copy)` for the plain variant on a tensor clipping by norm
+    /// scales: as [`Coefficients::plain`], with the scale's presence a
+    /// constant too. (A tensor whose norm is within the bound has no scale
+    /// and takes the plain loop.)
+    #[inline(always)]
+    pub fn plain_scaled(&self) -> Option<Self> {
+        let plain = Self {
+            grad_scale: None,
+            ..*self
+        }
+        .plain()?;
+        Some(Self {
+            grad_scale: Some(self.grad_scale?),
+            ..plain
+        })
+    }
 }
 
 /// Evaluates `$body` with `$k` bound to `$c` (a `&Coefficients`), or to a

@@ -191,7 +191,8 @@ pub fn hyper() -> impl Strategy<Value = Hyper> {
 /// Valid hyper-parameters as [`hyper`], with gradient clipping: by value
 /// or by norm (per tensor or global), with thresholds from 0 (clip
 /// everything) through values that clip some gradients to ones that clip
-/// none.
+/// none. A third of them are otherwise PyTorch's defaults (a drawn
+/// learning rate), the case the kernel gives loops of their own.
 ///
 /// ```
 /// use proptest::strategy::{Strategy, ValueTree};
@@ -206,7 +207,12 @@ pub fn clipping_hyper() -> impl Strategy<Value = Hyper> {
         1 => GradClip::NormPerTensor(max),
         _ => GradClip::NormGlobal(max),
     });
-    (hyper(), clip).prop_map(|(hyper, clip)| hyper.with_grad_clip(Some(clip)))
+    let plain = prop_oneof![Just(0.01), 0.0f64..1.0].prop_map(|lr| Hyper {
+        lr,
+        ..Hyper::default()
+    });
+    let base = prop_oneof![2 => hyper().boxed(), 1 => plain.boxed()];
+    (base, clip).prop_map(|(hyper, clip)| hyper.with_grad_clip(Some(clip)))
 }
 
 /// Valid hyper-parameters as [`hyper`], with every rounding option for

@@ -84,5 +84,6 @@ pub(crate) fn burn_rows_stepped(
         gbps: Some(bytes / own_t / 1e9),
         roofline_fraction: Some(skeleton_t / own_t),
         max_abs_diff: Some(diff),
+        unclipped: None,
     });
 }

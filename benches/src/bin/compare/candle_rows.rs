@@ -73,6 +73,7 @@ pub(crate) fn candle_rows(
             gbps: Some(bytes / own_t / 1e9),
             roofline_fraction: Some(skeleton_t / own_t),
             max_abs_diff,
+            unclipped: None,
         });
     }
 }

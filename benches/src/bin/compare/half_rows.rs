@@ -159,6 +159,7 @@ pub(crate) fn half_framework_rows(
             gbps: Some(bytes / own_t / 1e9),
             roofline_fraction: Some(skeleton_t / own_t),
             max_abs_diff,
+            unclipped: None,
         });
     }
 }

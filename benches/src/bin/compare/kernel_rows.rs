@@ -86,6 +86,7 @@ pub(crate) fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut
             gbps: Some(bytes / own_t / 1e9),
             roofline_fraction: Some(skeleton_t / own_t),
             max_abs_diff: None,
+            unclipped: None,
         });
     }
 }
@@ -181,6 +182,7 @@ where
             gbps: Some(bytes / half_t / 1e9),
             roofline_fraction: Some(skeleton_t / half_t),
             max_abs_diff: None,
+            unclipped: None,
         });
     }
 }

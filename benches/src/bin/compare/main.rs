@@ -85,7 +85,7 @@ use indicatif::ProgressBar;
 
 use crate::burn_rows::{Stepping, burn_rows, burn_rows_stepped};
 use crate::candle_rows::candle_rows;
-use crate::clipping_rows::clipping_rows;
+use crate::clipping_rows::{Format, clipping_rows};
 use crate::half_rows::half_framework_rows;
 use crate::kernel_rows::{half_kernel_rows, kernel_rows};
 use crate::options::{Options, parse_args};
@@ -259,19 +259,21 @@ fn held_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Row>) {
 }
 
 /// Gradient clipping in both frameworks, plain: the largest size, and the
-/// 150-tensor model when the model rows run.
+/// 150-tensor model when the model rows run, in `f32`; the largest size in
+/// `bf16` too when the 16-bit rows include it.
 fn clipped_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Row>) {
     progress.set_message("gradient clipping");
     let largest = options.sizes.iter().copied().max().unwrap_or(1 << 24);
-    clipping_rows(size_label(largest), &[largest], options.threads, rows);
+    let threads = options.threads;
+    clipping_rows(size_label(largest), &[largest], Format::F32, threads, rows);
     if options.model {
         let model = workload::transformer_sizes();
-        clipping_rows(
-            format!("model-{}", model.len()),
-            &model,
-            options.threads,
-            rows,
-        );
+        let case = format!("model-{}", model.len());
+        clipping_rows(case, &model, Format::F32, threads, rows);
+    }
+    if options.half.contains(&candle_core::DType::BF16) {
+        let case = format!("{} bf16", size_label(largest));
+        clipping_rows(case, &[largest], Format::Bf16, threads, rows);
     }
     progress.inc(1);
 }

@@ -111,6 +111,7 @@ pub(crate) fn overhead_rows(
             gbps: Some(bytes / fused_t / 1e9),
             roofline_fraction: Some(skeleton_t / fused_t),
             max_abs_diff: None,
+            unclipped: None,
         });
     }
 }

@@ -20,6 +20,8 @@ pub(crate) struct Row {
     /// Largest |difference| of the parameters after the timed steps, for
     /// baselines computing the same update (RMSprop).
     pub(crate) max_abs_diff: Option<f64>,
+    /// For a row with clipping: the same steps without it, same run.
+    pub(crate) unclipped: Option<report::Unclipped>,
 }
 
 impl Row {
@@ -39,6 +41,7 @@ impl Row {
             roofline_fraction: self.roofline_fraction,
             max_abs_diff: self.max_abs_diff,
             cpu: cpu.to_string(),
+            unclipped: self.unclipped.clone(),
         }
     }
 }

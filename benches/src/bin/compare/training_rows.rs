@@ -67,6 +67,7 @@ pub(crate) fn training_rows(variant: Variant, rows: &mut Vec<Row>) {
             gbps: None,
             roofline_fraction: None,
             max_abs_diff: None,
+            unclipped: None,
         });
     }
 }
