@@ -38,7 +38,9 @@ use crate::{FusedRmsPropConfig, StepStats};
 ///   `init()` elsewhere.
 /// - **One learning rate, no parameter groups**: `lr` applies to every
 ///   parameter. Gradient clipping from the config is applied inside the
-///   step, per parameter, as `init()`'s optimizer applies it.
+///   step, per parameter, as `init()`'s optimizer applies it; this route
+///   can also clip by the norm of all gradients together
+///   ([`with_max_grad_norm`](Self::with_max_grad_norm)).
 /// - **Checkpoints in burn's optimizer record**, through
 ///   [`to_record`](Self::to_record) and [`load_record`](Self::load_record),
 ///   which take the module (burn ties a record to parameter ids): the
@@ -77,6 +79,11 @@ pub struct BatchedRmsProp {
     /// An empty vector whose capacity the next step reuses.
     spare: Vec<Taken>,
     counters: Counters,
+    /// Clipping by the norm of all the step's gradients together
+    /// ([`BatchedRmsProp::with_max_grad_norm`]).
+    max_grad_norm: Option<f64>,
+    /// The norm of the last step's gradients, under `max_grad_norm`.
+    last_grad_norm: Option<f64>,
 }
 
 /// Why [`BatchedRmsProp::step`] left the module as it was.
@@ -141,6 +148,8 @@ impl FusedRmsPropConfig {
             states: Vec::new(),
             spare: Vec::new(),
             counters: Counters::default(),
+            max_grad_norm: None,
+            last_grad_norm: None,
         })
     }
 
@@ -207,6 +216,84 @@ impl BatchedRmsProp {
         drop(back);
         self.spare = taken;
         (module, outcome)
+    }
+
+    /// Clips every gradient by the norm of all the step's gradients
+    /// together, PyTorch's `clip_grad_norm_(model.parameters(), max_norm)`
+    /// before its `RMSprop` step: each gradient is multiplied by
+    /// `min(1, max_norm / (norm + 1e-6))` as the kernel reads it, one more
+    /// read of the gradients and no pass of tensor ops. `None` turns it
+    /// off. The route that burn's `ModuleOptimizer` drives sees one
+    /// parameter at a time and cannot offer this; burn's own
+    /// `GradientClippingConfig::Norm` (the config's `grad_clipping`) clips
+    /// each parameter by its own norm instead.
+    ///
+    /// The norm is the kernel's ([`fused_rmsprop::sum_of_squares`] of each
+    /// gradient in the module's order, [`fused_rmsprop::grad_norm`]), the
+    /// same bits on every path and thread count; under `NonFinite::Skip`
+    /// the gradients that hold a NaN or an infinity are left out of it
+    /// (their parameters are skipped), under `NonFinite::Error` they are
+    /// refused before the norm, and otherwise a NaN makes every gradient
+    /// NaN, as in PyTorch. [`last_grad_norm`](Self::last_grad_norm) returns
+    /// it.
+    ///
+    /// # Errors
+    /// [`fused_rmsprop::Error::InvalidHyper`] (`grad_clip`) for a bound that
+    /// is negative, NaN or infinite, or when the config clips already
+    /// (`grad_clipping`): one clipping at a time.
+    ///
+    /// ```
+    /// use burn::module::{Module, Param};
+    /// use burn::optim::GradientsParams;
+    /// use burn::tensor::{Device, Tensor};
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    ///
+    /// let device = Device::default().autodiff();
+    /// let p = Param::from_tensor(Tensor::<1>::from_floats([1.0, 2.0], &device));
+    /// let mut grads = GradientsParams::new();
+    /// grads.register(p.id, Tensor::<1>::from_floats([3.0, 4.0], &Device::default()));
+    ///
+    /// let mut optim = FusedRmsPropConfig::new().init_batched().with_max_grad_norm(Some(1.0))?;
+    /// let (_p, outcome) = optim.step(1e-2, p, grads);
+    /// assert!(outcome.is_ok());
+    /// assert_eq!(optim.last_grad_norm(), Some(5.0));
+    ///
+    /// let clipping = FusedRmsPropConfig::new()
+    ///     .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)));
+    /// assert!(clipping.init_batched().with_max_grad_norm(Some(1.0)).is_err());
+    /// # Ok::<(), fused_rmsprop::Error>(())
+    /// ```
+    pub fn with_max_grad_norm(
+        mut self,
+        max_norm: Option<f64>,
+    ) -> Result<Self, fused_rmsprop::Error> {
+        if let Some(max) = max_norm {
+            fused_rmsprop::Hyper::default()
+                .with_grad_clip(Some(fused_rmsprop::GradClip::NormGlobal(max)))
+                .validate()?;
+            if self.kernel.hyper().grad_clip.is_some() {
+                return Err(fused_rmsprop::Error::InvalidHyper {
+                    name: "grad_clip",
+                    value: max,
+                    expected: "no grad_clipping in the config alongside a global norm",
+                });
+            }
+        }
+        self.max_grad_norm = max_norm;
+        Ok(self)
+    }
+
+    /// Under [`with_max_grad_norm`](Self::with_max_grad_norm), the norm of
+    /// all the last step's gradients before clipping (what PyTorch's
+    /// `clip_grad_norm_` returns); `None` before the first such step and
+    /// without it.
+    ///
+    /// ```
+    /// use fused_rmsprop_burn::FusedRmsPropConfig;
+    /// assert_eq!(FusedRmsPropConfig::new().init_batched().last_grad_norm(), None);
+    /// ```
+    pub fn last_grad_norm(&self) -> Option<f64> {
+        self.last_grad_norm
     }
 
     /// The hyper-parameters.
@@ -306,11 +393,23 @@ impl BatchedRmsProp {
             }
             *slot = Some(state);
         }
+        let grad_scale = match self.max_grad_norm {
+            None => None,
+            Some(max) => {
+                let norm = global_norm(taken, hyper.non_finite);
+                self.last_grad_norm = Some(norm);
+                if norm.is_infinite() && hyper.non_finite == NonFinite::Error {
+                    let error = fused_rmsprop::Error::NonFiniteGradNorm { group: None, norm };
+                    return Err(BatchedError::Kernel { param: None, error });
+                }
+                fused_rmsprop::global_clip_scale(max, norm)
+            }
+        };
         // Only a non-finite gradient under `NonFinite::Error` could make
         // the kernel refuse now (the rate is valid, every length fits), and
         // that was checked above for every dtype: a later dtype's call
         // cannot fail after an earlier one wrote.
-        let with = (&self.kernel, &self.counters, lr);
+        let with = (&self.kernel, &self.counters, lr, grad_scale);
         let skipped = run::<f32>(with, DType::F32, taken, lined).and_then(|mut s| {
             s.extend(run::<bf16>(with, DType::BF16, taken, lined)?);
             s.extend(run::<f16>(with, DType::F16, taken, lined)?);
@@ -326,12 +425,31 @@ impl BatchedRmsProp {
     }
 }
 
-/// One `step_many` over the taken parameters of dtype `dtype` (of type `P`);
-/// the ones it skipped. A parameter whose buffer is shared is copied here
+/// The norm of all the taken gradients, their sums of squares added in the
+/// module's order; under `NonFinite::Skip` a gradient whose sum is not
+/// finite (a NaN or an infinity in it: its parameter will be skipped) is
+/// left out.
+fn global_norm(taken: &[Taken], non_finite: NonFinite) -> f64 {
+    let sums: Vec<f64> = taken
+        .iter()
+        .map(|t| match t.grad.dtype() {
+            DType::F64 => fused_rmsprop::sum_of_squares(flex_tensor::view::<f64>(&t.grad)),
+            DType::BF16 => fused_rmsprop::sum_of_squares(flex_tensor::view::<bf16>(&t.grad)),
+            DType::F16 => fused_rmsprop::sum_of_squares(flex_tensor::view::<f16>(&t.grad)),
+            _ => fused_rmsprop::sum_of_squares(flex_tensor::view::<f32>(&t.grad)),
+        })
+        .filter(|sum| non_finite != NonFinite::Skip || sum.is_finite())
+        .collect();
+    fused_rmsprop::grad_norm(&sums)
+}
+
+/// One `step_many` over the taken parameters of dtype `dtype` (of type `P`),
+/// each gradient multiplied by `grad_scale` when there is one; the ones it
+/// skipped. A parameter whose buffer is shared is copied here
 /// (copy-on-write) and counted, not when it was taken: a refused step
 /// copies nothing.
 fn run<P: FlexParam>(
-    (kernel, counters, lr): (&RmsProp, &Counters, f64),
+    (kernel, counters, lr, grad_scale): (&RmsProp, &Counters, f64, Option<f64>),
     dtype: DType,
     taken: &mut [Taken],
     states: &mut [(ParamId, Option<KernelState>)],
@@ -358,11 +476,15 @@ where
             counters.copied();
         }
         ids.push(t.id);
-        groups.push(Group::new(
+        let group = Group::new(
             flex_tensor::view_mut::<P>(&mut t.param),
             flex_tensor::view::<P>(&t.grad),
             state,
-        ));
+        );
+        groups.push(match grad_scale {
+            Some(scale) => group.with_grad_scale(scale),
+            None => group,
+        });
     }
     if groups.is_empty() {
         return Ok(Vec::new());

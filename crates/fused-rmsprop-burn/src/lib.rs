@@ -95,6 +95,11 @@
 //! kernel's fixed order where burn sums it in `f32`). A 16-bit gradient is
 //! clipped widened to `f32`, where burn clips it in its own dtype.
 //!
+//! The batched route can also clip by the norm of all the gradients
+//! together, PyTorch's `clip_grad_norm_(model.parameters(), ..)`
+//! ([`BatchedRmsProp::with_max_grad_norm`]); `ModuleOptimizer` hands the
+//! optimizer one parameter at a time, so the per-parameter routes cannot.
+//!
 //! # Threads
 //! A parameter of 16K elements or more is stepped on rayon's pool, the
 //! training loop's thread working beside it. Burn calls the optimizer once

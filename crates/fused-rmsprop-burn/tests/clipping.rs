@@ -13,9 +13,9 @@
 mod common;
 
 use burn::grad_clipping::GradientClippingConfig;
-use burn::optim::{ModuleOptimizer, RmsPropConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, RmsPropConfig};
 use burn::tensor::DType;
-use common::{Mlp, device, max_abs_diff, train_step};
+use common::{Mlp, device, gradients, max_abs_diff, train_step};
 use fused_rmsprop_burn::{FusedRmsPropConfig, Route};
 
 const TOL: f64 = 1e-6;
@@ -136,5 +136,116 @@ fn a_bf16_model_clips_in_place() {
         }
         assert!(max_abs_diff(&clipped.0.values(), &unclipped.0.values()) > 1e-3);
         assert_eq!(stats.stats().composed_steps, 0, "{clipping:?}");
+    }
+}
+
+/// Each parameter's gradient in `grads`, in the model's order, as `f32`.
+fn gradient_values(model: &Mlp, grads: &GradientsParams) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    for l in [&model.l1, &model.l2, &model.l3] {
+        let weight = grads.get::<2>(l.weight.id).expect("a weight gradient");
+        let bias = l.bias.as_ref().expect("a bias");
+        let bias = grads.get::<1>(bias.id).expect("a bias gradient");
+        for values in [weight.into_data(), bias.into_data()] {
+            out.push(values.convert::<f32>().try_into_vec::<f32>().expect("f32"));
+        }
+    }
+    out
+}
+
+/// `grads` with every gradient multiplied by `scale`.
+fn scaled(model: &Mlp, mut grads: GradientsParams, scale: f32) -> GradientsParams {
+    for l in [&model.l1, &model.l2, &model.l3] {
+        let weight = grads.remove::<2>(l.weight.id).expect("a weight gradient");
+        grads.register(l.weight.id, weight.mul_scalar(scale));
+        let bias = l.bias.as_ref().expect("a bias").id;
+        let grad = grads.remove::<1>(bias).expect("a bias gradient");
+        grads.register(bias, grad.mul_scalar(scale));
+    }
+    grads
+}
+
+/// The batched route clips by the norm of all the gradients together
+/// (PyTorch's `clip_grad_norm_`): the same numbers, within `TOL_NORM`, as
+/// burn's `RmsProp` stepping gradients the test scaled itself by
+/// `min(1, max / (norm + 1e-6))`, the norm summed here in plain `f64`; and
+/// `last_grad_norm` is the kernel's norm of those gradients, bit for bit.
+#[test]
+fn the_batched_route_clips_by_the_global_norm() {
+    let max = 0.01;
+    let model = Mlp::new(&device());
+    let config = FusedRmsPropConfig::new().with_momentum(0.9);
+    let mut batched = config
+        .init_batched()
+        .with_max_grad_norm(Some(max))
+        .expect("a valid bound");
+    let mut unclipped = (model.clone(), config.init_batched());
+    let mut fused = model.clone();
+    let mut reference = (model, RmsPropConfig::new().with_momentum(0.9).init());
+    for i in 0..STEPS {
+        let grads = gradients(&fused, i, DType::F32);
+        let values = gradient_values(&fused, &grads);
+        let sums: Vec<f64> = values
+            .iter()
+            .map(|g| fused_rmsprop::sum_of_squares(g))
+            .collect();
+        let outcome;
+        (fused, outcome) = batched.step(LR, fused, grads);
+        outcome.expect("a step in place");
+        assert_eq!(
+            batched.last_grad_norm().map(f64::to_bits),
+            Some(fused_rmsprop::grad_norm(&sums).to_bits())
+        );
+
+        let grads = gradients(&reference.0, i, DType::F32);
+        let norm = gradient_values(&reference.0, &grads)
+            .iter()
+            .flatten()
+            .map(|&g| f64::from(g) * f64::from(g))
+            .sum::<f64>()
+            .sqrt();
+        let scale = (max / (norm + 1e-6)).min(1.0);
+        assert!(
+            scale < 1.0,
+            "step {i}: nothing to clip, the test cannot see it"
+        );
+        let grads = scaled(&reference.0, grads, scale as f32);
+        reference.0 = reference.1.step(LR, reference.0, grads);
+        let diff = max_abs_diff(&reference.0.values(), &fused.values());
+        assert!(diff <= TOL_NORM, "step {i}: {diff:e}");
+
+        let grads = gradients(&unclipped.0, i, DType::F32);
+        let outcome;
+        (unclipped.0, outcome) = unclipped.1.step(LR, unclipped.0.clone(), grads);
+        outcome.expect("a step in place");
+    }
+    let clipped_away = max_abs_diff(&fused.values(), &unclipped.0.values());
+    assert!(clipped_away > 100.0 * TOL, "{clipped_away:e}");
+}
+
+/// A global norm refuses a bad bound and a config that clips already, and
+/// leaves the optimizer usable.
+#[test]
+fn a_global_norm_refuses_a_bad_bound_and_a_second_clipping() {
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        let err = FusedRmsPropConfig::new()
+            .init_batched()
+            .with_max_grad_norm(Some(bad))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                fused_rmsprop::Error::InvalidHyper {
+                    name: "grad_clip",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    for clipping in clippings() {
+        let config = FusedRmsPropConfig::new().with_grad_clipping(Some(clipping));
+        assert!(config.init_batched().with_max_grad_norm(Some(1.0)).is_err());
+        assert!(config.init_batched().with_max_grad_norm(None).is_ok());
     }
 }
