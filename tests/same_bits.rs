@@ -4,8 +4,12 @@
 //! the same bits, step after step, for every variant both
 //! adapters support (all of the kernel's), on inputs that include NaN, Inf,
 //! zero, subnormals and huge magnitudes; for `f32`, `bf16` and `f16`
-//! parameters (the 16-bit ones with every rounding option in candle, and
-//! round-to-nearest, the one burn's adapter offers, in burn).
+//! parameters, the 16-bit ones with every rounding option (to nearest or
+//! stochastic, with or without master weights). The stochastic-rounding
+//! keys map one to one: the bare kernel's `RmsProp::step` keys a tensor by
+//! its state's step count and stream 0; candle by the variable's step count
+//! and its index (0 here); burn by the parameter's step count and the order
+//! in which it was first stepped (0 here, the one parameter).
 
 use burn::module::{Module, Param as BurnParam};
 use burn::optim::{GradientsParams, Optimizer};
@@ -54,6 +58,8 @@ fn burn_config(h: &Hyper) -> FusedRmsPropConfig {
         .with_nesterov(h.nesterov)
         .with_maximize(h.maximize)
         .with_clamp_centered_variance(h.clamp_centered_variance)
+        .with_rounding(h.rounding)
+        .with_master_weights(h.master_weights)
 }
 
 fn candle_params(h: &Hyper) -> ParamsRmsProp {
@@ -124,27 +130,20 @@ fn burn_values<P: Elem>(t: &BurnTensor<1>) -> Vec<P> {
     t.to_data().try_to_vec::<P>().unwrap()
 }
 
-/// Steps `params` with each gradient of `grads` in turn through all three
-/// (burn only when `h` rounds to nearest without master weights, the
-/// options its adapter has), asserting equal bits after every step.
+/// Steps `params` with each gradient of `grads` in turn through all three,
+/// asserting equal bits after every step.
 fn check_same_bits<P: Elem>(
     h: Hyper,
     params: Vec<P>,
     grads: Vec<Vec<P>>,
 ) -> Result<(), TestCaseError> {
     let n = params.len();
-    let with_burn = h.rounding == Rounding::Nearest && !(P::NARROWS && h.master_weights);
     let config = burn_config(&h);
-    if with_burn {
-        prop_assert_eq!(
-            config
-                .hyper()
-                .with_lr(h.lr)
-                .with_master_weights(h.master_weights),
-            h,
-            "the burn config maps back to the hyper"
-        );
-    }
+    prop_assert_eq!(
+        config.hyper().with_lr(h.lr),
+        h,
+        "the burn config maps back to the hyper"
+    );
     prop_assert_eq!(candle_params(&h).hyper(), h);
 
     let kernel = RmsProp::new(h).unwrap();
@@ -177,17 +176,15 @@ fn check_same_bits<P: Elem>(
         store.insert(var.as_tensor(), grad);
         candle.step(&store).unwrap();
 
-        if with_burn {
-            let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), options.clone());
-            let mut grads = GradientsParams::new();
-            let module = one.take().unwrap();
-            grads.register(module.p.id, burn_grad.clone());
-            let (module, outcome) = batched.step(h.lr, module, grads);
-            prop_assert_eq!(outcome, Ok(Vec::new()));
-            one = Some(module);
-            let (p, s) = burn.step(h.lr, burn_param, burn_grad, burn_state);
-            (burn_param, burn_state) = (p, s);
-        }
+        let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), options.clone());
+        let mut grads = GradientsParams::new();
+        let module = one.take().unwrap();
+        grads.register(module.p.id, burn_grad.clone());
+        let (module, outcome) = batched.step(h.lr, module, grads);
+        prop_assert_eq!(outcome, Ok(Vec::new()));
+        one = Some(module);
+        let (p, s) = burn.step(h.lr, burn_param, burn_grad, burn_state);
+        (burn_param, burn_state) = (p, s);
 
         let candle_params = var.to_vec1::<P>().unwrap();
         let diff = first_param_difference(&candle_params, &kernel_params);
@@ -197,9 +194,6 @@ fn check_same_bits<P: Elem>(
             step,
             diff
         );
-        if !with_burn {
-            continue;
-        }
         let diff = first_param_difference(&burn_values::<P>(&burn_param), &kernel_params);
         prop_assert!(
             diff.is_none(),
@@ -215,7 +209,8 @@ fn check_same_bits<P: Elem>(
             step,
             diff
         );
-        let burn_square_avg = burn_values::<f32>(&burn_state.as_ref().unwrap().square_avg);
+        let burn_state = burn_state.as_ref().unwrap();
+        let burn_square_avg = burn_values::<f32>(&burn_state.square_avg);
         let diff = first_difference(&burn_square_avg, &kernel_state.square_avg);
         prop_assert!(
             diff.is_none(),
@@ -223,6 +218,22 @@ fn check_same_bits<P: Elem>(
             step,
             diff
         );
+        let burn_master = burn_state.master.as_ref().map(burn_values::<f32>);
+        prop_assert_eq!(
+            burn_master
+                .as_deref()
+                .map(|m| m.iter().map(|x| x.to_bits()).collect::<Vec<_>>()),
+            kernel_state
+                .master
+                .as_deref()
+                .map(|m| m.iter().map(|x| x.to_bits()).collect::<Vec<_>>()),
+            "burn's master copy differs at step {}",
+            step
+        );
+        if let Rounding::Stochastic { .. } = h.rounding {
+            let key = burn_state.rounding_key.expect("a rounding key");
+            prop_assert_eq!((key.step, key.stream), (kernel_state.step, 0));
+        }
     }
     let stats = burn.stats();
     prop_assert_eq!(

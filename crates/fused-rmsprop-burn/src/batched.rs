@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, GradientCheckpointingStrategy, Tensor};
-use fused_rmsprop::{Group, NonFinite, RmsProp, State, StateSlices, bf16, f16};
+use fused_rmsprop::{Float, Group, NonFinite, RmsProp, Rounding, State, bf16, f16};
 
 use crate::flex;
 use crate::flex_tensor::{self, FlexParam, FlexTensor};
@@ -84,6 +84,13 @@ pub struct BatchedRmsProp {
     max_grad_norm: Option<f64>,
     /// The norm of the last step's gradients, under `max_grad_norm`.
     last_grad_norm: Option<f64>,
+    /// Each parameter's stochastic-rounding stream
+    /// ([`RoundingKey`](crate::RoundingKey)), given at its first step under
+    /// stochastic rounding in the module's order; the key's step is the
+    /// state's own count.
+    streams: HashMap<ParamId, u64>,
+    /// The stream the next parameter without one gets.
+    next_stream: u64,
 }
 
 /// Why [`BatchedRmsProp::step`] left the module as it was.
@@ -150,6 +157,8 @@ impl FusedRmsPropConfig {
             counters: Counters::default(),
             max_grad_norm: None,
             last_grad_norm: None,
+            streams: HashMap::new(),
+            next_stream: 0,
         })
     }
 
@@ -391,7 +400,14 @@ impl BatchedRmsProp {
             if !kept {
                 Counters::bump(&self.counters.reset);
             }
-            *slot = Some(state);
+            *slot = Some(state.without_unneeded_master(&hyper));
+        }
+        let stochastic = matches!(hyper.rounding, Rounding::Stochastic { .. });
+        for t in taken.iter_mut().filter(|_| stochastic) {
+            t.stream = Some(*self.streams.entry(t.id).or_insert_with(|| {
+                self.next_stream += 1;
+                self.next_stream - 1
+            }));
         }
         let grad_scale = match self.max_grad_norm {
             None => None,
@@ -465,22 +481,34 @@ where
     // profile of a step of 1,000 small parameters.
     let mut ids = Vec::with_capacity(count);
     let mut groups = Vec::with_capacity(count);
+    let needs_master = P::NARROWS && kernel.hyper().master_weights;
     for (t, state) in taken.iter_mut().zip(states.iter_mut()) {
         if t.param.dtype() != dtype {
             continue;
         }
-        let Some(state) = state.1.as_mut().and_then(P::State::slices) else {
+        let Some(state) = state.1.as_mut().and_then(P::State::state) else {
             continue;
         };
+        if needs_master && state.master.is_none() {
+            // A fresh state, or one loaded without a master copy: the copy
+            // starts as the parameter's values (exact).
+            let values = flex_tensor::view::<P>(&t.param);
+            state.master = Some(values.iter().map(|x| x.widen()).collect());
+        }
         if !t.param.is_unique() {
             counters.copied();
         }
         ids.push(t.id);
+        let step = state.step;
         let group = Group::new(
             flex_tensor::view_mut::<P>(&mut t.param),
             flex_tensor::view::<P>(&t.grad),
-            state,
+            state.slices_mut(),
         );
+        let group = match t.stream {
+            Some(stream) => group.with_rounding_key(step, stream),
+            None => group,
+        };
         groups.push(match grad_scale {
             Some(scale) => group.with_grad_scale(scale),
             None => group,
@@ -490,28 +518,56 @@ where
         return Ok(Vec::new());
     }
     let report = kernel.step_many(lr, groups)?;
+    // Count the step of every parameter the kernel did not skip.
+    let mut position = 0;
+    for (t, state) in taken.iter().zip(states.iter_mut()) {
+        if t.param.dtype() != dtype {
+            continue;
+        }
+        let Some(state) = state.1.as_mut().and_then(P::State::state) else {
+            continue;
+        };
+        if !report.is_skipped(position) {
+            state.step += 1;
+        }
+        position += 1;
+    }
     Ok(report.skipped().iter().map(|&g| ids[g]).collect())
 }
 
-/// The state types, and the slices of a [`KernelState`] of that type.
-trait Wide: Sized {
-    fn slices(state: &mut KernelState) -> Option<StateSlices<'_, Self>>;
+/// The state types, and the state of a [`KernelState`] of that type.
+trait Wide: Float {
+    fn state(state: &mut KernelState) -> Option<&mut State<Self>>;
 }
 
 impl Wide for f32 {
-    fn slices(state: &mut KernelState) -> Option<StateSlices<'_, f32>> {
+    fn state(state: &mut KernelState) -> Option<&mut State<f32>> {
         match state {
-            KernelState::F32(s) => Some(s.slices_mut()),
+            KernelState::F32(s) => Some(s),
             KernelState::F64(_) => None,
         }
     }
 }
 
 impl Wide for f64 {
-    fn slices(state: &mut KernelState) -> Option<StateSlices<'_, f64>> {
+    fn state(state: &mut KernelState) -> Option<&mut State<f64>> {
         match state {
-            KernelState::F64(s) => Some(s.slices_mut()),
+            KernelState::F64(s) => Some(s),
             KernelState::F32(_) => None,
+        }
+    }
+}
+
+impl KernelState {
+    /// This state without its master copy when `hyper` does not keep one
+    /// (the kernel's `State::fit` keeps it).
+    fn without_unneeded_master(self, hyper: &fused_rmsprop::Hyper) -> Self {
+        match self {
+            KernelState::F32(mut s) if !hyper.master_weights => {
+                s.master = None;
+                KernelState::F32(s)
+            }
+            other => other,
         }
     }
 }
@@ -538,6 +594,8 @@ struct Taken {
     require_grad: bool,
     checkpointing: Option<GradientCheckpointingStrategy>,
     distributed: bool,
+    /// Its stochastic-rounding stream (stochastic rounding only).
+    stream: Option<u64>,
 }
 
 impl ModuleMapper for Take<'_> {
@@ -561,6 +619,7 @@ impl ModuleMapper for Take<'_> {
             param: flex_tensor::readable(flex_tensor::to_flex(tensor.inner()), self.counters),
             // A gradient registered by hand may carry autodiff.
             grad: flex_tensor::readable(flex_tensor::to_flex(grad.clone().inner()), self.counters),
+            stream: None,
         };
         self.taken.push(taken);
         Param::from_mapped_value(id, grad, mapper)

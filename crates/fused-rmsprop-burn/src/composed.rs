@@ -8,7 +8,11 @@
 //! payloads. A `bf16`/`f16` parameter is computed as the kernel computes it:
 //! parameter and gradient cast to `f32` (the state's dtype), the update in
 //! `f32`, the result cast back with the backend's own conversion (round to
-//! nearest on Flex and the CubeCL backends).
+//! nearest on Flex and the CubeCL backends). Under master weights it reads
+//! and writes the `f32` master copy, as the kernel does; under stochastic
+//! rounding it still rounds to nearest (the backend's cast), so the two
+//! routes then differ by the rounding, and it counts the step in the
+//! rounding key so that a run moving between routes keeps its keys.
 
 use burn::grad_clipping::GradientClipping;
 use burn::tensor::Tensor;
@@ -35,7 +39,12 @@ pub(crate) fn step<const D: usize>(
         }
     };
     let grad = clip(hyper, grad);
-    let (param, grad) = (widen(param), widen(grad));
+    // Under master weights the step reads and writes the `f32` master copy.
+    let param = match &state.master {
+        Some(master) => master.clone(),
+        None => widen(param),
+    };
+    let grad = widen(grad);
     let mut grad = if hyper.maximize { grad.neg() } else { grad };
     let mut param = param;
     match hyper.weight_decay {
@@ -77,16 +86,20 @@ pub(crate) fn step<const D: usize>(
     });
 
     let param = param - update.mul_scalar(lr);
+    let master = state.master.is_some().then(|| param.clone());
     let param = if param.dtype() == dtype {
         param
     } else {
         param.cast(dtype)
     };
-    let state = FusedRmsPropState {
+    let mut state = FusedRmsPropState {
         square_avg,
         grad_avg,
         momentum_buf,
+        master,
+        rounding_key: state.rounding_key,
     };
+    state.count_step();
     (param, state)
 }
 

@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::ModuleOptimizer;
 use burn::optim::decay::WeightDecayConfig;
-use fused_rmsprop::{EpsPlacement, GradClip, Hyper, NonFinite, WeightDecay};
+use fused_rmsprop::{EpsPlacement, GradClip, Hyper, NonFinite, Rounding, WeightDecay};
 
 use crate::FusedRmsProp;
 
@@ -79,6 +79,22 @@ pub struct FusedRmsPropConfig {
     /// [`FusedRmsProp::stats`]), or refuse the step (counted as rejected).
     #[config(default = "NonFinite::Propagate")]
     non_finite_grads: NonFinite,
+    /// How a `bf16` parameter is rounded after each step: to nearest
+    /// (burn's own `RmsProp`, the default) or stochastically, keyed by the
+    /// seed, the parameter's [`RoundingKey`](crate::RoundingKey) and the
+    /// element, so that updates below half an ulp survive on average. An
+    /// `f16` parameter is rounded to nearest either way; `f32`/`f64` ones
+    /// are not rounded. On the in-place route; the composed route (off
+    /// Flex) rounds to nearest, as burn's casts do.
+    #[config(default = "Rounding::Nearest")]
+    rounding: Rounding,
+    /// Keep an `f32` master copy of each `bf16`/`f16` parameter in the
+    /// optimizer's state: each step reads and updates the copy and writes
+    /// the parameter rounded from it, so no update is lost to the 16-bit
+    /// format. Costs 4 bytes per element of state and 8 of traffic per
+    /// step. Both routes.
+    #[config(default = false)]
+    master_weights: bool,
 }
 
 impl FusedRmsPropConfig {
@@ -117,6 +133,8 @@ impl FusedRmsPropConfig {
             .with_maximize(self.maximize)
             .with_clamp_centered_variance(self.clamp_centered_variance)
             .with_non_finite(self.non_finite_grads)
+            .with_rounding(self.rounding)
+            .with_master_weights(self.master_weights)
             .with_grad_clip(self.grad_clipping.as_ref().map(|clipping| match clipping {
                 GradientClippingConfig::Value(max) => GradClip::Value(f64::from(*max)),
                 GradientClippingConfig::Norm(max) => GradClip::NormPerTensor(f64::from(*max)),

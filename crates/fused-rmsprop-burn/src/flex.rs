@@ -6,13 +6,13 @@ use burn::backend::DispatchDevice;
 use burn::tensor::{DType, Tensor};
 use fused_rmsprop::{Group, RmsProp, StateSlices, StepReport, bf16, f16};
 
-use crate::FusedRmsPropState;
 use crate::flex_tensor::{
     FlexParam, FlexTensor, from_flex, readable, to_flex, view, view_mut, writable,
 };
 use crate::shared::{KeptBuffers, Unshared};
 use crate::state::state_dtype;
 use crate::stats::Counters;
+use crate::{FusedRmsPropState, RoundingKey};
 
 /// Why the kernel cannot step `param` with `grad` in place (`None`: it
 /// can): either off Flex (autodiff over Flex counts as Flex), the parameter
@@ -80,6 +80,7 @@ pub(crate) fn applies<const D: usize>(
         && state_like(&state.square_avg)
         && state.grad_avg.as_ref().is_none_or(state_like)
         && state.momentum_buf.as_ref().is_none_or(state_like)
+        && state.master.as_ref().is_none_or(state_like)
 }
 
 /// One step in place. `applies` holds and `state` fits `param`; `lr` is
@@ -107,6 +108,7 @@ pub(crate) fn step<const D: usize>(
     let mut square_avg = writable(to_flex(state.square_avg), counters);
     let mut grad_avg = state.grad_avg.map(|t| writable(to_flex(t), counters));
     let mut momentum_buf = state.momentum_buf.map(|t| writable(to_flex(t), counters));
+    let mut master = state.master.map(|t| writable(to_flex(t), counters));
 
     let buffers = Buffers {
         param: &mut param.target,
@@ -115,6 +117,8 @@ pub(crate) fn step<const D: usize>(
         square_avg: &mut square_avg,
         grad_avg: grad_avg.as_mut(),
         momentum_buf: momentum_buf.as_mut(),
+        master: master.as_mut(),
+        rounding_key: state.rounding_key,
     };
     let result = match buffers.param.dtype() {
         DType::F32 => run::<f32>(kernel, lr, buffers),
@@ -140,11 +144,16 @@ pub(crate) fn step<const D: usize>(
     // kept for its next step.
     let param = kept_buffers.handed_back(param, written);
 
-    let state = FusedRmsPropState {
+    let mut state = FusedRmsPropState {
         square_avg: from_flex(square_avg),
         grad_avg: grad_avg.map(from_flex),
         momentum_buf: momentum_buf.map(from_flex),
+        master: master.map(from_flex),
+        rounding_key: state.rounding_key,
     };
+    if written {
+        state.count_step();
+    }
     (from_flex(param), state)
 }
 
@@ -158,6 +167,9 @@ struct Buffers<'a> {
     square_avg: &'a mut FlexTensor,
     grad_avg: Option<&'a mut FlexTensor>,
     momentum_buf: Option<&'a mut FlexTensor>,
+    /// The `f32` master copy (master weights on a 16-bit parameter).
+    master: Option<&'a mut FlexTensor>,
+    rounding_key: Option<RoundingKey>,
 }
 
 /// One kernel step on parameters of type `P` (state of `P::State`).
@@ -174,9 +186,15 @@ fn run<P: FlexParam>(
     if let Some(momentum_buf) = b.momentum_buf {
         state = state.with_momentum_buf(view_mut::<P::State>(momentum_buf));
     }
+    if let Some(master) = b.master {
+        state = state.with_master(view_mut::<P::State>(master));
+    }
     let mut group = Group::new(view_mut::<P>(b.param), grads, state);
     if let Some(source) = b.source {
         group = group.with_source(view::<P>(source));
+    }
+    if let Some(key) = b.rounding_key {
+        group = group.with_rounding_key(key.step, key.stream);
     }
     kernel.step_many(lr, [group])
 }

@@ -78,10 +78,16 @@
 //! next step (burn-flex: "binary_op: dtype mismatch", since burn's optimizer
 //! does not convert a loaded state to the parameter's dtype), so moving a
 //! 16-bit model back to burn's optimizer means starting its state afresh.
-//! Stochastic rounding and master weights, which the kernel offers, need a
-//! per-parameter step count and buffer that burn's per-parameter interface
-//! does not carry; this adapter rounds to nearest (the candle adapter has
-//! both).
+//! [`FusedRmsPropConfig::with_rounding`] (stochastic rounding of `bf16`
+//! parameters) and [`FusedRmsPropConfig::with_master_weights`] (an `f32`
+//! master copy of each 16-bit parameter) are the kernel's options: the
+//! copy lives in the parameter's [`FusedRmsPropState`], and so does the
+//! [`RoundingKey`] (the parameter's step count and stream; streams are
+//! given in the order the optimizer first steps the parameters, the
+//! module's order, as the candle adapter numbers its variables). Both
+//! travel in records under names burn's `RmsProp` leaves unread, so a
+//! resumed run draws the same bits as an uninterrupted one. The composed
+//! route keeps master weights and rounds to nearest.
 //!
 //! # Gradient clipping
 //! [`FusedRmsPropConfig::with_grad_clipping`] takes burn's
@@ -120,6 +126,33 @@
 //! formula written with burn tensor ops (one new tensor per op, as burn's own
 //! optimizers do), 16-bit parameters computed in `f32` and cast back with
 //! the backend's conversion. It never panics for want of a route.
+//!
+//! # burn-train's multi-device strategies
+//! Both `ExecutionStrategy::MultiDevice` strategies step through the same
+//! `ModuleOptimizer` as a single device, with `step_multi`: under
+//! `OptimMainDevice` every gradient is gathered on the first device and
+//! stepped there; under `OptimSharded` each parameter is stepped on the
+//! device that accumulated its gradient. Either way burn moves a
+//! parameter's state to that device with [`Optimizer::to_device`], which
+//! moves every buffer of a [`FusedRmsPropState`] (the master copy too; the
+//! rounding key is two numbers) and copies none already there, and gathers
+//! the records with `ModuleOptimizer::to_record`, as on one device.
+//! Parameters are visited in the module's order, so streams are given as on
+//! one device. Verified here: both strategies on two handles of the one
+//! Flex device (`tests/learner.rs`: burn-train's threads per device,
+//! gradients gathered, the same losses as burn's `RmsProp` under the same
+//! strategy, every step in place). Not verified: distinct devices, which
+//! these machines lack (Flex has one device); on a GPU the composed route
+//! runs, as for a single GPU.
+//!
+//! `ExecutionStrategy::DistributedDataParallel` gives each worker a clone
+//! of the `Learner`, whose `ModuleOptimizer` shares this optimizer: the
+//! workers' steps are counted together in [`FusedRmsProp::stats`], and one
+//! stream counter serves them all, in whatever order their threads reach
+//! it (stochastic rounding happens only on the in-place Flex route, which
+//! a run across devices cannot take). Each worker steps its replica with
+//! the all-reduced gradients, which this optimizer takes as any gradient.
+//! Not run here: it needs several devices.
 //!
 //! # One dispatch per step: the batched route
 //! burn's `ModuleOptimizer` calls an optimizer once per parameter, and runs
@@ -168,6 +201,7 @@ mod state;
 mod stats;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use burn::optim::LearningRate;
 use burn::optim::Optimizer;
@@ -187,7 +221,7 @@ pub use fused_rmsprop::{
     bf16, default_linger, f16, set_default_linger,
 };
 pub use record::{RecordLoadError, load_record};
-pub use state::FusedRmsPropState;
+pub use state::{FusedRmsPropState, RoundingKey};
 pub use stats::StepStats;
 
 use stats::Counters;
@@ -218,6 +252,9 @@ pub struct FusedRmsProp {
     route: Route,
     counters: Arc<Counters>,
     kept_buffers: Arc<shared::KeptBuffers>,
+    /// The stream the next parameter without a rounding key gets
+    /// ([`RoundingKey`]), shared by clones.
+    next_stream: Arc<AtomicU64>,
 }
 
 /// Which route a step takes.
@@ -254,6 +291,7 @@ impl FusedRmsProp {
             route: Route::Auto,
             counters: Arc::default(),
             kept_buffers: Arc::default(),
+            next_stream: Arc::default(),
         })
     }
 
@@ -353,6 +391,7 @@ impl Optimizer for FusedRmsProp {
                 state
             }
         };
+        let state = state.keyed(&hyper, &self.next_stream);
 
         let (tensor, state) = if self.route == Route::Auto && flex::applies(&tensor, &grad, &state)
         {

@@ -1,9 +1,11 @@
 //! [`FusedRmsPropState`]: the per-parameter state, recorded under the names
 //! burn's own `RmsPropState` uses, so checkpoints move both ways.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use burn::optim::{RecordState, StateSink, StateSource, join_path};
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
-use fused_rmsprop::Hyper;
+use fused_rmsprop::{Hyper, Rounding};
 
 /// The dtype the state of a parameter of `dtype` is kept in: `f32` for the
 /// 16-bit types (as the kernel's mixed-precision step keeps it), the
@@ -28,12 +30,25 @@ pub(crate) fn state_dtype(dtype: DType) -> DType {
 /// burn's sake and ignored on load. Tensors keep the dtype they were saved
 /// with: an `f64` model resumes in `f64`.
 ///
+/// Under the two options burn's `RmsProp` lacks, the record holds more,
+/// under names of this crate's own (`fused.master`, `fused.step`,
+/// `fused.stream`), which burn's loader leaves unread: the `f32` master
+/// copy of a 16-bit parameter under master weights, and the rounding key
+/// under stochastic rounding. With both off the record is burn's, key for
+/// key.
+///
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use fused_rmsprop_burn::FusedRmsPropState;
 ///
 /// let v = Tensor::<1>::from_floats([1.0, 2.0], &Device::default());
-/// let state = FusedRmsPropState { square_avg: v, grad_avg: None, momentum_buf: None };
+/// let state = FusedRmsPropState {
+///     square_avg: v,
+///     grad_avg: None,
+///     momentum_buf: None,
+///     master: None,
+///     rounding_key: None,
+/// };
 /// assert_eq!(state.square_avg.dims(), [2]);
 /// ```
 #[derive(Clone, Debug)]
@@ -44,6 +59,39 @@ pub struct FusedRmsPropState<const D: usize> {
     pub grad_avg: Option<Tensor<D>>,
     /// Momentum buffer (momentum > 0 only).
     pub momentum_buf: Option<Tensor<D>>,
+    /// The `f32` master copy of a `bf16`/`f16` parameter, which the step
+    /// reads and writes in its place (master weights only).
+    pub master: Option<Tensor<D>>,
+    /// What keys this parameter's stochastic rounding (stochastic rounding
+    /// only).
+    pub rounding_key: Option<RoundingKey>,
+}
+
+/// What keys a parameter's stochastic rounding besides the seed (see
+/// [`fused_rmsprop::Rounding::Stochastic`]): the steps it has taken and its
+/// stream. The optimizer gives each parameter the next stream when it
+/// first steps it, so the streams follow the module's parameter order
+/// (burn's `ModuleOptimizer` steps parameters in that order), as the
+/// candle adapter numbers its variables: the `k`-th parameter's stream is
+/// `k`. Both live in the state and its record, so a resumed run draws the
+/// bits an uninterrupted one draws.
+///
+/// ```
+/// use fused_rmsprop_burn::RoundingKey;
+/// let key = RoundingKey { step: 0, stream: 3 };
+/// assert_eq!(key.stream, 3);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundingKey {
+    /// Steps taken (the kernel's `Group::step`).
+    pub step: u64,
+    /// The parameter's stream (the kernel's `Group::stream`).
+    pub stream: u64,
+}
+
+/// Whether a parameter of `dtype` keeps a master copy under master weights.
+fn narrow(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
 }
 
 impl<const D: usize> FusedRmsPropState<D> {
@@ -71,6 +119,42 @@ impl<const D: usize> FusedRmsPropState<D> {
             square_avg: full(hyper.initial_square_avg),
             grad_avg: hyper.needs_grad_avg().then(zeros),
             momentum_buf: hyper.needs_momentum_buf().then(zeros),
+            master: Self::fresh_master(param, hyper),
+            rounding_key: None,
+        }
+    }
+
+    /// The master copy a fresh state of `param` starts with: the parameter
+    /// widened to `f32` (exact) for a 16-bit parameter under master
+    /// weights, none otherwise.
+    fn fresh_master(param: &Tensor<D>, hyper: &Hyper) -> Option<Tensor<D>> {
+        (hyper.master_weights && narrow(param.dtype())).then(|| param.clone().cast(DType::F32))
+    }
+
+    /// This state with the rounding key `hyper` asks for: under stochastic
+    /// rounding the key it has, or else step 0 and the next stream of
+    /// `next_stream`; none otherwise. A key it has moves `next_stream`
+    /// past its stream, so a parameter first stepped after a resumed one
+    /// does not take the same stream.
+    pub(crate) fn keyed(mut self, hyper: &Hyper, next_stream: &AtomicU64) -> Self {
+        self.rounding_key = match (hyper.rounding, self.rounding_key) {
+            (Rounding::Nearest, _) => None,
+            (Rounding::Stochastic { .. }, Some(key)) => {
+                next_stream.fetch_max(key.stream.saturating_add(1), Ordering::Relaxed);
+                Some(key)
+            }
+            (Rounding::Stochastic { .. }, None) => Some(RoundingKey {
+                step: 0,
+                stream: next_stream.fetch_add(1, Ordering::Relaxed),
+            }),
+        };
+        self
+    }
+
+    /// Counts one step taken in the rounding key, if there is one.
+    pub(crate) fn count_step(&mut self) {
+        if let Some(key) = &mut self.rounding_key {
+            key.step += 1;
         }
     }
 
@@ -78,12 +162,15 @@ impl<const D: usize> FusedRmsPropState<D> {
     /// in line with `param` and `hyper`: a state of another shape is
     /// replaced by a fresh one; a state of another dtype or device is converted;
     /// a buffer `hyper` needs but the state lacks starts at zero, as burn's
-    /// own `RmsProp` starts it; a buffer it does not need is dropped.
+    /// own `RmsProp` starts it, a missing master copy as the parameter's
+    /// values; a buffer it does not need is dropped. The rounding key is
+    /// kept as it is ([`Self::keyed`] sets it).
     pub(crate) fn fit(self, param: &Tensor<D>, hyper: &Hyper) -> (Self, bool) {
         let fits = |t: &Tensor<D>| t.dims() == param.dims();
         let all_fit = fits(&self.square_avg)
             && self.grad_avg.as_ref().is_none_or(fits)
-            && self.momentum_buf.as_ref().is_none_or(fits);
+            && self.momentum_buf.as_ref().is_none_or(fits)
+            && self.master.as_ref().is_none_or(fits);
         if !all_fit {
             return (Self::fresh(param, hyper), false);
         }
@@ -104,10 +191,18 @@ impl<const D: usize> FusedRmsPropState<D> {
         let momentum_buf = hyper
             .needs_momentum_buf()
             .then(|| self.momentum_buf.map_or_else(zeros, like_param));
+        let master = match self.master {
+            Some(master) if hyper.master_weights && narrow(param.dtype()) => {
+                Some(like_param(master))
+            }
+            _ => Self::fresh_master(param, hyper),
+        };
         let state = Self {
             square_avg: like_param(self.square_avg),
             grad_avg,
             momentum_buf,
+            master,
+            rounding_key: self.rounding_key,
         };
         (state, true)
     }
@@ -125,6 +220,8 @@ impl<const D: usize> FusedRmsPropState<D> {
             square_avg: move_to(self.square_avg),
             grad_avg: self.grad_avg.map(move_to),
             momentum_buf: self.momentum_buf.map(move_to),
+            master: self.master.map(move_to),
+            rounding_key: self.rounding_key,
         }
     }
 }
@@ -132,6 +229,8 @@ impl<const D: usize> FusedRmsPropState<D> {
 const SQUARE_AVG: &str = "square_avg";
 const CENTERED: &str = "centered";
 const MOMENTUM: &str = "momentum";
+/// The prefix of what burn's `RmsPropState` does not have.
+const FUSED: &str = "fused";
 
 impl<const D: usize> RecordState for FusedRmsPropState<D> {
     fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
@@ -152,18 +251,36 @@ impl<const D: usize> RecordState for FusedRmsPropState<D> {
         if let Some(buf) = &self.momentum_buf {
             out.push_tensor(&join_path(prefix, MOMENTUM), "buf", buf.to_data());
         }
+        let fused = join_path(prefix, FUSED);
+        if let Some(master) = &self.master {
+            out.push_tensor(&fused, "master", master.to_data());
+        }
+        if let Some(key) = self.rounding_key {
+            out.push_scalar(&fused, "step", key.step.into());
+            out.push_scalar(&fused, "stream", key.stream.into());
+        }
     }
 
     /// `None` (burn then starts the parameter's state afresh on its next
     /// step, as it does for any record it cannot read) when the square
     /// average is missing, a tensor is not a float tensor of rank `D`, or the
-    /// buffers disagree in shape or dtype.
+    /// buffers disagree in shape or dtype. A master copy of another shape
+    /// than the square average, or a rounding key with one of its two
+    /// numbers missing or not a non-negative integer, is left out (the step
+    /// starts it afresh).
     fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
         let square_avg = src.take_tensor(&join_path(prefix, SQUARE_AVG), "square_avg");
         let centered = join_path(prefix, CENTERED);
         let _derived_avg = src.take_tensor(&centered, "avg");
         let grad_avg = src.take_tensor(&centered, "grad_avg");
         let momentum_buf = src.take_tensor(&join_path(prefix, MOMENTUM), "buf");
+        let fused = join_path(prefix, FUSED);
+        let master = src.take_tensor(&fused, "master");
+        let mut unsigned = |leaf| src.take_scalar(&fused, leaf)?.try_into().ok();
+        let rounding_key = match (unsigned("step"), unsigned("stream")) {
+            (Some(step), Some(stream)) => Some(RoundingKey { step, stream }),
+            _ => None,
+        };
 
         let square_avg = square_avg?;
         let like_square_avg = |data: &TensorData| {
@@ -180,10 +297,14 @@ impl<const D: usize> RecordState for FusedRmsPropState<D> {
             let options = TensorCreationOptions::new(device.clone()).with_dtype(data.dtype());
             Tensor::<D>::from_data(data, options)
         };
+        let master = master
+            .filter(|m| m.shape() == square_avg.shape() && m.dtype().is_float() && m.rank() == D);
         Some(Self {
             square_avg: load(square_avg),
             grad_avg: grad_avg.map(load),
             momentum_buf: momentum_buf.map(load),
+            master: master.map(load),
+            rounding_key,
         })
     }
 }

@@ -9,10 +9,16 @@
 //!   uninterrupted run.
 //! - A run checkpointed under Burn's `RmsPropConfig` resumes under
 //!   `FusedRmsPropConfig`.
+//! - burn-train's multi-device strategies (`OptimMainDevice`,
+//!   `OptimSharded`) run with the fused optimizer, on two handles of the one
+//!   Flex device (all these machines have): the same losses as Burn's
+//!   `RmsProp` under the same strategy, every step in place.
 //! - bf16 and f16 models train under the `Learner` with the kernel (every
 //!   parameter arrives shared, as the `Learner` holds the model it steps),
 //!   and a bf16 run resumed from its checkpoint (the `f32` state in burn's
-//!   record) ends bit-identical too.
+//!   record) ends bit-identical too, also with stochastic rounding (the
+//!   rounding key in the record) and with master weights (the master copy
+//!   in the record).
 
 #[path = "../examples/common/iris.rs"]
 mod iris;
@@ -27,8 +33,10 @@ use burn::optim::{ModuleOptimizer, RmsPropConfig};
 use burn::tensor::{DType, Device};
 use burn_train::checkpoint::KeepLastNCheckpoints;
 use burn_train::metric::{AccuracyMetric, LossMetric};
-use burn_train::{Learner, SupervisedTraining};
-use fused_rmsprop_burn::{FusedRmsProp, FusedRmsPropConfig, StepStats};
+use burn_train::{
+    ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining, TrainingStrategy,
+};
+use fused_rmsprop_burn::{FusedRmsProp, FusedRmsPropConfig, Rounding, StepStats};
 use iris::{Classifier, EpochLog, IrisBatch, IrisBatcher};
 
 const HIDDEN: usize = 32;
@@ -42,17 +50,26 @@ const LOSS_TOLERANCE: f64 = 1e-5;
 #[derive(Clone, Copy, Debug)]
 enum Optim {
     Fused,
+    /// The fused optimizer with stochastic rounding.
+    FusedStochastic,
+    /// The fused optimizer with master weights.
+    FusedMaster,
     Burn,
 }
 
 impl Optim {
     /// The optimizer, and for the fused one a handle on its statistics.
     fn init(self) -> (ModuleOptimizer, Option<FusedRmsProp>) {
+        let fused = |config: FusedRmsPropConfig| {
+            let fused = config.build();
+            (fused.clone().into(), Some(fused))
+        };
         match self {
-            Optim::Fused => {
-                let fused = FusedRmsPropConfig::new().build();
-                (fused.clone().into(), Some(fused))
+            Optim::Fused => fused(FusedRmsPropConfig::new()),
+            Optim::FusedStochastic => {
+                fused(FusedRmsPropConfig::new().with_rounding(Rounding::Stochastic { seed: 11 }))
             }
+            Optim::FusedMaster => fused(FusedRmsPropConfig::new().with_master_weights(true)),
             Optim::Burn => (RmsPropConfig::new().init(), None),
         }
     }
@@ -120,6 +137,19 @@ fn train_in(
     until: usize,
     resume_from: Option<usize>,
 ) -> Run {
+    train_on(None, dtype, dir, optim, until, resume_from)
+}
+
+/// [`train_in`] with burn-train's multi-device strategy `multi` (on two
+/// handles of the one Flex device) instead of the single-device default.
+fn train_on(
+    multi: Option<MultiDeviceOptim>,
+    dtype: DType,
+    dir: &Scratch,
+    optim: Optim,
+    until: usize,
+    resume_from: Option<usize>,
+) -> Run {
     let device = Device::default().autodiff();
     let (train, valid) = iris::train_valid_split();
     let iterations = EPOCHS * train.len().div_ceil(BATCH);
@@ -145,6 +175,12 @@ fn train_in(
         .with_application_logger(None);
     if let Some(epoch) = resume_from {
         training = training.checkpoint(epoch);
+    }
+    if let Some(multi) = multi {
+        let devices = vec![Device::default(), Device::default()];
+        training = training.with_training_strategy(TrainingStrategy::Default(
+            ExecutionStrategy::multi(devices, multi),
+        ));
     }
     let result = training.launch(learner);
     assert!(
@@ -279,4 +315,82 @@ fn a_bf16_run_resumed_from_its_checkpoint_ends_bit_identical() {
     assert_eq!(resumed.dtype, DType::BF16);
     assert_bit_identical(&resumed.parameters, &whole.parameters);
     assert_eq!(losses(&resumed, "train", 2), losses(&whole, "train", 2));
+}
+
+/// Stochastic rounding and master weights under the `Learner`: each changes
+/// the bf16 run (the option is on), and a run stopped after epoch 1 and
+/// resumed from burn-train's checkpoint ends bit-identical to the
+/// uninterrupted one: the rounding keys and the master copies travel in the
+/// optimizer's record.
+#[test]
+fn bf16_runs_with_stochastic_rounding_or_master_weights_resume_bit_identical() {
+    let nearest_dir = Scratch::new("bf16-nearest");
+    let nearest = train_in(DType::BF16, &nearest_dir, Optim::Fused, EPOCHS, None);
+    for optim in [Optim::FusedStochastic, Optim::FusedMaster] {
+        let (whole_dir, split_dir) = (
+            Scratch::new(&format!("{optim:?}-whole")),
+            Scratch::new(&format!("{optim:?}-resumed")),
+        );
+        let whole = train_in(DType::BF16, &whole_dir, optim, EPOCHS, None);
+        assert_ne!(
+            whole.parameters, nearest.parameters,
+            "{optim:?} changed nothing"
+        );
+        let stats = whole.stats.clone().expect("statistics");
+        assert_eq!(stats.composed_steps, 0, "{optim:?}: {stats:?}");
+        train_in(DType::BF16, &split_dir, optim, 1, None);
+        let resumed = train_in(DType::BF16, &split_dir, optim, EPOCHS, Some(1));
+        assert_eq!(resumed.dtype, DType::BF16);
+        assert_bit_identical(&resumed.parameters, &whole.parameters);
+        assert_eq!(losses(&resumed, "train", 2), losses(&whole, "train", 2));
+    }
+}
+
+/// burn-train's multi-device strategies step through `ModuleOptimizer`'s
+/// `step_multi`, which moves each state to its parameter's device
+/// (`Optimizer::to_device`) and, under `OptimSharded`, steps each parameter
+/// on the device that accumulated its gradient. Flex has one device, so
+/// both run here on two handles of it: the real strategy code (a thread per
+/// device, gradients gathered, the step) with no data actually moving.
+#[test]
+fn multi_device_strategies_run_with_the_fused_optimizer() {
+    for multi in [
+        MultiDeviceOptim::OptimMainDevice,
+        MultiDeviceOptim::OptimSharded,
+    ] {
+        let (fused_dir, burn_dir) = (
+            Scratch::new(&format!("{multi:?}-fused")),
+            Scratch::new(&format!("{multi:?}-burn")),
+        );
+        let fused = train_on(
+            Some(multi),
+            DType::F32,
+            &fused_dir,
+            Optim::Fused,
+            EPOCHS,
+            None,
+        );
+        let burn = train_on(
+            Some(multi),
+            DType::F32,
+            &burn_dir,
+            Optim::Burn,
+            EPOCHS,
+            None,
+        );
+        // The device threads report their batches in the order they
+        // finish: compare each epoch's losses sorted.
+        let sorted = |run: &Run, epoch| {
+            let mut losses = losses(run, "train", epoch);
+            losses.sort_by(f64::total_cmp);
+            losses
+        };
+        for epoch in 1..=EPOCHS {
+            let what = format!("{multi:?}, epoch {epoch} train loss");
+            assert_close(&sorted(&fused, epoch), &sorted(&burn, epoch), &what);
+        }
+        let stats = fused.stats.expect("statistics");
+        assert!(stats.in_place_steps > 0, "{multi:?}: {stats:?}");
+        assert_eq!(stats.composed_steps, 0, "{multi:?}: {stats:?}");
+    }
 }

@@ -30,7 +30,13 @@ fn every_config() -> Vec<FusedRmsPropConfig> {
                     .with_decoupled_weight_decay(flag)
                     .with_maximize(false)
                     .with_clamp_centered_variance(flag)
-                    .with_non_finite_grads(non_finite),
+                    .with_non_finite_grads(non_finite)
+                    .with_rounding(if flag {
+                        Rounding::Stochastic { seed: 5 }
+                    } else {
+                        Rounding::Nearest
+                    })
+                    .with_master_weights(flag),
             );
         }
     }

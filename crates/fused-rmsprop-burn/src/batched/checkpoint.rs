@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer, OptimizerRecord};
 use burn::tensor::{Bytes, DType, Device, Element, Tensor, TensorCreationOptions, TensorData};
-use fused_rmsprop::{Float, State};
+use fused_rmsprop::{Float, Rounding, State};
 
 use super::{BatchedRmsProp, KernelState};
-use crate::{FusedRmsPropState, RecordLoadError};
+use crate::{FusedRmsPropState, RecordLoadError, RoundingKey};
 
 impl BatchedRmsProp {
     /// The state of `module`'s parameters as burn's optimizer record, the
@@ -60,13 +60,15 @@ impl BatchedRmsProp {
             .iter()
             .filter_map(|(id, state)| state.as_ref().map(|s| (*id, s)))
             .collect();
+        let stochastic = matches!(self.kernel.hyper().rounding, Rounding::Stochastic { .. });
         let mut queue = VecDeque::new();
         let mut grads = GradientsParams::new();
         for (id, zeros) in order.params {
             let Some(&state) = states.get(&id) else {
                 continue;
             };
-            queue.push_back(state.clone());
+            let stream = self.streams.get(&id).copied().filter(|_| stochastic);
+            queue.push_back((state.clone(), stream));
             zeros.register(&mut grads, id);
         }
         let mut optim = ModuleOptimizer::from(Exchange::Give(Arc::new(Mutex::new(queue))));
@@ -104,10 +106,24 @@ impl BatchedRmsProp {
         }
         let _unchanged = optim.step(0.0, module.clone(), grads);
         let taken = std::mem::take(&mut *taken.lock().unwrap_or_else(PoisonError::into_inner));
-        self.states = ids
+        let loaded: Vec<(ParamId, Keyed)> = ids
             .into_iter()
             .zip(taken)
-            .filter_map(|(id, state)| state.map(|s| (id, Some(s))))
+            .filter_map(|(id, state)| state.map(|s| (id, s)))
+            .collect();
+        self.streams = loaded
+            .iter()
+            .filter_map(|(id, (_, stream))| stream.map(|s| (*id, s)))
+            .collect();
+        self.next_stream = self
+            .streams
+            .values()
+            .map(|s| s.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        self.states = loaded
+            .into_iter()
+            .map(|(id, (state, _))| (id, Some(state)))
             .collect();
         Ok(())
     }
@@ -162,14 +178,20 @@ impl ModuleVisitor for Visitor {
     }
 }
 
+/// A parameter's kernel state with its stochastic-rounding stream, if it
+/// has one.
+type Keyed = (KernelState, Option<u64>);
+
 /// An optimizer that leaves each parameter as it is and exchanges its
 /// state with the batched route (see the module docs).
 #[derive(Clone)]
 enum Exchange {
-    /// Gives, as each parameter's state, the next of these.
-    Give(Arc<Mutex<VecDeque<KernelState>>>),
-    /// Keeps each state it is given and collects a copy.
-    Collect(Arc<Mutex<Vec<Option<KernelState>>>>),
+    /// Gives, as each parameter's state, the next of these (with its
+    /// rounding stream, if it has one).
+    Give(Arc<Mutex<VecDeque<Keyed>>>),
+    /// Keeps each state it is given and collects a copy (with its rounding
+    /// stream, if it has one).
+    Collect(Arc<Mutex<Vec<Option<Keyed>>>>),
 }
 
 impl Optimizer for Exchange {
@@ -188,11 +210,14 @@ impl Optimizer for Exchange {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .pop_front();
-                let state = next.map(|s| to_tensors(&s, &tensor));
+                let state = next.map(|(s, stream)| to_tensors(&s, stream, &tensor));
                 (tensor, state)
             }
             Exchange::Collect(collected) => {
-                let copy = state.as_ref().map(|s| from_tensors(s, tensor.dtype()));
+                let copy = state.as_ref().map(|s| {
+                    let stream = s.rounding_key.map(|key| key.stream);
+                    (from_tensors(s, tensor.dtype()), stream)
+                });
                 collected
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -207,12 +232,18 @@ impl Optimizer for Exchange {
     }
 }
 
-/// A kernel state as the per-parameter route's tensors, shaped like `param`.
-fn to_tensors<const D: usize>(state: &KernelState, param: &Tensor<D>) -> FusedRmsPropState<D> {
+/// A kernel state as the per-parameter route's tensors, shaped like
+/// `param`, with the rounding key of `stream` (and the state's step count)
+/// when there is one.
+fn to_tensors<const D: usize>(
+    state: &KernelState,
+    stream: Option<u64>,
+    param: &Tensor<D>,
+) -> FusedRmsPropState<D> {
     fn of<S: Float + Element, const D: usize>(
         state: &State<S>,
         dtype: DType,
-        param: &Tensor<D>,
+        (stream, param): (Option<u64>, &Tensor<D>),
     ) -> FusedRmsPropState<D> {
         let tensor = |values: &[S]| {
             let data = TensorData::new(values.to_vec(), param.shape());
@@ -223,11 +254,16 @@ fn to_tensors<const D: usize>(state: &KernelState, param: &Tensor<D>) -> FusedRm
             square_avg: tensor(&state.square_avg),
             grad_avg: state.grad_avg.as_deref().map(tensor),
             momentum_buf: state.momentum_buf.as_deref().map(tensor),
+            master: state.master.as_deref().map(tensor),
+            rounding_key: stream.map(|stream| RoundingKey {
+                step: state.step,
+                stream,
+            }),
         }
     }
     match state {
-        KernelState::F32(s) => of(s, DType::F32, param),
-        KernelState::F64(s) => of(s, DType::F64, param),
+        KernelState::F32(s) => of(s, DType::F32, (stream, param)),
+        KernelState::F64(s) => of(s, DType::F64, (stream, param)),
     }
 }
 
@@ -249,8 +285,8 @@ fn from_tensors<const D: usize>(state: &FusedRmsPropState<D>, dtype: DType) -> K
             square_avg: values(&state.square_avg),
             grad_avg: state.grad_avg.as_ref().map(values),
             momentum_buf: state.momentum_buf.as_ref().map(values),
-            master: None,
-            step: 0,
+            master: state.master.as_ref().map(values),
+            step: state.rounding_key.map_or(0, |key| key.step),
         }
     }
     if dtype == DType::F64 {
