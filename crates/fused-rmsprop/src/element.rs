@@ -61,7 +61,7 @@ pub trait Float:
     fn sqrt(self) -> Self;
 
     /// A SIMD register of this type for instruction set `S`.
-    type Lanes<S: Simd>: Copy;
+    type Lanes<S: Simd>: Copy + bytemuck::Pod;
     /// Splits a slice into whole registers and a scalar tail.
     fn as_lanes<S: Simd>(slice: &[Self]) -> (&[Self::Lanes<S>], &[Self]);
     /// Splits a mutable slice into whole registers and a scalar tail.

@@ -189,6 +189,8 @@ mod simd;
 mod simd_half;
 mod state;
 mod step;
+#[allow(unsafe_code)]
+mod streaming;
 #[cfg(feature = "proptest")]
 pub mod testing;
 #[cfg(target_arch = "x86_64")]

@@ -11,7 +11,7 @@ use pulp::{Simd, WithSimd};
 
 use crate::step::{Chunk, Coefficients};
 use crate::{Float, Param};
-use crate::{prefetch, scalar};
+use crate::{prefetch, scalar, streaming};
 
 /// Steps `chunk` with instruction set `simd`.
 #[inline(always)]
@@ -37,9 +37,26 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let c = self.coefficients;
+        let mut chunk = self.chunk;
+        // An out-of-place chunk large enough streams its parameters: the
+        // elements before the first aligned register go through the spec.
+        let streaming = match streaming::alignment(&simd) {
+            Some(align)
+                if !chunk.source.is_empty() && chunk.len() >= streaming::STREAMING_MIN_ELEMENTS =>
+            {
+                let address = chunk.params.as_ptr() as usize;
+                let lead = (align - address % align) % align / core::mem::size_of::<T>();
+                let lead = lead.min(chunk.len());
+                let (lead, rest) = chunk.split_at(lead);
+                scalar::step(c, lead);
+                chunk = rest;
+                true
+            }
+            _ => false,
+        };
         let width = core::mem::size_of::<T::Lanes<S>>() / core::mem::size_of::<T>();
-        let whole = self.chunk.len() / width * width;
-        let (head, tail) = self.chunk.split_at(whole);
+        let whole = chunk.len() / width * width;
+        let (head, tail) = chunk.split_at(whole);
         crate::step::with_constant_options!(
             c,
             [
@@ -48,14 +65,16 @@ impl<T: Float + Param<State = T>> WithSimd for Kernel<'_, '_, T> {
                 plain_clipped_by_value,
                 plain_scaled
             ],
-            |k| whole_registers(simd, k, head)
+            |k| whole_registers(simd, k, head, streaming)
         );
         scalar::step(c, tail);
     }
 }
 
-/// Steps `head` (a whole number of registers) with coefficients `c`.
-/// Inlined into each call, so coefficients whose options are constants
+/// Steps `head` (a whole number of registers) with coefficients `c`,
+/// writing the parameters with streaming stores when `streaming` (module
+/// `streaming`; an out-of-place chunk). Inlined into each call, so
+/// coefficients whose options are constants
 /// ([`with_constant_options`](crate::step::with_constant_options)) get a
 /// loop of their own.
 #[inline(always)]
@@ -63,6 +82,7 @@ fn whole_registers<T: Float + Param<State = T>, S: Simd>(
     simd: S,
     c: &Coefficients<T>,
     head: Chunk<'_, T>,
+    streaming: bool,
 ) {
     let Chunk {
         params,
@@ -83,7 +103,11 @@ fn whole_registers<T: Float + Param<State = T>, S: Simd>(
     let lanes = LaneCoefficients::splat(simd, c);
     let ahead = prefetch::DISTANCE_BYTES / core::mem::size_of::<T::Lanes<S>>().max(1);
     for i in 0..params_head.len() {
-        prefetch::prefetch(params_head, i + ahead);
+        if !streaming {
+            // A streamed destination is never read: fetching it would
+            // bring back the traffic streaming saves.
+            prefetch::prefetch(params_head, i + ahead);
+        }
         prefetch::prefetch(source_head, i + ahead);
         prefetch::prefetch(grads_head, i + ahead);
         prefetch::prefetch(square_head, i + ahead);
@@ -99,7 +123,7 @@ fn whole_registers<T: Float + Param<State = T>, S: Simd>(
         } else {
             None
         };
-        params_head[i] = update_lanes(
+        let p = update_lanes(
             simd,
             c,
             &lanes,
@@ -113,6 +137,14 @@ fn whole_registers<T: Float + Param<State = T>, S: Simd>(
             grad_avg,
             momentum_buf,
         );
+        if streaming {
+            streaming::store(simd, &mut params_head[i], p);
+        } else {
+            params_head[i] = p;
+        }
+    }
+    if streaming {
+        streaming::fence(simd);
     }
     debug_assert!(params_tail.is_empty() && grads_tail.is_empty());
     debug_assert!(source_tail.is_empty());

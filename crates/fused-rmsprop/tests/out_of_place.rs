@@ -143,3 +143,45 @@ fn a_source_of_another_length_is_an_error_and_writes_nothing() {
     );
     assert_eq!((out, v), ([3.0; 4], [0.5; 4]));
 }
+
+/// Large out-of-place chunks write their parameters with streaming stores
+/// (module `streaming`), after a lead of elements up to the first aligned
+/// register: on every path, destinations at every offset from a register
+/// boundary give the spec's bits, NaN and infinity included, and the
+/// threaded paths whose tasks stay below the threshold give them too.
+#[test]
+fn streamed_parameters_are_the_specs_bits_at_every_alignment() {
+    let n = 70_001; // above the streaming threshold, not a whole register count
+    let value = |i: usize, k: usize| match (i * 7 + k) % 997 {
+        0 => f32::NAN,
+        1 => f32::INFINITY,
+        2 => -0.0,
+        3 => 1e-40,
+        r => (r as f32 - 498.0) / 300.0,
+    };
+    let params: Vec<f32> = (0..n).map(|i| value(i, 0)).collect();
+    let grads: Vec<f32> = (0..n).map(|i| value(i, 1) * 0.01).collect();
+    let hyper = Hyper::default().with_momentum(0.9).with_centered(true);
+    let step = |path: Execution, offset: usize| {
+        let opt = RmsProp::new(hyper).unwrap().with_execution(path).unwrap();
+        let mut state = State::for_params(&params, &hyper);
+        let mut buffer = vec![f32::NAN; n + 16];
+        let out = &mut buffer[offset..offset + n];
+        opt.step_many(
+            hyper.lr,
+            [Group::new(out, &grads, state.slices_mut()).with_source(&params)],
+        )
+        .unwrap();
+        (
+            bits(out),
+            bits(&state.square_avg),
+            bits(state.momentum_buf.as_ref().unwrap()),
+        )
+    };
+    let spec = step(SPEC, 0);
+    for path in other_paths() {
+        for offset in 0..16 {
+            assert!(step(path, offset) == spec, "{path:?}, offset {offset}");
+        }
+    }
+}

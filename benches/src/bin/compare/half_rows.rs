@@ -163,3 +163,65 @@ pub(crate) fn half_framework_rows(
         });
     }
 }
+
+/// burn's fused optimizer on a `bf16` model (`sizes`, plain variant) with
+/// stochastic rounding, and with master weights, each against burn's
+/// `RmsProp` on the same model and against its own limit: the 16-bit
+/// skeleton, with the master copy's read and write for master weights (20
+/// bytes per element; 14 otherwise).
+pub(crate) fn burn_rounding_rows(
+    case: String,
+    sizes: &[usize],
+    threads: usize,
+    rows: &mut Vec<Row>,
+) {
+    let variant = Variant::Plain;
+    let n: usize = sizes.iter().sum();
+    let lr = variant.hyper().lr;
+    let budget = Duration::from_millis(if n >= 1 << 24 { 1000 } else { 700 });
+    let dtype = burn::tensor::DType::BF16;
+    for mode in [HalfMode::Stochastic, HalfMode::Master] {
+        let hyper = mode.apply(variant.hyper());
+        let config = burn_case::fused_rmsprop(variant)
+            .with_rounding(hyper.rounding)
+            .with_master_weights(hyper.master_weights);
+        let mut baseline =
+            burn_case::Case::new_in(dtype, sizes, burn_case::burn_rmsprop(variant), lr);
+        let mut fused = burn_case::Case::new_in(dtype, sizes, config.init(), lr);
+        let times = beside_baseline(
+            budget,
+            BASELINE_MIN_REPS,
+            &mut || baseline.step(),
+            &mut [&mut || fused.step()],
+        );
+        let diff = max_abs_diff(&baseline.values(), &fused.values());
+        let master = mode == HalfMode::Master;
+        let (mut plain, mut prefetched) = (
+            roofline::HalfSkeleton::new(n, master),
+            roofline::HalfSkeleton::new(n, master),
+        );
+        let (own_t, limit_t) = fused_and_limit(
+            &mut || fused.step(),
+            &mut [&mut || plain.run(threads, false), &mut || {
+                prefetched.run(threads, true)
+            }],
+            budget / 2,
+        );
+        let bytes = (n * mode.bytes_per_element(variant)) as f64;
+        rows.push(Row {
+            framework: "burn",
+            baseline: "burn RmsProp (bf16)".to_string(),
+            case: format!("{case} bf16"),
+            variant,
+            elements: n,
+            threads: rayon::current_num_threads(),
+            baseline_ns: times[0].as_secs_f64() * 1e9,
+            fused: format!("fused, {} (bf16, f32 state)", mode.name()),
+            fused_ns: times[1].as_secs_f64() * 1e9,
+            gbps: Some(bytes / own_t / 1e9),
+            roofline_fraction: Some(limit_t / own_t),
+            max_abs_diff: Some(diff),
+            unclipped: None,
+        });
+    }
+}

@@ -86,7 +86,7 @@ use indicatif::ProgressBar;
 use crate::burn_rows::{Stepping, burn_rows, burn_rows_stepped};
 use crate::candle_rows::candle_rows;
 use crate::clipping_rows::{Format, clipping_rows};
-use crate::half_rows::half_framework_rows;
+use crate::half_rows::{burn_rounding_rows, half_framework_rows};
 use crate::kernel_rows::{half_kernel_rows, kernel_rows};
 use crate::options::{Options, parse_args};
 use crate::overhead_rows::{overhead_rows, print_overheads};
@@ -220,7 +220,9 @@ fn many_tensor_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Ro
 }
 
 /// Both frameworks on 16-bit models (the largest size and the 150-tensor
-/// model) against their own optimizers on the same models.
+/// model) against their own optimizers on the same models; for `bf16`,
+/// burn's fused optimizer with stochastic rounding and with master weights
+/// at the largest size.
 fn half_model_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Row>) {
     let largest = options.sizes.iter().copied().max().unwrap_or(1 << 24);
     let model = workload::transformer_sizes();
@@ -236,6 +238,9 @@ fn half_model_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Row
         if options.model {
             let case = format!("model-{}", model.len());
             half_framework_rows(case, &model, dtype, options.threads, rows);
+        }
+        if dtype == candle_core::DType::BF16 {
+            burn_rounding_rows(size_label(largest), &[largest], options.threads, rows);
         }
         progress.inc(1);
     }
