@@ -24,6 +24,8 @@ HEADLINES = [
     ("16M `f32`, burn", "burn", "burn RmsProp", "FusedRmsProp", "16M"),
     ("16M `bf16`, candle", "candle", "tensor-op RMSprop (bf16)", "fused (bf16", "16M bf16"),
     ("16M `bf16`, burn", "burn", "burn RmsProp (bf16)", "fused (bf16", "16M bf16"),
+    ("16M `bf16`, burn, stochastic rounding", "burn", "burn RmsProp (bf16)", "fused, stochastic", "16M bf16"),
+    ("16M `bf16`, burn, master weights", "burn", "burn RmsProp (bf16)", "fused, master", "16M bf16"),
     ("150 tensors (22.5M), candle", "candle", "tensor-op RMSprop", "fused RmsProp", "model-150"),
     ("150 tensors (22.5M), burn", "burn", "burn RmsProp", "FusedRmsProp", "model-150"),
     ("150 tensors, burn `init_batched()`", "burn", "bare kernel step_many", "BatchedRmsProp", "model-150"),
