@@ -84,6 +84,8 @@ fn raw_hyper(input: &mut Input<'_>) -> Hyper {
             2 => Some(GradClip::NormPerTensor(number(input))),
             _ => Some(GradClip::NormGlobal(number(input))),
         },
+        // The fuzz targets step full state; 8-bit state has its own proptests.
+        state_format: fused_rmsprop::StateFormat::Full,
     }
 }
 

@@ -117,6 +117,8 @@ impl ParamsRmsProp {
             rounding: self.rounding,
             master_weights: self.master_weights,
             grad_clip: self.clip_value.map(GradClip::Value),
+            // 8-bit state is not an option of the candle optimizer yet.
+            state_format: fused_rmsprop::StateFormat::Full,
         }
     }
 

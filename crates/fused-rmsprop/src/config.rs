@@ -1,6 +1,6 @@
 //! Hyper-parameters: what the step computes, and their validation.
 
-use crate::Error;
+use crate::{Error, StateFormat};
 
 /// Where epsilon enters the denominator.
 ///
@@ -254,6 +254,12 @@ pub struct Hyper {
     pub master_weights: bool,
     /// Gradient clipping inside the step ([`GradClip`]); `None` is off.
     pub grad_clip: Option<GradClip>,
+    /// How the state is kept: full precision (the default) or 8-bit
+    /// ([`StateFormat::Blockwise8`], stepped by
+    /// [`RmsProp::step_blockwise8`](crate::RmsProp::step_blockwise8)).
+    /// The kernel steps whichever state it is given; this field tells the
+    /// adapters which to make.
+    pub state_format: StateFormat,
 }
 
 impl Default for Hyper {
@@ -274,6 +280,7 @@ impl Default for Hyper {
             rounding: Rounding::Nearest,
             master_weights: false,
             grad_clip: None,
+            state_format: StateFormat::Full,
         }
     }
 }
@@ -331,6 +338,8 @@ builder! {
     with_master_weights: master_weights: bool,
     /// Sets [`Hyper::grad_clip`].
     with_grad_clip: grad_clip: Option<GradClip>,
+    /// Sets [`Hyper::state_format`].
+    with_state_format: state_format: StateFormat,
 }
 
 impl Hyper {

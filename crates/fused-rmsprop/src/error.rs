@@ -72,6 +72,15 @@ pub enum Error {
         /// The instruction set asked for, e.g. `"avx512"`.
         isa: &'static str,
     },
+    /// A shard of an 8-bit step ([`Blockwise8Group::first_element`](crate::Blockwise8Group::first_element))
+    /// does not start on a block boundary, so its blocks would not be the
+    /// whole tensor's.
+    MisalignedShard {
+        /// The index given.
+        first_element: u64,
+        /// The block size it must be a multiple of.
+        block: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -109,6 +118,13 @@ impl fmt::Display for Error {
             Error::UnsupportedIsa { isa } => {
                 write!(f, "instruction set {isa} is not available on this CPU")
             }
+            Error::MisalignedShard {
+                first_element,
+                block,
+            } => write!(
+                f,
+                "a shard of 8-bit state starts at element {first_element}, not a multiple of the block size {block}"
+            ),
         }
     }
 }

@@ -168,6 +168,7 @@
 
 #![deny(unsafe_code)]
 
+mod blockwise8;
 mod config;
 mod element;
 mod error;
@@ -183,6 +184,7 @@ mod parallel;
 mod param;
 #[allow(unsafe_code)]
 mod prefetch;
+mod quant_map;
 mod rounding;
 mod scalar;
 mod simd;
@@ -196,6 +198,10 @@ pub mod testing;
 #[cfg(target_arch = "x86_64")]
 mod token;
 
+pub use blockwise8::{
+    BLOCK_ELEMENTS, Blockwise8Group, Blockwise8Slices, Blockwise8State, MIN_8BIT_ELEMENTS,
+    Quantized, QuantizedSlices, StateFormat,
+};
 pub use config::{EpsPlacement, GradClip, Hyper, NonFinite, Rounding, WeightDecay};
 pub use element::Float;
 pub use error::Error;
@@ -209,6 +215,7 @@ pub use norm::GRAD_NORM_BLOCK;
 #[doc(hidden)]
 pub use parallel::{PARALLEL_MIN_ELEMENTS, TASK_ALIGN_ELEMENTS, TASKS_PER_THREAD, run_tasks};
 pub use param::Param;
+pub use quant_map::QuantMap;
 pub use state::{State, StateSlices};
 
 use execution::ResolvedKernel;
@@ -725,6 +732,130 @@ impl RmsProp {
             (execution.threads, execution.linger),
             &coefficients,
             chunks,
+        );
+        Ok(report)
+    }
+
+    /// One step of a tensor with 8-bit state ([`StateFormat::Blockwise8`])
+    /// at the configured learning rate; counts the step in `state`. The
+    /// same options as [`RmsProp::step`], the module docs of
+    /// [`Blockwise8State`] say what quantizing adds.
+    ///
+    /// # Errors
+    /// As [`RmsProp::step`]; a scale buffer of the wrong length is named
+    /// `"square_avg.scales"` (and so on). Nothing is written on error.
+    ///
+    /// ```
+    /// use fused_rmsprop::{Blockwise8State, Hyper, RmsProp, StateFormat};
+    /// let opt = RmsProp::new(Hyper::default().with_state_format(StateFormat::BLOCKWISE8))?;
+    /// let mut params = vec![1.0f32; 4096];
+    /// let mut state = Blockwise8State::new(params.len(), opt.hyper());
+    /// opt.step_blockwise8(&mut params, &vec![0.5; 4096], &mut state)?;
+    /// assert!((params[0] - 0.9).abs() < 1e-6); // as with full state: lr / sqrt(1 - alpha)
+    /// assert_eq!(state.state_bytes(), 4096 + 16 * 4); // a byte per element, a scale per block
+    /// # Ok::<(), fused_rmsprop::Error>(())
+    /// ```
+    pub fn step_blockwise8<P: Param>(
+        &self,
+        params: &mut [P],
+        grads: &[P],
+        state: &mut Blockwise8State<P::State>,
+    ) -> Result<StepReport, Error> {
+        self.step_blockwise8_with_lr(self.hyper.lr, params, grads, state)
+    }
+
+    /// [`RmsProp::step_blockwise8`] at learning rate `lr`.
+    ///
+    /// # Errors
+    /// As [`RmsProp::step_with_lr`].
+    ///
+    /// ```
+    /// # use fused_rmsprop::{Blockwise8State, Hyper, RmsProp};
+    /// let opt = RmsProp::new(Hyper::default())?;
+    /// let mut p = [1.0f32; 3];
+    /// let mut s = Blockwise8State::new(3, opt.hyper());
+    /// opt.step_blockwise8_with_lr(0.0, &mut p, &[1.0; 3], &mut s)?;
+    /// assert_eq!((p, s.step), ([1.0; 3], 1));
+    /// # Ok::<(), fused_rmsprop::Error>(())
+    /// ```
+    pub fn step_blockwise8_with_lr<P: Param>(
+        &self,
+        lr: f64,
+        params: &mut [P],
+        grads: &[P],
+        state: &mut Blockwise8State<P::State>,
+    ) -> Result<StepReport, Error> {
+        let step = state.step;
+        let group =
+            Blockwise8Group::new(params, grads, state.slices_mut()).with_rounding_key(step, 0);
+        let report = self.step_blockwise8_slices(lr, group)?;
+        if !report.is_skipped(0) {
+            state.step += 1;
+        }
+        Ok(report)
+    }
+
+    /// One 8-bit step on state the caller owns (an adapter's tensors, or a
+    /// shard of a tensor: [`Blockwise8Group::first_element`]).
+    ///
+    /// # Errors
+    /// As [`RmsProp::step_with_lr`], and [`Error::MisalignedShard`].
+    ///
+    /// ```
+    /// use fused_rmsprop::{Blockwise8Group, Blockwise8State, Hyper, RmsProp};
+    /// let opt = RmsProp::new(Hyper::default())?;
+    /// let (mut p, g) = (vec![1.0f32; 300], vec![0.5f32; 300]);
+    /// let mut s = Blockwise8State::new(300, opt.hyper());
+    /// opt.step_blockwise8_slices(0.01, Blockwise8Group::new(&mut p, &g, s.slices_mut()))?;
+    /// assert!(p[299] < 1.0);
+    /// # Ok::<(), fused_rmsprop::Error>(())
+    /// ```
+    pub fn step_blockwise8_slices<P: Param>(
+        &self,
+        lr: f64,
+        group: Blockwise8Group<'_, P>,
+    ) -> Result<StepReport, Error> {
+        let mut coefficients = Coefficients::<P::State>::new(&self.hyper, lr, P::NARROWS)?;
+        coefficients.stochastic &= P::ROUNDS_STOCHASTICALLY;
+        let key = match self.hyper.rounding {
+            Rounding::Stochastic { seed } if coefficients.stochastic => {
+                rounding::key(seed, group.step, group.stream)
+            }
+            _ => 0,
+        };
+        let mut job = group.into_job(&coefficients, key)?;
+        // The gradient checks and the norm work on the gradients alone:
+        // a chunk with no state carries them through the full-state code.
+        let probe = Chunk {
+            params: &mut [],
+            source: &[],
+            grads: job.grads,
+            square_avg: &mut [],
+            grad_avg: &mut [],
+            momentum_buf: &mut [],
+            master: &mut [],
+            offset: 0,
+            key,
+            grad_scale: job.grad_scale,
+        };
+        let mut probes = vec![probe];
+        let mut report = StepReport::default();
+        if self.hyper.non_finite != NonFinite::Propagate {
+            self.keep_finite(&mut probes, &mut report)?;
+        }
+        if let Some(clip) = self.hyper.grad_clip.filter(|clip| clip.is_by_norm()) {
+            self.clip_by_norm(clip, &mut probes, &mut report)?;
+        }
+        let Some(probe) = probes.pop() else {
+            return Ok(report); // skipped
+        };
+        job.grad_scale = probe.grad_scale;
+        let execution = self.execution;
+        blockwise8::run(
+            self.kernel,
+            (execution.threads, execution.linger),
+            &coefficients,
+            job,
         );
         Ok(report)
     }

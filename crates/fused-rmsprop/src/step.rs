@@ -228,6 +228,16 @@ macro_rules! with_constant_options {
 }
 pub(crate) use with_constant_options;
 
+/// Splits an optional buffer at `mid`: an absent one is empty and stays
+/// empty on both sides.
+pub(crate) fn split_optional<T>(slice: &mut [T], mid: usize) -> (&mut [T], &mut [T]) {
+    if slice.is_empty() {
+        (&mut [], &mut [])
+    } else {
+        slice.split_at_mut(mid)
+    }
+}
+
 /// Equal-length slices of one parameter (or a piece of one): the unit every
 /// path works on. `grad_avg` is empty unless centered, `momentum_buf` empty
 /// unless momentum is on, `master` empty unless master weights apply;
@@ -340,14 +350,7 @@ impl<'a, P: Param> Chunk<'a, P> {
 
     /// Splits at element `mid` into two chunks that are valid on their own.
     pub fn split_at(self, mid: usize) -> (Self, Self) {
-        fn split<T>(slice: &mut [T], mid: usize) -> (&mut [T], &mut [T]) {
-            // An absent optional buffer is empty and stays empty on both sides.
-            if slice.is_empty() {
-                (&mut [], &mut [])
-            } else {
-                slice.split_at_mut(mid)
-            }
-        }
+        let split = split_optional;
         let (params_a, params_b) = self.params.split_at_mut(mid);
         let (source_a, source_b) = if self.source.is_empty() {
             (self.source, self.source)
