@@ -7,11 +7,15 @@ Measures, on one f32 tensor per size, the same gradient every step:
            donated buffers
 and, with --half bf16 (the default), PyTorch's RMSprop (foreach) and
 Adam(fused=True) on a bf16 parameter (their state is bf16 too), as rows of
-case "<size> bf16" that `compare` sets against its "bf16 nearest" kernel rows.
+case "<size> bf16" that `compare` sets against its "bf16 nearest" kernel rows;
+and, plain variant, the 8-bit optimizers on the CPU:
+  bitsandbytes  RMSprop8bit (block-wise, its default) and RMSprop32bit
+  torchao       AdamW8bit, for context (no 8-bit RMSprop there)
+as rows of case "<size> 8-bit" (framework "bitsandbytes" / "torchao").
 and prints one JSON object per line in `compare --json`'s format
 (framework "pytorch" / "optax"; their time in baseline_ns, fused fields null).
 
-    pip install torch jax optax      # whichever you want measured
+    pip install torch jax optax bitsandbytes torchao   # whichever you want measured
     python3 benches/python/peers.py --sizes 1M,16M --threads 2 > peers.jsonl
     cargo run --release -p fused-rmsprop-benches --bin compare -- --peers peers.jsonl
 
@@ -200,6 +204,7 @@ def main():
     half = [] if args.half == "none" else args.half.split(",")
     rows = torch_rows(sizes, variants, half, args.threads, args.budget, cpu)
     rows += optax_rows(sizes, variants, args.threads, args.budget, cpu)
+    rows += eight_bit_rows(sizes, variants, args.threads, args.budget, cpu)
     for r in rows:
         print(json.dumps(r))
 

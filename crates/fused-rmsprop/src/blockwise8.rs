@@ -26,6 +26,8 @@
 //! the work on block boundaries, and a block's scale depends only on its
 //! own values: how the work is split never shows in the bits.
 
+use pulp::{Simd, WithSimd};
+
 use crate::execution::ResolvedKernel;
 use crate::step::{Chunk, Coefficients};
 use crate::{Error, Float, Hyper, Param, QuantMap, State, Threads};
@@ -561,42 +563,64 @@ pub(crate) fn check_quantized<S>(
     Ok(())
 }
 
-/// Runs `job` on the threads `threads` asks for, split on block
-/// boundaries.
+/// Runs `jobs` on the threads `threads` asks for: cut on block boundaries
+/// into pieces of about equal size, consecutive pieces packed into tasks.
 pub(crate) fn run<P: Param>(
     kernel: ResolvedKernel,
     (threads, linger): (Threads, Linger),
     c: &Coefficients<P::State>,
-    job: Job<'_, P>,
+    jobs: Vec<Job<'_, P>>,
 ) {
-    let len = job.len();
+    let total: usize = jobs.iter().map(Job::len).sum();
     let tasks = match threads {
         Threads::Single => 1,
         Threads::Exactly(n) => n.get(),
         Threads::Auto => {
             let pool = rayon::current_num_threads();
-            if len < parallel::PARALLEL_MIN_ELEMENTS || pool == 1 {
+            if total < parallel::PARALLEL_MIN_ELEMENTS || pool == 1 {
                 1
             } else {
                 pool * parallel::TASKS_PER_THREAD
             }
         }
     };
-    let blocks = len.div_ceil(BLOCK_ELEMENTS);
-    let per_task = blocks.div_ceil(tasks.max(1)).max(1) * BLOCK_ELEMENTS;
-    if per_task >= len {
-        step_job(kernel, c, job);
+    if tasks == 1 {
+        for job in jobs {
+            step_job(kernel, c, job);
+        }
         return;
     }
-    let mut jobs = Vec::with_capacity(tasks);
-    let mut rest = job;
-    while rest.len() > per_task {
-        let (head, tail) = rest.split_at(per_task);
-        jobs.push(head);
-        rest = tail;
+    let per_task = total
+        .div_ceil(tasks)
+        .next_multiple_of(BLOCK_ELEMENTS)
+        .max(BLOCK_ELEMENTS);
+    let mut packed: Vec<Vec<Job<'_, P>>> = vec![Vec::new()];
+    let mut room = per_task;
+    for job in jobs {
+        let mut rest = job;
+        while rest.len() > 0 {
+            if room == 0 {
+                packed.push(Vec::new());
+                room = per_task;
+            }
+            // A piece ends on a block boundary, or at the job's end.
+            let take = if rest.len() <= room {
+                rest.len()
+            } else {
+                (room / BLOCK_ELEMENTS).max(1) * BLOCK_ELEMENTS
+            };
+            let len = rest.len();
+            let (piece, tail) = rest.split_at(take.min(len));
+            room = room.saturating_sub(piece.len());
+            packed.last_mut().expect("one task at least").push(piece);
+            rest = tail;
+        }
     }
-    jobs.push(rest);
-    parallel::run_tasks(linger, jobs, |job| step_job(kernel, c, job));
+    parallel::run_tasks(linger, packed, |task| {
+        for job in task {
+            step_job(kernel, c, job);
+        }
+    });
 }
 
 /// Steps `job` on the calling thread, [`ELEMENTS_PER_PASS`] at a time.
@@ -620,73 +644,137 @@ type Scratch<'s, S> = (&'s mut [S], &'s mut [S], &'s mut [S]);
 
 /// Dequantizes, steps and quantizes one pass of at most
 /// [`ELEMENTS_PER_PASS`] elements, with `scratch` for the full-precision
-/// state.
+/// state, on `kernel`'s instruction set.
 fn step_pass<P: Param>(
     kernel: ResolvedKernel,
     c: &Coefficients<P::State>,
     job: Job<'_, P>,
     scratch: Scratch<'_, P::State>,
 ) {
-    let (square, grad_avg, momentum) = scratch;
-    let Job {
-        params,
-        source,
-        grads,
-        square_avg: square_q,
-        grad_avg: grad_avg_q,
-        momentum_buf: momentum_q,
-        master,
-        offset,
-        key,
-        grad_scale,
-    } = job;
-    let expand = |q: &QuantizedSlices<'_, P::State>, out: &mut [P::State]| {
-        dequantize(q.map.table(), q.codes, q.scales, out)
-    };
-    expand(&square_q, square);
-    if let Some(q) = &grad_avg_q {
-        expand(q, grad_avg);
-    }
-    if let Some(q) = &momentum_q {
-        expand(q, momentum);
-    }
-    let chunk = Chunk {
-        params,
-        source,
-        grads,
-        square_avg: square,
-        grad_avg: if grad_avg_q.is_some() {
-            grad_avg
-        } else {
-            &mut []
-        },
-        momentum_buf: if momentum_q.is_some() {
-            momentum
-        } else {
-            &mut []
-        },
-        master,
-        offset,
-        key,
-        grad_scale,
-    };
-    kernel.run(c, chunk);
-    let store = |q: QuantizedSlices<'_, P::State>, values: &mut [P::State]| {
-        let table = q.map.table();
-        for ((values, codes), scale) in values
-            .chunks_mut(BLOCK_ELEMENTS)
-            .zip(q.codes.chunks_mut(BLOCK_ELEMENTS))
-            .zip(q.scales.iter_mut())
-        {
-            quantize_block(table, values, codes, scale);
+    kernel.vectorize(Pass {
+        kernel,
+        c,
+        job,
+        scratch,
+    });
+}
+
+struct Pass<'a, 'c, P: Param> {
+    kernel: ResolvedKernel,
+    c: &'c Coefficients<P::State>,
+    job: Job<'a, P>,
+    scratch: Scratch<'a, P::State>,
+}
+
+impl<P: Param> WithSimd for Pass<'_, '_, P> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<Sd: Simd>(self, simd: Sd) {
+        let Pass {
+            kernel,
+            c,
+            job,
+            scratch: (square, grad_avg, momentum),
+        } = self;
+        let Job {
+            params,
+            source,
+            grads,
+            square_avg: square_q,
+            grad_avg: grad_avg_q,
+            momentum_buf: momentum_q,
+            master,
+            offset,
+            key,
+            grad_scale,
+        } = job;
+        expand(simd, &square_q, square);
+        if let Some(q) = &grad_avg_q {
+            expand(simd, q, grad_avg);
         }
-    };
-    store(square_q, square);
-    if let Some(q) = grad_avg_q {
-        store(q, grad_avg);
+        if let Some(q) = &momentum_q {
+            expand(simd, q, momentum);
+        }
+        let chunk = Chunk {
+            params,
+            source,
+            grads,
+            square_avg: square,
+            grad_avg: if grad_avg_q.is_some() {
+                grad_avg
+            } else {
+                &mut []
+            },
+            momentum_buf: if momentum_q.is_some() {
+                momentum
+            } else {
+                &mut []
+            },
+            master,
+            offset,
+            key,
+            grad_scale,
+        };
+        kernel.run(c, chunk);
+        store(simd, square_q, square);
+        if let Some(q) = grad_avg_q {
+            store(simd, q, grad_avg);
+        }
+        if let Some(q) = momentum_q {
+            store(simd, q, momentum);
+        }
     }
-    if let Some(q) = momentum_q {
-        store(q, momentum);
+}
+
+/// The values of `q` into `out` (the module docs' step 1): sixteen lanes
+/// at a time on AVX-512 for `f32` state, else [`dequantize`].
+#[inline(always)]
+fn expand<S: Float, Sd: Simd>(simd: Sd, q: &QuantizedSlices<'_, S>, out: &mut [S]) {
+    let table = q.map.table();
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v4) = crate::token::avx512(&simd)
+        && let Some(out) = S::as_f32s_mut(out)
+    {
+        for ((out, codes), scale) in out
+            .chunks_mut(BLOCK_ELEMENTS)
+            .zip(q.codes.chunks(BLOCK_ELEMENTS))
+            .zip(q.scales.iter())
+        {
+            crate::quant_lanes::dequantize(v4, table, codes, scale.to_f64() as f32, out);
+        }
+        return;
+    }
+    let _ = simd;
+    dequantize(table, q.codes, q.scales, out);
+}
+
+/// `values` quantized into `q` (the module docs' step 3): sixteen lanes at
+/// a time on AVX-512 for `f32` state, else [`quantize_block`].
+#[inline(always)]
+fn store<S: Float, Sd: Simd>(simd: Sd, q: QuantizedSlices<'_, S>, values: &mut [S]) {
+    let table = q.map.table();
+    let blocks = values
+        .chunks_mut(BLOCK_ELEMENTS)
+        .zip(q.codes.chunks_mut(BLOCK_ELEMENTS))
+        .zip(q.scales.iter_mut());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v4) = crate::token::avx512(&simd) {
+        for ((values, codes), scale) in blocks {
+            let Some(values) = S::as_f32s_mut(values) else {
+                quantize_block(table, values, codes, scale);
+                continue;
+            };
+            let largest = crate::quant_lanes::largest_finite(v4, values);
+            let block_scale = if largest == 0.0 { 1.0 } else { largest };
+            crate::quant_lanes::quantize(v4, table, values, block_scale, codes);
+            *scale = S::from_f64(f64::from(block_scale));
+        }
+        return;
+    }
+    let _ = simd;
+    for ((values, codes), scale) in blocks {
+        quantize_block(table, values, codes, scale);
     }
 }
 
@@ -771,15 +859,17 @@ impl<'a, P: Param> Blockwise8Group<'a, P> {
         self
     }
 
-    /// Checks every length and buffer against `c` and makes the job.
+    /// Checks every length and buffer against `c` and makes the job;
+    /// errors name the group `group`.
     pub(crate) fn into_job(
         self,
+        group: usize,
         c: &Coefficients<P::State>,
         key: u64,
     ) -> Result<Job<'a, P>, Error> {
         let len = self.params.len();
         let mismatch = |buffer, actual| Error::LengthMismatch {
-            group: 0,
+            group,
             buffer,
             expected: len,
             actual,
@@ -799,14 +889,14 @@ impl<'a, P: Param> Blockwise8Group<'a, P> {
             });
         }
         let state = self.state;
-        check_quantized(0, "square_avg", &state.square_avg, len)?;
+        check_quantized(group, "square_avg", &state.square_avg, len)?;
         let required =
             |buffer: &'static str, needed: bool, q: Option<QuantizedSlices<'a, P::State>>| match (
                 needed, q,
             ) {
                 (false, _) => Ok(None),
-                (true, None) => Err(Error::MissingState { group: 0, buffer }),
-                (true, Some(q)) => check_quantized(0, buffer, &q, len).map(|()| Some(q)),
+                (true, None) => Err(Error::MissingState { group, buffer }),
+                (true, Some(q)) => check_quantized(group, buffer, &q, len).map(|()| Some(q)),
             };
         let grad_avg = required("grad_avg", c.centered, state.grad_avg)?;
         let momentum_buf = required("momentum_buf", c.momentum.is_some(), state.momentum_buf)?;
@@ -814,7 +904,7 @@ impl<'a, P: Param> Blockwise8Group<'a, P> {
             (false, _) => &mut [][..],
             (true, None) => {
                 return Err(Error::MissingState {
-                    group: 0,
+                    group,
                     buffer: "master",
                 });
             }

@@ -93,6 +93,10 @@ pub trait Float:
     fn lanes_clamp_negative_to_zero<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S>;
     /// Lane-wise `if a == a { a } else { CANONICAL_NAN }`.
     fn lanes_canonicalize_nan<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// The slice as `f32`s when this type is `f32` (`None` for `f64`): for
+    /// code vectorized for `f32` alone, such as 8-bit state's codes.
+    #[doc(hidden)]
+    fn as_f32s_mut(slice: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 macro_rules! impl_float {
@@ -114,6 +118,14 @@ macro_rules! impl_float {
             #[inline(always)]
             fn sqrt(self) -> Self {
                 $ty::sqrt(self)
+            }
+            #[inline(always)]
+            fn as_f32s_mut(slice: &mut [Self]) -> Option<&mut [f32]> {
+                if core::mem::size_of::<$ty>() == 4 {
+                    bytemuck::try_cast_slice_mut(slice).ok()
+                } else {
+                    None
+                }
             }
 
             type Lanes<S: Simd> = S::$lanes;

@@ -198,6 +198,23 @@ impl ResolvedKernel {
         })
     }
 
+    /// Runs `op` with this kernel's instruction set (pulp's one-lane
+    /// fallback for the scalar specification).
+    #[inline]
+    pub fn vectorize<Op: pulp::WithSimd>(self, op: Op) -> Op::Output {
+        match self {
+            ResolvedKernel::Scalar | ResolvedKernel::Simd(SimdToken::Fallback) => {
+                op.with_simd(pulp::Scalar::new())
+            }
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            ResolvedKernel::Simd(SimdToken::Avx2(v3)) => pulp::Simd::vectorize(v3, op),
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            ResolvedKernel::Simd(SimdToken::Avx512(v4)) => pulp::Simd::vectorize(v4, op),
+            #[cfg(target_arch = "aarch64")]
+            ResolvedKernel::Simd(SimdToken::Neon(neon)) => pulp::Simd::vectorize(neon, op),
+        }
+    }
+
     /// Runs the kernel on one chunk, on the calling thread.
     #[inline]
     pub fn run<P: crate::Param>(

@@ -184,6 +184,9 @@ mod parallel;
 mod param;
 #[allow(unsafe_code)]
 mod prefetch;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod quant_lanes;
 mod quant_map;
 mod rounding;
 mod scalar;
@@ -815,30 +818,65 @@ impl RmsProp {
         lr: f64,
         group: Blockwise8Group<'_, P>,
     ) -> Result<StepReport, Error> {
+        self.step_many_blockwise8(lr, [group])
+    }
+
+    /// One 8-bit step of many tensors in one call, as
+    /// [`RmsProp::step_many`] for full state: split across the threads by
+    /// size on block boundaries, bit-identical to stepping each group
+    /// alone.
+    ///
+    /// # Errors
+    /// As [`RmsProp::step_blockwise8_slices`], naming the group. Every
+    /// group is checked before any is written: on error, nothing is.
+    ///
+    /// ```
+    /// use fused_rmsprop::{Blockwise8Group, Blockwise8State, Hyper, RmsProp};
+    /// let opt = RmsProp::new(Hyper::default())?;
+    /// let (mut w, mut b) = (vec![1.0f32; 5000], vec![0.0f32; 300]);
+    /// let (mut sw, mut sb) = (Blockwise8State::new(5000, opt.hyper()), Blockwise8State::new(300, opt.hyper()));
+    /// opt.step_many_blockwise8(0.01, [
+    ///     Blockwise8Group::new(&mut w, &vec![0.5; 5000], sw.slices_mut()),
+    ///     Blockwise8Group::new(&mut b, &[0.5; 300], sb.slices_mut()),
+    /// ])?;
+    /// assert!(w[4999] < 1.0 && b[0] < 0.0);
+    /// # Ok::<(), fused_rmsprop::Error>(())
+    /// ```
+    pub fn step_many_blockwise8<'a, P: Param>(
+        &self,
+        lr: f64,
+        groups: impl IntoIterator<Item = Blockwise8Group<'a, P>>,
+    ) -> Result<StepReport, Error> {
         let mut coefficients = Coefficients::<P::State>::new(&self.hyper, lr, P::NARROWS)?;
         coefficients.stochastic &= P::ROUNDS_STOCHASTICALLY;
-        let key = match self.hyper.rounding {
-            Rounding::Stochastic { seed } if coefficients.stochastic => {
-                rounding::key(seed, group.step, group.stream)
-            }
-            _ => 0,
+        let seed = match self.hyper.rounding {
+            Rounding::Stochastic { seed } if coefficients.stochastic => Some(seed),
+            _ => None,
         };
-        let mut job = group.into_job(&coefficients, key)?;
+        let mut jobs = Vec::new();
+        for (i, group) in groups.into_iter().enumerate() {
+            let key = seed.map_or(0, |seed| rounding::key(seed, group.step, group.stream));
+            jobs.push(group.into_job(i, &coefficients, key)?);
+        }
         // The gradient checks and the norm work on the gradients alone:
-        // a chunk with no state carries them through the full-state code.
-        let probe = Chunk {
-            params: &mut [],
-            source: &[],
-            grads: job.grads,
-            square_avg: &mut [],
-            grad_avg: &mut [],
-            momentum_buf: &mut [],
-            master: &mut [],
-            offset: 0,
-            key,
-            grad_scale: job.grad_scale,
-        };
-        let mut probes = vec![probe];
+        // chunks with no state carry them through the full-state code.
+        let mut probes: Vec<Chunk<'_, P>> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, job)| Chunk {
+                params: &mut [],
+                source: &[],
+                grads: job.grads,
+                square_avg: &mut [],
+                grad_avg: &mut [],
+                momentum_buf: &mut [],
+                master: &mut [],
+                // Which job the probe stands for.
+                offset: i as u64,
+                key: job.key,
+                grad_scale: job.grad_scale,
+            })
+            .collect();
         let mut report = StepReport::default();
         if self.hyper.non_finite != NonFinite::Propagate {
             self.keep_finite(&mut probes, &mut report)?;
@@ -846,16 +884,27 @@ impl RmsProp {
         if let Some(clip) = self.hyper.grad_clip.filter(|clip| clip.is_by_norm()) {
             self.clip_by_norm(clip, &mut probes, &mut report)?;
         }
-        let Some(probe) = probes.pop() else {
-            return Ok(report); // skipped
-        };
-        job.grad_scale = probe.grad_scale;
+        let mut stepped: Vec<Option<P::State>> = vec![None; jobs.len()];
+        let mut kept = vec![false; jobs.len()];
+        for probe in &probes {
+            kept[probe.offset as usize] = true;
+            stepped[probe.offset as usize] = probe.grad_scale;
+        }
+        drop(probes);
+        let jobs: Vec<_> = jobs
+            .into_iter()
+            .zip(kept.into_iter().zip(stepped))
+            .filter_map(|(mut job, (kept, scale))| {
+                job.grad_scale = scale;
+                kept.then_some(job)
+            })
+            .collect();
         let execution = self.execution;
         blockwise8::run(
             self.kernel,
             (execution.threads, execution.linger),
             &coefficients,
-            job,
+            jobs,
         );
         Ok(report)
     }

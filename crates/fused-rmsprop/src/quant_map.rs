@@ -49,30 +49,44 @@ pub(crate) struct Table {
     /// (just above the midpoint of `values[k]` and `values[k + 1]`);
     /// `upper[255]` is `+Inf`, which no finite input reaches.
     pub upper: [f32; 256],
-    /// The code of the lowest value whose top bits are the index (see
-    /// [`bucket`]); the code of any `x` in that bucket is this or one more.
-    pub lowest_code: Vec<u8>,
+    /// Per bucket ([`bucket_and_key`]): the code of its lowest value in
+    /// the low 8 bits, and above them the key of its threshold (`2^15`, above
+    /// every key, when it holds none): `x` takes the code, or the next one
+    /// when its key is at or above the threshold's.
+    pub buckets: Vec<u32>,
     /// The code of `0.0`.
     pub zero_code: u8,
 }
 
-/// How many low bits of an `f32` a bucket of the fast lookup ignores: a
-/// bucket spans 1/256 of an octave, narrower than the gap between any two
-/// thresholds of either map (checked when the table is built).
-const BUCKET_SHIFT: u32 = 15;
-/// Buckets of `x` in `[0, 1]`: the bits of `1.0` shifted, plus one.
-const POSITIVE_BUCKETS: usize = (0x3F80_0000 >> BUCKET_SHIFT) + 1;
+/// How many low bits of an `f32` a bucket of the fast lookup spans: a
+/// bucket is 1/256 of an octave, narrower than the gap between any two
+/// thresholds of either map (checked when the table is built), so it holds
+/// one threshold at most.
+pub(crate) const BUCKET_SHIFT: u32 = 15;
+/// The bits of `2^-24`: magnitudes below it are looked up as it (they all
+/// take the code of zero, far below the maps' smallest threshold; checked
+/// when the table is built), which keeps the table to the 24 octaves above.
+pub(crate) const SMALLEST_BITS: u32 = 0x3380_0000;
+/// Buckets per sign, from `2^-24` to `1`.
+pub(crate) const BUCKETS_PER_SIGN: usize =
+    ((0x3F80_0000 - SMALLEST_BITS) >> BUCKET_SHIFT) as usize + 1;
+/// The low bits of an `f32` within its bucket.
+pub(crate) const KEY_MASK: u32 = (1 << BUCKET_SHIFT) - 1;
 
-/// The bucket of `x` in `[-1, 1]`: positive values first, then negative
-/// ones by magnitude.
+/// The table entry of `x` in `[-1, 1]` (not NaN), and `x`'s key within its
+/// bucket: keys grow with `x`, for negative `x` too (their bits are
+/// complemented), so `x` is at or above a threshold of the same bucket
+/// exactly when its key is at or above the threshold's.
 #[inline(always)]
-pub(crate) fn bucket(x: f32) -> usize {
+pub(crate) fn bucket_and_key(x: f32) -> (usize, u32) {
     let bits = x.to_bits();
-    let magnitude = ((bits & 0x7FFF_FFFF) >> BUCKET_SHIFT) as usize;
+    let magnitude = (bits & 0x7FFF_FFFF).max(SMALLEST_BITS);
+    let offset = ((magnitude - SMALLEST_BITS) >> BUCKET_SHIFT) as usize;
+    let low = magnitude & KEY_MASK;
     if bits >> 31 == 0 {
-        magnitude
+        (offset, low)
     } else {
-        POSITIVE_BUCKETS + magnitude
+        (BUCKETS_PER_SIGN + offset, low ^ KEY_MASK)
     }
 }
 
@@ -147,8 +161,9 @@ pub(crate) fn quantize_spec(table: &Table, x: f32) -> u8 {
 /// the same code as [`quantize_spec`] for every `x` in `[-1, 1]`.
 #[inline(always)]
 pub(crate) fn quantize_fast(table: &Table, x: f32) -> u8 {
-    let code = table.lowest_code[bucket(x)];
-    code + u8::from(x >= table.upper[code as usize])
+    let (bucket, key) = bucket_and_key(x);
+    let entry = table.buckets[bucket];
+    entry as u8 + u8::from(key >= entry >> 8)
 }
 
 impl Table {
@@ -168,30 +183,53 @@ impl Table {
         let mut table = Self {
             values,
             upper,
-            lowest_code: Vec::new(),
+            buckets: Vec::new(),
             zero_code: 0,
         };
         table.zero_code = quantize_spec(&table, 0.0);
-        let mut lowest_code = vec![0u8; 2 * POSITIVE_BUCKETS];
-        for (b, slot) in lowest_code.iter_mut().enumerate() {
-            let (sign, magnitude) = if b < POSITIVE_BUCKETS {
-                (0, b)
-            } else {
-                (1u32 << 31, b - POSITIVE_BUCKETS)
-            };
-            let first = (magnitude as u32) << BUCKET_SHIFT;
-            let last = first | ((1 << BUCKET_SHIFT) - 1);
-            let ends = [f32::from_bits(sign | first), f32::from_bits(sign | last)];
-            let ends = ends.map(|x| x.clamp(-1.0, 1.0));
-            let (low, high) = (ends[0].min(ends[1]), ends[0].max(ends[1]));
-            let (low_code, high_code) = (quantize_spec(&table, low), quantize_spec(&table, high));
-            assert!(
-                u16::from(high_code) <= u16::from(low_code) + 1,
-                "two thresholds in bucket {b}"
+        for tiny in [
+            f32::from_bits(SMALLEST_BITS),
+            -f32::from_bits(SMALLEST_BITS),
+        ] {
+            assert_eq!(
+                quantize_spec(&table, tiny),
+                table.zero_code,
+                "2^-24 is not zero's"
             );
-            *slot = low_code;
         }
-        table.lowest_code = lowest_code;
+        let buckets = (0..2 * BUCKETS_PER_SIGN)
+            .map(|b| {
+                let (sign, offset) = if b < BUCKETS_PER_SIGN {
+                    (0, b)
+                } else {
+                    (1u32 << 31, b - BUCKETS_PER_SIGN)
+                };
+                let first = SMALLEST_BITS + ((offset as u32) << BUCKET_SHIFT);
+                // The value of key `k` in this bucket (beyond 1: 1).
+                let value = |k: u32| {
+                    let low = if sign == 0 { k } else { k ^ KEY_MASK };
+                    f32::from_bits(sign | first | low).clamp(-1.0, 1.0)
+                };
+                let code = |k: u32| quantize_spec(&table, value(k));
+                let (lowest, highest) = (code(0), code(KEY_MASK));
+                assert!(
+                    u16::from(highest) <= u16::from(lowest) + 1,
+                    "two thresholds in bucket {b}"
+                );
+                // The first key of the next code (keys are sorted by value).
+                let (mut low, mut high) = (0, KEY_MASK + 1);
+                while low < high {
+                    let mid = (low + high) / 2;
+                    if code(mid) == lowest {
+                        low = mid + 1;
+                    } else {
+                        high = mid;
+                    }
+                }
+                u32::from(lowest) | low << 8
+            })
+            .collect();
+        table.buckets = buckets;
         table
     }
 }

@@ -563,3 +563,161 @@ fn the_maps_are_bitsandbytes_maps() {
         assert_eq!(got, expected, "{name}");
     }
 }
+
+/// bitsandbytes' 8-bit RMSprop, in its pure-PyTorch reference semantics
+/// (`tests/data/bitsandbytes_rmsprop8bit.py`: 12 steps of 1,000 elements,
+/// four blocks, the last partial), against `StateFormat::BITSANDBYTES`.
+/// The two differ only in how PyTorch orders the multiplies of `addcmul`
+/// (and may fuse them): measured, every code and scale the same and the
+/// parameters within one ulp of 1 (1.2e-7); the test allows two.
+#[test]
+fn bitsandbytes_reference_trajectory() {
+    let printed = include_str!("data/bitsandbytes_rmsprop8bit.txt");
+    let field = |name: &str| -> Vec<&str> {
+        let line = printed
+            .lines()
+            .find(|l| l.starts_with(name))
+            .expect("a line per field");
+        line.split_whitespace().skip(1).collect()
+    };
+    let hex = |h: &&str| f32::from_bits(u32::from_str_radix(h, 16).unwrap());
+    let (expected_params, expected_scales): (Vec<f32>, Vec<f32>) = (
+        field("params").iter().map(hex).collect(),
+        field("scales").iter().map(hex).collect(),
+    );
+    let expected_codes: Vec<u8> = field("codes").iter().map(|c| c.parse().unwrap()).collect();
+
+    let n = 1000;
+    let hyper = Hyper::default()
+        .with_lr(0.01)
+        .with_alpha(0.9)
+        .with_state_format(StateFormat::BITSANDBYTES);
+    let opt = RmsProp::new(hyper).unwrap();
+    let mut params: Vec<f32> = (0..n).map(|i| (i as f32 - 500.0) / 512.0).collect();
+    let mut state = Blockwise8State::new(n, &hyper);
+    for step in 0..12u64 {
+        let mut x = (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let grads: Vec<f32> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as i64 - (1 << 23)) as f32 * 2f32.powi(-30)
+            })
+            .collect();
+        opt.step_blockwise8(&mut params, &grads, &mut state)
+            .unwrap();
+    }
+    // The parameters start within [-1, 1]: differences of a few of its
+    // ulps (1.2e-7) carry through the steps, whatever a parameter's size.
+    for (i, (a, b)) in params.iter().zip(&expected_params).enumerate() {
+        assert!(
+            (a - b).abs() <= 2.5e-7,
+            "parameter {i}: {a} against bitsandbytes' {b}"
+        );
+    }
+    for (i, (a, b)) in state
+        .square_avg
+        .scales
+        .iter()
+        .zip(&expected_scales)
+        .enumerate()
+    {
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs(),
+            "scale {i}: {a} against bitsandbytes' {b}"
+        );
+    }
+    assert_eq!(state.square_avg.codes, expected_codes);
+}
+
+proptest! {
+    /// `step_many_blockwise8` of several tensors, on every path, writes
+    /// what stepping each tensor alone on the specification writes (their
+    /// rounding streams numbered by position, clipping by norm over all).
+    #[test]
+    fn many_tensors_step_as_each_alone_on_every_path(
+        hyper in prop_oneof![testing::hyper(), testing::clipping_hyper()],
+        format in format(),
+        tensors in proptest::collection::vec(
+            lengths().prop_flat_map(|len| (
+                proptest::collection::vec(testing::element::<f32>(), len),
+                proptest::collection::vec(testing::element::<f32>(), len),
+                proptest::collection::vec(testing::element::<f32>(), len),
+            )),
+            1..5,
+        ),
+    ) {
+        let hyper = hyper.with_state_format(format);
+        // Clipping by a global norm couples the tensors: compare against
+        // one call on the specification instead of each tensor alone.
+        let coupled = matches!(hyper.grad_clip, Some(GradClip::NormGlobal(_)));
+        let start: Vec<_> = tensors.iter().map(|(p, s, g)| (p.clone(), state_from(&hyper, s, None), g.clone())).collect();
+        let run_many = |execution: Execution| -> Result<Vec<Outcome>, Error> {
+            let opt = RmsProp::new(hyper)?.with_execution(execution)?;
+            let mut tensors = start.clone();
+            let groups = tensors.iter_mut().enumerate().map(|(i, (p, s, g))| {
+                Blockwise8Group::new(p, g, s.slices_mut()).with_rounding_key(0, i as u64)
+            });
+            opt.step_many_blockwise8(hyper.lr, groups)?;
+            Ok(tensors.iter().map(|(p, s, _)| outcome(p, s)).collect())
+        };
+        let expected = if coupled {
+            run_many(SPEC)
+        } else {
+            (|| {
+                let opt = RmsProp::new(hyper)?.with_execution(SPEC)?;
+                let mut out = Vec::new();
+                for (i, (p, s, g)) in start.iter().enumerate() {
+                    let (mut p, mut s) = (p.clone(), s.clone());
+                    let group = Blockwise8Group::new(&mut p, g, s.slices_mut()).with_rounding_key(0, i as u64);
+                    opt.step_blockwise8_slices(hyper.lr, group)?;
+                    out.push(outcome(&p, &s));
+                }
+                Ok(out)
+            })()
+        };
+        for path in std::iter::once(SPEC).chain(other_paths()) {
+            let got = run_many(path);
+            match (&got, &expected) {
+                (Ok(got), Ok(expected)) => prop_assert_eq!(got, expected, "path {:?}", path),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "path {path:?}: {got:?} against {expected:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn an_error_in_one_group_names_it_and_writes_no_group() {
+    let hyper = Hyper::default().with_state_format(StateFormat::BLOCKWISE8);
+    let opt = RmsProp::new(hyper).unwrap();
+    let (mut a, mut b) = (vec![1.0f32; 300], vec![1.0f32; 300]);
+    let (mut sa, mut sb) = (
+        Blockwise8State::new(300, &hyper),
+        Blockwise8State::new(300, &hyper),
+    );
+    sb.square_avg.codes.pop();
+    let err = opt
+        .step_many_blockwise8(
+            0.01,
+            [
+                Blockwise8Group::new(&mut a, &[0.5; 300], sa.slices_mut()),
+                Blockwise8Group::new(&mut b, &[0.5; 300], sb.slices_mut()),
+            ],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LengthMismatch {
+                group: 1,
+                buffer: "square_avg",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(a.iter().all(|p| *p == 1.0));
+    assert_eq!(sa, Blockwise8State::new(300, &hyper));
+}

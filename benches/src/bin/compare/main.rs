@@ -7,6 +7,7 @@
 //!   --no-model         skip the 150-parameter transformer-sized model
 //!   --no-train         skip the whole-training-step rows
 //!   --no-clip          skip the rows with gradient clipping
+//!   --no-8bit          skip the rows with 8-bit optimizer state
 //!   --sizes 1M,16M     tensor sizes (K and M suffixes: 2^10, 2^20)
 //!   --threads N        threads for the threaded rows (default: the pool's)
 //!   --variant NAME     plain | momentum | centered+momentum+wd (default: all
@@ -53,6 +54,11 @@
 //! (the largest size and the 150-tensor model, plain variant) against its
 //! built-in optimizers on the same 16-bit model.
 //!
+//! Then 8-bit state (`StateFormat::Blockwise8`) at the largest size: the
+//! kernel's `f32` and `bf16` steps with 8-bit state against the same steps
+//! with full state, and the 8-bit skeleton (14.03 bytes per element for
+//! `f32` parameters, 8.03 for `bf16`) as the limit.
+//!
 //! Each row: median ms per step (baseline and fused interleaved, after
 //! warm-up), the speedup, the fused GB/s (bytes the variant must stream),
 //! `roofline_fraction`: the fused GB/s over the GB/s of the skeleton loop
@@ -67,6 +73,7 @@
 //! from the interleaving with the baseline. The 16-bit kernel rows, whose
 //! baseline is the threaded f32 step, time all four together.
 
+mod blockwise8_rows;
 mod burn_rows;
 mod candle_rows;
 mod clipping_rows;
@@ -135,6 +142,12 @@ fn main() {
     if options.clipping {
         clipped_rows(&options, &progress, &mut rows);
     }
+    if options.blockwise8 {
+        let largest = options.sizes.iter().copied().max().unwrap_or(1 << 24);
+        progress.set_message(format!("8-bit state, {}", size_label(largest)));
+        blockwise8_rows::blockwise8_rows(largest, options.threads, &mut rows);
+        progress.inc(1);
+    }
     if options.training {
         // One variant is enough to show what the swap buys a whole step.
         let variant = options.variants[0];
@@ -161,6 +174,7 @@ fn progress_units(options: &Options) -> u64 {
         + model_units
         + usize::from(options.training)
         + usize::from(options.clipping)
+        + usize::from(options.blockwise8)
         + 2 * usize::from(options.model)
         + options.half.len();
     units as u64

@@ -14,6 +14,8 @@ pub(crate) struct Options {
     pub(crate) training: bool,
     /// Rows with gradient clipping (by value and by norm, both frameworks).
     pub(crate) clipping: bool,
+    /// Rows with 8-bit optimizer state (the kernel).
+    pub(crate) blockwise8: bool,
     pub(crate) peers: Option<String>,
     pub(crate) plot: Option<String>,
     pub(crate) half: Vec<candle_core::DType>,
@@ -42,6 +44,7 @@ pub(crate) fn parse_args() -> Result<Options, String> {
         model: true,
         training: true,
         clipping: true,
+        blockwise8: true,
         peers: None,
         plot: None,
         half: vec![candle_core::DType::BF16],
@@ -60,6 +63,7 @@ pub(crate) fn parse_args() -> Result<Options, String> {
             "--no-model" => options.model = false,
             "--no-train" => options.training = false,
             "--no-clip" => options.clipping = false,
+            "--no-8bit" => options.blockwise8 = false,
             "--sizes" => {
                 options.sizes = value("--sizes")?
                     .split(',')
