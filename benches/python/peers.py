@@ -189,6 +189,51 @@ def optax_rows(sizes, variants, threads, budget, cpu):
     return out
 
 
+def eight_bit_rows(sizes, variants, threads, budget, cpu):
+    """bitsandbytes' RMSprop8bit and RMSprop32bit, torchao's AdamW8bit: plain
+    variant, f32 parameter, on the CPU."""
+    if "plain" not in variants:
+        return []
+    try:
+        import torch
+    except ImportError:
+        return []
+    torch.set_num_threads(threads)
+    cases = []
+    try:
+        import bitsandbytes as bnb
+        cases += [
+            ("bitsandbytes", "bitsandbytes RMSprop8bit", lambda p: bnb.optim.RMSprop8bit(
+                [p], lr=LR, alpha=ALPHA, eps=EPS, min_8bit_size=4096)),
+            ("bitsandbytes", "bitsandbytes RMSprop32bit", lambda p: bnb.optim.RMSprop32bit(
+                [p], lr=LR, alpha=ALPHA, eps=EPS)),
+        ]
+    except ImportError:
+        print("peers: bitsandbytes not installed, skipping it", file=sys.stderr)
+    try:
+        from torchao.optim import AdamW8bit
+        cases.append(("torchao", "torchao AdamW8bit", lambda p: AdamW8bit([p], lr=LR)))
+    except ImportError:
+        print("peers: torchao not installed, skipping it", file=sys.stderr)
+    out = []
+    for n in sizes:
+        for framework, name, make in cases:
+            p = torch.ones(n, dtype=torch.float32, requires_grad=True)
+            p.grad = torch.arange(n, dtype=torch.float32) * 1e-7
+            try:
+                opt = make(p)
+                with torch.no_grad():
+                    ns = median_ns(opt.step, budget)
+            except (RuntimeError, TypeError, NotImplementedError) as e:
+                print(f"peers: {name} skipped: {e}", file=sys.stderr)
+                continue
+            r = row(framework, name, n, "plain", threads, ns, cpu)
+            r["case"] = f"{label(n)} 8-bit"
+            out.append(r)
+            print(f"peers: {name} {label(n)}: {ns / 1e6:.2f} ms", file=sys.stderr)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1M,16M")
