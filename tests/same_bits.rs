@@ -87,6 +87,7 @@ fn candle_params(h: &Hyper) -> ParamsRmsProp {
             Some(GradClip::NormGlobal(max)) => Some(max),
             _ => None,
         },
+        state_format: h.state_format,
     }
 }
 

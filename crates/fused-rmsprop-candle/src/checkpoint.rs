@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor, Var};
-use fused_rmsprop::{Hyper, State};
+use fused_rmsprop::{Blockwise8State, Hyper, QuantMap, Quantized, State};
 
 use fused_rmsprop::{Float, bf16, f16};
 
-use crate::var_state::{VarState, half_state};
+use crate::var_state::{QuantizedVarState, VarState, dequantized, half_state, quantized};
 use crate::{Result, RmsProp};
 
 impl RmsProp {
@@ -53,6 +53,14 @@ impl RmsProp {
                     insert_state(&mut tensors, i, shape, s, cpu)?
                 }
                 VarState::F64(s) => insert_state(&mut tensors, i, shape, s, cpu)?,
+                VarState::Quantized(
+                    QuantizedVarState::F32(s)
+                    | QuantizedVarState::BF16(s)
+                    | QuantizedVarState::F16(s),
+                ) => insert_quantized(&mut tensors, i, shape, s, cpu)?,
+                VarState::Quantized(QuantizedVarState::F64(s)) => {
+                    insert_quantized(&mut tensors, i, shape, s, cpu)?
+                }
             }
         }
         candle_core::safetensors::save(&tensors, path)
@@ -87,17 +95,77 @@ impl RmsProp {
         let hyper = self.kernel.hyper();
         let mut loaded = Vec::with_capacity(self.vars.len());
         for (i, (var, state)) in self.vars.iter().enumerate() {
+            // The state as the file has it (full or 8-bit), by the
+            // variable's dtype ...
+            let eight_bit = tensors.contains_key(&format!("{i}.square_avg.codes"));
+            let dtype = match state {
+                VarState::Quantized(q) => match q {
+                    QuantizedVarState::F32(_) => DType::F32,
+                    QuantizedVarState::F64(_) => DType::F64,
+                    QuantizedVarState::BF16(_) => DType::BF16,
+                    QuantizedVarState::F16(_) => DType::F16,
+                },
+                VarState::F32(_) => DType::F32,
+                VarState::F64(_) => DType::F64,
+                VarState::BF16(_) => DType::BF16,
+                VarState::F16(_) => DType::F16,
+            };
+            let from_file =
+                match (dtype, eight_bit) {
+                    (DType::F64, false) => {
+                        VarState::F64(take_state(&mut tensors, i, var, hyper, None)?)
+                    }
+                    (DType::F64, true) => VarState::Quantized(QuantizedVarState::F64(
+                        take_quantized(&mut tensors, i, var, hyper, None)?,
+                    )),
+                    (DType::BF16, false) => {
+                        let fresh = half_state::<bf16>(var, hyper)?;
+                        VarState::BF16(take_state(&mut tensors, i, var, hyper, Some(fresh))?)
+                    }
+                    (DType::BF16, true) => {
+                        let fresh = half_state::<bf16>(var, hyper)?;
+                        VarState::Quantized(QuantizedVarState::BF16(take_quantized(
+                            &mut tensors,
+                            i,
+                            var,
+                            hyper,
+                            Some(fresh),
+                        )?))
+                    }
+                    (DType::F16, false) => {
+                        let fresh = half_state::<f16>(var, hyper)?;
+                        VarState::F16(take_state(&mut tensors, i, var, hyper, Some(fresh))?)
+                    }
+                    (DType::F16, true) => {
+                        let fresh = half_state::<f16>(var, hyper)?;
+                        VarState::Quantized(QuantizedVarState::F16(take_quantized(
+                            &mut tensors,
+                            i,
+                            var,
+                            hyper,
+                            Some(fresh),
+                        )?))
+                    }
+                    (_, false) => VarState::F32(take_state(&mut tensors, i, var, hyper, None)?),
+                    (_, true) => VarState::Quantized(QuantizedVarState::F32(take_quantized(
+                        &mut tensors,
+                        i,
+                        var,
+                        hyper,
+                        None,
+                    )?)),
+                };
+            // ... then in the format this optimizer keeps it: 8-bit state
+            // quantized with this optimizer's maps, full state dequantized.
             loaded.push(match state {
-                VarState::F32(_) => VarState::F32(take_state(&mut tensors, i, var, hyper, None)?),
-                VarState::F64(_) => VarState::F64(take_state(&mut tensors, i, var, hyper, None)?),
-                VarState::BF16(_) => {
-                    let fresh = half_state::<bf16>(var, hyper)?;
-                    VarState::BF16(take_state(&mut tensors, i, var, hyper, Some(fresh))?)
+                VarState::Quantized(_) => {
+                    let requantized = quantized(&dequantized(&from_file), hyper);
+                    match from_file {
+                        VarState::Quantized(_) if same_maps(&from_file, hyper) => from_file,
+                        _ => requantized,
+                    }
                 }
-                VarState::F16(_) => {
-                    let fresh = half_state::<f16>(var, hyper)?;
-                    VarState::F16(take_state(&mut tensors, i, var, hyper, Some(fresh))?)
-                }
+                _ => dequantized(&from_file),
             });
         }
         if let Some(extra) = tensors.keys().min() {
@@ -213,5 +281,144 @@ fn take_state<T: Float + candle_core::WithDType>(
         master,
         step: u64::try_from(step)
             .map_err(|_| candle_core::Error::msg(format!("fused RMSprop: {key:?} is negative")))?,
+    })
+}
+
+/// Whether 8-bit `state` uses the maps `hyper` would quantize with.
+fn same_maps(state: &VarState, hyper: &Hyper) -> bool {
+    let maps = |map: &QuantMap| *map == hyper.state_format.square_avg_map();
+    match state {
+        VarState::Quantized(
+            QuantizedVarState::F32(s) | QuantizedVarState::BF16(s) | QuantizedVarState::F16(s),
+        ) => maps(&s.square_avg.map),
+        VarState::Quantized(QuantizedVarState::F64(s)) => maps(&s.square_avg.map),
+        _ => false,
+    }
+}
+
+/// The name under which a map is saved: `0` unsigned, `1` signed.
+fn map_tag(map: QuantMap) -> i64 {
+    match map {
+        QuantMap::DynamicUnsigned => 0,
+        QuantMap::DynamicSigned => 1,
+    }
+}
+
+/// 8-bit state as safetensors: for each buffer `b`, `{i}.b.codes` (`u8`,
+/// in the variable's shape), `{i}.b.scales` (one per 256 elements, in the
+/// state's dtype) and `{i}.b.map` (`0` unsigned, `1` signed); the master
+/// copy and the step as for full state.
+fn insert_quantized<T: Float + candle_core::WithDType>(
+    tensors: &mut HashMap<String, Tensor>,
+    i: usize,
+    shape: &candle_core::Shape,
+    s: &Blockwise8State<T>,
+    cpu: &candle_core::Device,
+) -> Result<()> {
+    let mut buffer = |name: &str, q: &Quantized<T>| -> Result<()> {
+        tensors.insert(
+            format!("{i}.{name}.codes"),
+            Tensor::from_slice(&q.codes, shape, cpu)?,
+        );
+        tensors.insert(
+            format!("{i}.{name}.scales"),
+            Tensor::from_slice(&q.scales, q.scales.len(), cpu)?,
+        );
+        tensors.insert(
+            format!("{i}.{name}.map"),
+            Tensor::new(&[map_tag(q.map)], cpu)?,
+        );
+        Ok(())
+    };
+    buffer("square_avg", &s.square_avg)?;
+    if let Some(q) = &s.grad_avg {
+        buffer("grad_avg", q)?;
+    }
+    if let Some(q) = &s.momentum_buf {
+        buffer("momentum_buf", q)?;
+    }
+    if let Some(m) = &s.master {
+        tensors.insert(format!("{i}.master"), Tensor::from_slice(m, shape, cpu)?);
+    }
+    tensors.insert(format!("{i}.step"), Tensor::new(&[s.step as i64], cpu)?);
+    Ok(())
+}
+
+/// The 8-bit state of variable `i` from `tensors`, all checked; `fresh`
+/// as for [`take_state`].
+fn take_quantized<T: Float + candle_core::WithDType>(
+    tensors: &mut HashMap<String, Tensor>,
+    i: usize,
+    var: &Var,
+    hyper: &Hyper,
+    fresh: Option<State<T>>,
+) -> Result<Blockwise8State<T>> {
+    let blocks = var.elem_count().div_ceil(fused_rmsprop::BLOCK_ELEMENTS);
+    let mut take = |name: &str, needed: bool| -> Result<Option<Quantized<T>>> {
+        let keys = ["codes", "scales", "map"].map(|part| format!("{i}.{name}.{part}"));
+        let parts = keys.clone().map(|key| tensors.remove(&key));
+        match (parts, needed) {
+            ([None, None, None], false) => Ok(None),
+            ([Some(codes), Some(scales), Some(map)], true) => {
+                let wrong = |key: &str| {
+                    candle_core::Error::msg(format!(
+                        "fused RMSprop: {key:?} has the wrong dtype or shape"
+                    ))
+                };
+                if codes.dtype() != DType::U8 || codes.shape() != var.shape() {
+                    return Err(wrong(&keys[0]));
+                }
+                if scales.dtype() != T::DTYPE || scales.dims() != [blocks] {
+                    return Err(wrong(&keys[1]));
+                }
+                if map.dtype() != DType::I64 || map.elem_count() != 1 {
+                    return Err(wrong(&keys[2]));
+                }
+                let map = match map.flatten_all()?.to_vec1::<i64>()?[0] {
+                    0 => QuantMap::DynamicUnsigned,
+                    1 => QuantMap::DynamicSigned,
+                    _ => return Err(wrong(&keys[2])),
+                };
+                Ok(Some(Quantized {
+                    codes: codes.flatten_all()?.to_vec1::<u8>()?,
+                    scales: scales.to_vec1::<T>()?,
+                    map,
+                }))
+            }
+            (_, true) => Err(candle_core::Error::msg(format!(
+                "fused RMSprop: the state file lacks part of {i}.{name} (codes, scales, map)"
+            ))),
+            (_, false) => Err(candle_core::Error::msg(format!(
+                "fused RMSprop: the state file has {i}.{name}, which these hyper-parameters do not use"
+            ))),
+        }
+    };
+    let square_avg = take("square_avg", true)?.expect("a needed buffer");
+    let grad_avg = take("grad_avg", hyper.needs_grad_avg())?;
+    let momentum_buf = take("momentum_buf", hyper.needs_momentum_buf())?;
+    // The master copy and the step, read (and checked) as full state reads
+    // them: `take_state` on just those two, beside a stand-in square
+    // average.
+    let mut rest = HashMap::new();
+    for key in [format!("{i}.master"), format!("{i}.step")] {
+        if let Some(t) = tensors.remove(&key) {
+            rest.insert(key, t);
+        }
+    }
+    rest.insert(
+        format!("{i}.square_avg"),
+        Tensor::zeros(var.shape(), T::DTYPE, &candle_core::Device::Cpu)?,
+    );
+    let full_hyper = hyper
+        .with_centered(false)
+        .with_momentum(0.0)
+        .with_state_format(fused_rmsprop::StateFormat::Full);
+    let State { master, step, .. } = take_state(&mut rest, i, var, &full_hyper, fresh)?;
+    Ok(Blockwise8State {
+        square_avg,
+        grad_avg,
+        momentum_buf,
+        master,
+        step,
     })
 }

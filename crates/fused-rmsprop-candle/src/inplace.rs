@@ -32,7 +32,7 @@ use rustc_hash::FxHashMap;
 use crate::Result;
 use crate::error::kernel_error;
 use crate::kept_allocation::KeptAllocation;
-use crate::storage::{CpuParam, buffer_key, cpu_slice};
+use crate::storage::{CpuParam, buffer_key, cpu_slice, variable_slice_mut};
 
 /// The most variables one nested dispatch holds: it bounds the stack a step
 /// needs (each level of nesting costs a few stack frames; the tests step
@@ -383,15 +383,7 @@ impl<T: CpuParam> candle_core::InplaceOp1 for NestedStep<'_, '_, T> {
             .borrow_mut()
             .take()
             .ok_or_else(|| candle_core::Error::msg("fused RMSprop: nested step ran twice"))?;
-        let data = T::slice_mut(storage).ok_or_else(|| {
-            candle_core::Error::msg(format!("fused RMSprop: expected {:?} storage", T::DTYPE))
-        })?;
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::msg("fused RMSprop: variable is not contiguous"))?;
-        let params = data
-            .get_mut(start..end)
-            .ok_or_else(|| candle_core::Error::msg("fused RMSprop: layout outside its storage"))?;
+        let params = variable_slice_mut::<T>(storage, layout)?;
         let mut state = StateSlices::new(this.state);
         state.grad_avg = this.grad_avg;
         state.momentum_buf = this.momentum_buf;

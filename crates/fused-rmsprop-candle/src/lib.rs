@@ -102,6 +102,7 @@ mod inplace;
 mod kept_allocation;
 mod optimizer;
 mod params;
+mod quantized;
 mod storage;
 mod tensor_ops;
 mod var_state;
@@ -112,8 +113,8 @@ mod var_state;
 /// ([`candle_core::Error::Wrapped`] around it).
 pub use fused_rmsprop::Error as KernelError;
 pub use fused_rmsprop::{
-    EpsPlacement, Execution, Isa, Kernel, Linger, NonFinite, Rounding, Threads, bf16,
-    default_linger, f16, set_default_linger,
+    EpsPlacement, Execution, Isa, Kernel, Linger, NonFinite, QuantMap, Rounding, StateFormat,
+    Threads, bf16, default_linger, f16, set_default_linger,
 };
 #[doc(hidden)]
 pub use inplace::{ONE_THREAD_DISPATCH_ELEMENTS, VARS_PER_DISPATCH};

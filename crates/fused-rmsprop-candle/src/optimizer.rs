@@ -11,6 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::error::kernel_error;
 use crate::inplace::{Batch, BatchAllocations, step_all};
+use crate::quantized::{self, GradCopy};
 use crate::storage::storage_key;
 use crate::tensor_ops::sum_of_squares;
 use crate::var_state::{VarState, state_for};
@@ -110,11 +111,11 @@ impl Batches<'_> {
         }
     }
 
-    /// Under [`NonFinite::Error`]: the first gradient (in the variables'
-    /// order) holding a NaN or an infinity, as the kernel's error, before
-    /// any batch writes.
-    fn check_all_finite(&self) -> Result<()> {
-        let first = [
+    /// The first gradient of the batches (in the variables' order)
+    /// holding a NaN or an infinity: the variable's index and the
+    /// element's.
+    fn first_non_finite(&self) -> Result<Option<(usize, usize)>> {
+        Ok([
             self.f32s.first_non_finite()?,
             self.f64s.first_non_finite()?,
             self.bf16s.first_non_finite()?,
@@ -122,14 +123,7 @@ impl Batches<'_> {
         ]
         .into_iter()
         .flatten()
-        .min();
-        match first {
-            None => Ok(()),
-            Some((group, index)) => Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {
-                group,
-                index,
-            })),
-        }
+        .min())
     }
 }
 
@@ -179,6 +173,8 @@ impl candle_nn::Optimizer for RmsProp {
         // are allocated once, at that dtype's number of variables.
         let mut batches = Batches::with_capacities(&mut self.spares, self.kinds);
         let mut empty = Vec::new();
+        // Variables with 8-bit state, each with a copy of its gradient.
+        let mut eight_bit = Vec::new();
         for (index, (var, state)) in self.vars.iter_mut().enumerate() {
             let Some(grad) = grads.get(var) else { continue };
             check_grad("variable", index, var, grad)?;
@@ -211,10 +207,26 @@ impl candle_nn::Optimizer for RmsProp {
                 VarState::F64(s) => batches.f64s.push(index, var, grad, s),
                 VarState::BF16(s) => batches.bf16s.push(index, var, grad, s),
                 VarState::F16(s) => batches.f16s.push(index, var, grad, s),
+                VarState::Quantized(s) => {
+                    let copy = GradCopy::of(&grad, s)?;
+                    eight_bit.push((index, &*var, copy, s));
+                }
             }
         }
         if self.params.non_finite == NonFinite::Error {
-            batches.check_all_finite()?;
+            let first_eight_bit = eight_bit
+                .iter()
+                .find_map(|(index, _, grad, _)| grad.first_non_finite().map(|at| (*index, at)));
+            let first = [batches.first_non_finite()?, first_eight_bit]
+                .into_iter()
+                .flatten()
+                .min();
+            if let Some((group, index)) = first {
+                return Err(kernel_error(fused_rmsprop::Error::NonFiniteGradient {
+                    group,
+                    index,
+                }));
+            }
         }
         // The tensor-op route's gradients, checked before anything is written.
         let mut skipped = Vec::new();
@@ -231,8 +243,15 @@ impl candle_nn::Optimizer for RmsProp {
         let grad_scale = match self.params.max_grad_norm {
             None => None,
             Some(max) => {
+                let skip = self.params.non_finite == NonFinite::Skip;
+                let eight_bit_sums = eight_bit
+                    .iter()
+                    .filter(|(_, _, grad, _)| !(skip && grad.first_non_finite().is_some()))
+                    .map(|(index, _, grad, _)| (*index, grad.sum_of_squares()))
+                    .collect();
                 let norm = global_norm(
                     &batches,
+                    eight_bit_sums,
                     self.params.non_finite,
                     &self.fallback,
                     &fallback_grads,
@@ -260,6 +279,11 @@ impl candle_nn::Optimizer for RmsProp {
         in_place_skipped.extend(step_all(kernel, lr, batches.f64s, owners, s64)?);
         in_place_skipped.extend(step_all(kernel, lr, batches.bf16s, owners, sb16)?);
         in_place_skipped.extend(step_all(kernel, lr, batches.f16s, owners, sf16)?);
+        for (index, var, grad, state) in eight_bit {
+            if quantized::step((kernel.0, lr, grad_scale), index, var, &grad, state)? {
+                in_place_skipped.push(index);
+            }
+        }
         in_place_skipped.sort_unstable();
         for state in empty {
             *state.step_mut() += 1;
@@ -294,6 +318,7 @@ impl candle_nn::Optimizer for RmsProp {
 /// it every clipped gradient, as in PyTorch.
 fn global_norm(
     batches: &Batches<'_>,
+    eight_bit_sums: Vec<(usize, f64)>,
     non_finite: NonFinite,
     fallback: &Option<(Vec<Var>, TensorOpsRmsProp)>,
     fallback_grads: &Option<GradStore>,
@@ -303,6 +328,7 @@ fn global_norm(
     sums.extend(batches.f64s.sums_of_squares(skip)?);
     sums.extend(batches.bf16s.sums_of_squares(skip)?);
     sums.extend(batches.f16s.sums_of_squares(skip)?);
+    sums.extend(eight_bit_sums);
     sums.sort_unstable_by_key(|(index, _)| *index);
     let mut sums: Vec<f64> = sums.into_iter().map(|(_, sum)| sum).collect();
     if let (Some((vars, _)), Some(grads)) = (fallback, fallback_grads) {
@@ -445,7 +471,9 @@ impl RmsProp {
             .map(|(i, v)| state_for(&v, i, &hyper).map(|s| (v, s)))
             .collect::<Result<Vec<_>>>()?;
         let mut kinds = [0; 4];
-        vars.iter().for_each(|(_, state)| kinds[state.kind()] += 1);
+        vars.iter()
+            .filter_map(|(_, state)| state.kind())
+            .for_each(|kind| kinds[kind] += 1);
         let fallback = if other.is_empty() {
             None
         } else {

@@ -59,6 +59,11 @@ pub struct ParamsRmsProp {
     /// returns the norm. One more read of the gradients per step. `None`:
     /// off. Not together with `clip_value`.
     pub max_grad_norm: Option<f64>,
+    /// How the state is kept: full precision (default) or 8-bit
+    /// ([`StateFormat::Blockwise8`](fused_rmsprop::StateFormat::Blockwise8):
+    /// a byte per element and buffer plus a scale per 256 elements, for
+    /// variables of at least 4,096 elements; smaller ones keep full state).
+    pub state_format: fused_rmsprop::StateFormat,
 }
 
 impl Default for ParamsRmsProp {
@@ -82,6 +87,7 @@ impl Default for ParamsRmsProp {
             master_weights: false,
             clip_value: None,
             max_grad_norm: None,
+            state_format: fused_rmsprop::StateFormat::Full,
         }
     }
 }
@@ -117,8 +123,7 @@ impl ParamsRmsProp {
             rounding: self.rounding,
             master_weights: self.master_weights,
             grad_clip: self.clip_value.map(GradClip::Value),
-            // 8-bit state is not an option of the candle optimizer yet.
-            state_format: fused_rmsprop::StateFormat::Full,
+            state_format: self.state_format,
         }
     }
 

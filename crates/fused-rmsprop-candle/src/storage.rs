@@ -79,3 +79,19 @@ pub(crate) fn buffer_key(storage: &Storage) -> Option<usize> {
     };
     (!empty).then_some(address)
 }
+
+/// The elements of a variable's storage its (contiguous) layout covers,
+/// for an in-place op's `cpu_fwd` to step.
+pub(crate) fn variable_slice_mut<'s, T: CpuParam>(
+    storage: &'s mut CpuStorage,
+    layout: &Layout,
+) -> Result<&'s mut [T]> {
+    let data = T::slice_mut(storage).ok_or_else(|| {
+        candle_core::Error::msg(format!("fused RMSprop: expected {:?} storage", T::DTYPE))
+    })?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::msg("fused RMSprop: variable is not contiguous"))?;
+    data.get_mut(start..end)
+        .ok_or_else(|| candle_core::Error::msg("fused RMSprop: layout outside its storage"))
+}

@@ -5,8 +5,8 @@
 use candle_core::{DType, Device, Var};
 use candle_nn::Optimizer;
 use fused_rmsprop_candle::{
-    EpsPlacement, Execution, Isa, Kernel, KernelError, Linger, NonFinite, ParamsRmsProp, RmsProp,
-    Rounding, Threads, bf16,
+    EpsPlacement, Execution, Isa, Kernel, KernelError, Linger, NonFinite, ParamsRmsProp, QuantMap,
+    RmsProp, Rounding, StateFormat, Threads, bf16,
 };
 
 fn every_configuration() -> Vec<ParamsRmsProp> {
@@ -33,6 +33,13 @@ fn every_configuration() -> Vec<ParamsRmsProp> {
                         master_weights,
                         clip_value: (clip == 1).then_some(0.5),
                         max_grad_norm: (clip == 2).then_some(1.0),
+                        state_format: match clip {
+                            0 => StateFormat::Full,
+                            1 => StateFormat::BLOCKWISE8,
+                            _ => StateFormat::Blockwise8 {
+                                square_avg_map: QuantMap::DynamicSigned,
+                            },
+                        },
                     });
                 }
             }
@@ -58,7 +65,8 @@ fn every_option_and_path_is_reachable_through_the_adapter() -> candle_core::Resu
     ];
     for params in every_configuration() {
         for execution in paths {
-            let w = Var::ones((3, 5), DType::BF16, &Device::Cpu)?;
+            // Above `MIN_8BIT_ELEMENTS`, so the 8-bit configurations step 8-bit state.
+            let w = Var::ones((64, 80), DType::BF16, &Device::Cpu)?;
             let mut opt = RmsProp::new(vec![w.clone()], params)?.with_execution(execution)?;
             let loss = w.as_tensor().to_dtype(DType::F32)?.sqr()?.sum_all()?;
             opt.backward_step(&loss)?;
