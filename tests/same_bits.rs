@@ -9,7 +9,9 @@
 //! keys map one to one: the bare kernel's `RmsProp::step` keys a tensor by
 //! its state's step count and stream 0; candle by the variable's step count
 //! and its index (0 here); burn by the parameter's step count and the order
-//! in which it was first stepped (0 here, the one parameter).
+//! in which it was first stepped (0 here, the one parameter). With 8-bit
+//! state (both formats, on tensors of 4096 elements and more) the codes and
+//! scales agree too.
 
 use burn::module::{Module, Param as BurnParam};
 use burn::optim::{GradientsParams, Optimizer};
@@ -18,7 +20,8 @@ use candle_core::{Device as CandleDevice, Tensor as CandleTensor, Var};
 use candle_nn::Optimizer as _;
 use fused_rmsprop::testing::{Arbitrary16, element, half_element, half_hyper, hyper};
 use fused_rmsprop::{
-    EpsPlacement, GradClip, Hyper, Param, RmsProp, Rounding, State, WeightDecay, bf16, f16,
+    Blockwise8State, EpsPlacement, GradClip, Hyper, Param, RmsProp, Rounding, State, StateFormat,
+    WeightDecay, bf16, f16,
 };
 use fused_rmsprop_burn::{FusedRmsPropConfig, FusedRmsPropState};
 use fused_rmsprop_candle::ParamsRmsProp;
@@ -121,6 +124,14 @@ fn first_difference(actual: &[f32], expected: &[f32]) -> Option<(usize, u32, u32
         .map(|i| (i, actual[i].to_bits(), expected[i].to_bits()))
 }
 
+/// One candle step of `var` with gradient `g`.
+fn candle_step<P: Elem>(candle: &mut fused_rmsprop_candle::RmsProp, var: &Var, g: Vec<P>) {
+    let grad = CandleTensor::from_vec(g, var.elem_count(), var.device()).unwrap();
+    let mut store = var.as_tensor().sum_all().unwrap().backward().unwrap();
+    store.insert(var.as_tensor(), grad);
+    candle.step(&store).unwrap();
+}
+
 /// One parameter, for the batched route, which steps a module.
 #[derive(Module, Debug)]
 struct One {
@@ -172,10 +183,7 @@ fn check_same_bits<P: Elem>(
             .step(&mut kernel_params, &g, &mut kernel_state)
             .unwrap();
 
-        let grad = CandleTensor::from_vec(g.clone(), n, &device).unwrap();
-        let mut store = var.as_tensor().sum_all().unwrap().backward().unwrap();
-        store.insert(var.as_tensor(), grad);
-        candle.step(&store).unwrap();
+        candle_step(&mut candle, &var, g.clone());
 
         let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), options.clone());
         let mut grads = GradientsParams::new();
@@ -211,7 +219,7 @@ fn check_same_bits<P: Elem>(
             diff
         );
         let burn_state = burn_state.as_ref().unwrap();
-        let burn_square_avg = burn_values::<f32>(&burn_state.square_avg);
+        let burn_square_avg = burn_values::<f32>(&burn_state.full().unwrap().square_avg);
         let diff = first_difference(&burn_square_avg, &kernel_state.square_avg);
         prop_assert!(
             diff.is_none(),
@@ -243,6 +251,83 @@ fn check_same_bits<P: Elem>(
         "burn left the in-place route: {:?}",
         stats
     );
+    Ok(())
+}
+
+/// [`check_same_bits`] with 8-bit state (`h.state_format` is
+/// `Blockwise8`) on tensors of at least `MIN_8BIT_ELEMENTS`: the bare
+/// kernel's `step_blockwise8`, candle and burn's per-parameter route (the
+/// batched route refuses 8-bit state) give the same parameters, codes and
+/// scales.
+fn check_same_bits_8bit<P: Elem>(
+    h: Hyper,
+    params: Vec<P>,
+    grads: Vec<Vec<P>>,
+) -> Result<(), TestCaseError> {
+    let n = params.len();
+    let config = burn_config(&h).with_state_format(h.state_format);
+    prop_assert_eq!(config.hyper().with_lr(h.lr), h);
+
+    let kernel = RmsProp::new(h).unwrap();
+    let mut kernel_params = params.clone();
+    let mut kernel_state = Blockwise8State::for_params(&kernel_params, &h);
+
+    let device = CandleDevice::Cpu;
+    let var = Var::from_vec(params.clone(), n, &device).unwrap();
+    let mut candle =
+        fused_rmsprop_candle::RmsProp::new(vec![var.clone()], candle_params(&h)).unwrap();
+
+    let burn = config.build();
+    let options = burn::tensor::TensorCreationOptions::new(BurnDevice::default())
+        .with_dtype(<P as burn::tensor::Element>::dtype());
+    let mut burn_param = BurnTensor::<1>::from_data(TensorData::new(params, [n]), options.clone());
+    let mut burn_state: Option<FusedRmsPropState<1>> = None;
+
+    for (step, g) in grads.into_iter().enumerate() {
+        kernel
+            .step_blockwise8(&mut kernel_params, &g, &mut kernel_state)
+            .unwrap();
+
+        candle_step(&mut candle, &var, g.clone());
+
+        let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), options.clone());
+        (burn_param, burn_state) = burn.step(h.lr, burn_param, burn_grad, burn_state);
+
+        let diff = first_param_difference(&var.to_vec1::<P>().unwrap(), &kernel_params);
+        prop_assert!(
+            diff.is_none(),
+            "candle params differ at step {}: {:?}",
+            step,
+            diff
+        );
+        let diff = first_param_difference(&burn_values::<P>(&burn_param), &kernel_params);
+        prop_assert!(
+            diff.is_none(),
+            "burn params differ at step {}: {:?}",
+            step,
+            diff
+        );
+        let averages = burn_state
+            .as_ref()
+            .unwrap()
+            .blockwise8()
+            .expect("8-bit state");
+        let averages = averages.f32().unwrap();
+        prop_assert_eq!(
+            &averages.square_avg,
+            &kernel_state.square_avg,
+            "step {}",
+            step
+        );
+        prop_assert_eq!(&averages.grad_avg, &kernel_state.grad_avg, "step {}", step);
+        prop_assert_eq!(
+            &averages.momentum_buf,
+            &kernel_state.momentum_buf,
+            "step {}",
+            step
+        );
+    }
+    prop_assert_eq!(burn.stats().composed_steps, 0);
     Ok(())
 }
 
@@ -289,6 +374,51 @@ proptest! {
     #[test]
     fn the_same_bits_for_f16((h, params, grads) in half_case::<f16>()) {
         check_same_bits(h, params, grads)?;
+    }
+}
+
+/// An 8-bit case: hyper-parameters from `hyper` with one of the two 8-bit
+/// formats, 4096 to 4700 elements (at least `MIN_8BIT_ELEMENTS`, the last
+/// block partial), 1-3 steps.
+fn case_8bit<T: std::fmt::Debug + Clone + 'static>(
+    hyper: impl Strategy<Value = Hyper>,
+    element: fn() -> BoxedStrategy<T>,
+) -> impl Strategy<Value = (Hyper, Vec<T>, Vec<Vec<T>>)> {
+    let format = prop_oneof![
+        Just(StateFormat::BLOCKWISE8),
+        Just(StateFormat::BITSANDBYTES)
+    ];
+    (
+        hyper.prop_map(representable_in_f32),
+        format,
+        4096usize..4700,
+        1usize..4,
+    )
+        .prop_filter("valid once rounded to f32", |(h, _, _, _)| {
+            h.validate().is_ok()
+        })
+        .prop_flat_map(move |(h, format, n, steps)| {
+            (
+                Just(h.with_state_format(format)),
+                proptest::collection::vec(element(), n),
+                proptest::collection::vec(proptest::collection::vec(element(), n), steps),
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn the_same_bits_with_8_bit_state((h, params, grads) in case_8bit(hyper(), element::<f32>)) {
+        check_same_bits_8bit(h, params, grads)?;
+    }
+
+    #[test]
+    fn the_same_bits_with_8_bit_state_for_bf16(
+        (h, params, grads) in case_8bit(half_hyper(), half_element::<bf16>)
+    ) {
+        check_same_bits_8bit(h, params, grads)?;
     }
 }
 

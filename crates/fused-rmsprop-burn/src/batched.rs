@@ -150,6 +150,13 @@ impl FusedRmsPropConfig {
     /// assert!(FusedRmsPropConfig::new().with_alpha(2.0).try_init_batched().is_err());
     /// ```
     pub fn try_init_batched(&self) -> Result<BatchedRmsProp, fused_rmsprop::Error> {
+        if self.hyper().state_format != fused_rmsprop::StateFormat::Full {
+            return Err(fused_rmsprop::Error::InvalidHyper {
+                name: "state_format",
+                value: 8.0,
+                expected: "StateFormat::Full on the batched route (8-bit state: init())",
+            });
+        }
         Ok(BatchedRmsProp {
             kernel: RmsProp::new(self.hyper())?,
             states: Vec::new(),

@@ -18,17 +18,57 @@ use burn::grad_clipping::GradientClipping;
 use burn::tensor::Tensor;
 use fused_rmsprop::{EpsPlacement, GradClip, Hyper, WeightDecay};
 
-use crate::FusedRmsPropState;
+use crate::{Averages, Blockwise8Averages, FullAverages, FusedRmsPropState, RoundingKey};
 
 /// One step of `hyper` at learning rate `lr` (already validated) with tensor
-/// ops; `state` already fits `param` (see `FusedRmsPropState::fit`).
-pub(crate) fn step<const D: usize>(
+/// ops; `state` already fits `param` (see `FusedRmsPropState::fit`). 8-bit
+/// averages are dequantized into tensors on the parameter's device, stepped
+/// as full ones and quantized again: the update reads the new
+/// full-precision values, as the kernel's 8-bit step does.
+pub(crate) fn step_any<const D: usize>(
     hyper: &Hyper,
     lr: f64,
     param: Tensor<D>,
     grad: Tensor<D>,
     state: FusedRmsPropState<D>,
 ) -> (Tensor<D>, FusedRmsPropState<D>) {
+    let (full, quantized) = match state.averages {
+        Averages::Full(full) => (full, false),
+        Averages::Blockwise8(averages) => (averages.dequantize(&param.device()), true),
+    };
+    let (param, full, master, rounding_key) = step(
+        hyper,
+        lr,
+        param,
+        grad,
+        full,
+        state.master,
+        state.rounding_key,
+    );
+    let averages = if quantized {
+        Averages::Blockwise8(Blockwise8Averages::quantize(&full, hyper))
+    } else {
+        Averages::Full(full)
+    };
+    let state = FusedRmsPropState {
+        averages,
+        master,
+        rounding_key,
+    };
+    (param, state)
+}
+
+/// The step of [`step_any`] on full averages; returns the parameter, the
+/// averages, the master copy and the rounding key (counted).
+fn step<const D: usize>(
+    hyper: &Hyper,
+    lr: f64,
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    state: FullAverages<D>,
+    master: Option<Tensor<D>>,
+    mut rounding_key: Option<RoundingKey>,
+) -> Stepped<D> {
     let dtype = param.dtype();
     let compute = state.square_avg.dtype();
     let widen = |t: Tensor<D>| {
@@ -40,7 +80,7 @@ pub(crate) fn step<const D: usize>(
     };
     let grad = clip(hyper, grad);
     // Under master weights the step reads and writes the `f32` master copy.
-    let param = match &state.master {
+    let param = match &master {
         Some(master) => master.clone(),
         None => widen(param),
     };
@@ -86,22 +126,31 @@ pub(crate) fn step<const D: usize>(
     });
 
     let param = param - update.mul_scalar(lr);
-    let master = state.master.is_some().then(|| param.clone());
+    let master = master.is_some().then(|| param.clone());
     let param = if param.dtype() == dtype {
         param
     } else {
         param.cast(dtype)
     };
-    let mut state = FusedRmsPropState {
+    let averages = FullAverages {
         square_avg,
         grad_avg,
         momentum_buf,
-        master,
-        rounding_key: state.rounding_key,
     };
-    state.count_step();
-    (param, state)
+    if let Some(key) = &mut rounding_key {
+        key.step += 1;
+    }
+    (param, averages, master, rounding_key)
 }
+
+/// What [`step`] returns: the parameter, the averages, the master copy and
+/// the rounding key.
+type Stepped<const D: usize> = (
+    Tensor<D>,
+    FullAverages<D>,
+    Option<Tensor<D>>,
+    Option<RoundingKey>,
+);
 
 /// Whether every element of `grad` is finite: `x * 0` is 0 for finite `x`
 /// and NaN otherwise, so the sum is NaN exactly when one is not. One

@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::ModuleOptimizer;
 use burn::optim::decay::WeightDecayConfig;
-use fused_rmsprop::{EpsPlacement, GradClip, Hyper, NonFinite, Rounding, WeightDecay};
+use fused_rmsprop::{EpsPlacement, GradClip, Hyper, NonFinite, Rounding, StateFormat, WeightDecay};
 
 use crate::FusedRmsProp;
 
@@ -95,6 +95,19 @@ pub struct FusedRmsPropConfig {
     /// step. Both routes.
     #[config(default = false)]
     master_weights: bool,
+    /// How the running averages and the momentum buffer are kept:
+    /// `StateFormat::Full` (tensors of the state dtype, as burn keeps them;
+    /// the default) or 8 bits per element
+    /// ([`StateFormat::BLOCKWISE8`](fused_rmsprop::StateFormat::BLOCKWISE8),
+    /// or [`BITSANDBYTES`](fused_rmsprop::StateFormat::BITSANDBYTES) for
+    /// bitsandbytes' `RMSprop8bit` maps) for parameters of at least
+    /// [`MIN_8BIT_ELEMENTS`](fused_rmsprop::MIN_8BIT_ELEMENTS): about a
+    /// quarter of the memory, in host memory as
+    /// [`Blockwise8Averages`](crate::Blockwise8Averages). Per-parameter
+    /// route (`init()`/`build()`); [`init_batched`](Self::init_batched)
+    /// refuses it. See `docs/8-bit-state.md` for what it costs in accuracy.
+    #[config(default = "StateFormat::Full")]
+    state_format: StateFormat,
 }
 
 impl FusedRmsPropConfig {
@@ -135,6 +148,7 @@ impl FusedRmsPropConfig {
             .with_non_finite(self.non_finite_grads)
             .with_rounding(self.rounding)
             .with_master_weights(self.master_weights)
+            .with_state_format(self.state_format)
             .with_grad_clip(self.grad_clipping.as_ref().map(|clipping| match clipping {
                 GradientClippingConfig::Value(max) => GradClip::Value(f64::from(*max)),
                 GradientClippingConfig::Norm(max) => GradClip::NormPerTensor(f64::from(*max)),

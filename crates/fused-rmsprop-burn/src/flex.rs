@@ -4,15 +4,16 @@
 
 use burn::backend::DispatchDevice;
 use burn::tensor::{DType, Tensor};
-use fused_rmsprop::{Group, RmsProp, StateSlices, StepReport, bf16, f16};
+use fused_rmsprop::{Blockwise8Group, Group, RmsProp, StateSlices, StepReport, bf16, f16};
 
+use crate::blockwise8::Blockwise8Element;
 use crate::flex_tensor::{
     FlexParam, FlexTensor, from_flex, readable, to_flex, view, view_mut, writable,
 };
 use crate::shared::{KeptBuffers, Unshared};
 use crate::state::state_dtype;
 use crate::stats::Counters;
-use crate::{FusedRmsPropState, RoundingKey};
+use crate::{Averages, Blockwise8Averages, FullAverages, FusedRmsPropState, RoundingKey};
 
 /// Why the kernel cannot step `param` with `grad` in place (`None`: it
 /// can): either off Flex (autodiff over Flex counts as Flex), the parameter
@@ -68,7 +69,8 @@ pub(crate) fn find_non_finite(grad: &FlexTensor) -> Option<usize> {
 
 /// Whether the in-place route applies: every tensor on a Flex device, the
 /// parameter `f32`, `f64`, `bf16` or `f16`, the gradient of its dtype, the
-/// state of its state dtype (`f32` for the 16-bit types).
+/// state's tensors of its state dtype (`f32` for the 16-bit types); 8-bit
+/// averages are of the state type once `FusedRmsPropState::fit` has run.
 pub(crate) fn applies<const D: usize>(
     param: &Tensor<D>,
     grad: &Tensor<D>,
@@ -76,10 +78,16 @@ pub(crate) fn applies<const D: usize>(
 ) -> bool {
     let kept = state_dtype(param.dtype());
     let state_like = |t: &Tensor<D>| t.dtype() == kept && on_flex(t);
+    let averages_like = match &state.averages {
+        Averages::Full(full) => {
+            state_like(&full.square_avg)
+                && full.grad_avg.as_ref().is_none_or(state_like)
+                && full.momentum_buf.as_ref().is_none_or(state_like)
+        }
+        Averages::Blockwise8(_) => true,
+    };
     not_steppable(param, grad).is_none()
-        && state_like(&state.square_avg)
-        && state.grad_avg.as_ref().is_none_or(state_like)
-        && state.momentum_buf.as_ref().is_none_or(state_like)
+        && averages_like
         && state.master.as_ref().is_none_or(state_like)
 }
 
@@ -105,18 +113,21 @@ pub(crate) fn step<const D: usize>(
         kept_buffers.unshare(param)
     };
     let grad = readable(to_flex(grad), counters);
-    let mut square_avg = writable(to_flex(state.square_avg), counters);
-    let mut grad_avg = state.grad_avg.map(|t| writable(to_flex(t), counters));
-    let mut momentum_buf = state.momentum_buf.map(|t| writable(to_flex(t), counters));
+    let mut averages = match state.averages {
+        Averages::Full(full) => FlexAverages::Full {
+            square_avg: writable(to_flex(full.square_avg), counters),
+            grad_avg: full.grad_avg.map(|t| writable(to_flex(t), counters)),
+            momentum_buf: full.momentum_buf.map(|t| writable(to_flex(t), counters)),
+        },
+        Averages::Blockwise8(averages) => FlexAverages::Blockwise8(averages),
+    };
     let mut master = state.master.map(|t| writable(to_flex(t), counters));
 
     let buffers = Buffers {
         param: &mut param.target,
         source: param.source.as_ref(),
         grad: &grad,
-        square_avg: &mut square_avg,
-        grad_avg: grad_avg.as_mut(),
-        momentum_buf: momentum_buf.as_mut(),
+        averages: &mut averages,
         master: master.as_mut(),
         rounding_key: state.rounding_key,
     };
@@ -144,10 +155,20 @@ pub(crate) fn step<const D: usize>(
     // kept for its next step.
     let param = kept_buffers.handed_back(param, written);
 
+    let averages = match averages {
+        FlexAverages::Full {
+            square_avg,
+            grad_avg,
+            momentum_buf,
+        } => Averages::Full(FullAverages {
+            square_avg: from_flex(square_avg),
+            grad_avg: grad_avg.map(from_flex),
+            momentum_buf: momentum_buf.map(from_flex),
+        }),
+        FlexAverages::Blockwise8(averages) => Averages::Blockwise8(averages),
+    };
     let mut state = FusedRmsPropState {
-        square_avg: from_flex(square_avg),
-        grad_avg: grad_avg.map(from_flex),
-        momentum_buf: momentum_buf.map(from_flex),
+        averages,
         master: master.map(from_flex),
         rounding_key: state.rounding_key,
     };
@@ -157,6 +178,21 @@ pub(crate) fn step<const D: usize>(
     (from_flex(param), state)
 }
 
+/// A parameter's averages during its step.
+// The full variant, the common one, is the large one: boxing it would
+// allocate on every step.
+#[allow(clippy::large_enum_variant)]
+enum FlexAverages {
+    /// Flex tensors, contiguous and unshared.
+    Full {
+        square_avg: FlexTensor,
+        grad_avg: Option<FlexTensor>,
+        momentum_buf: Option<FlexTensor>,
+    },
+    /// 8-bit buffers in host memory.
+    Blockwise8(Blockwise8Averages),
+}
+
 /// The Flex tensors of one step.
 struct Buffers<'a> {
     param: &'a mut FlexTensor,
@@ -164,9 +200,7 @@ struct Buffers<'a> {
     /// out-of-place step; module `shared`).
     source: Option<&'a FlexTensor>,
     grad: &'a FlexTensor,
-    square_avg: &'a mut FlexTensor,
-    grad_avg: Option<&'a mut FlexTensor>,
-    momentum_buf: Option<&'a mut FlexTensor>,
+    averages: &'a mut FlexAverages,
     /// The `f32` master copy (master weights on a 16-bit parameter).
     master: Option<&'a mut FlexTensor>,
     rounding_key: Option<RoundingKey>,
@@ -179,22 +213,45 @@ fn run<P: FlexParam>(
     b: Buffers<'_>,
 ) -> Result<StepReport, fused_rmsprop::Error> {
     let grads = view::<P>(b.grad);
-    let mut state = StateSlices::new(view_mut::<P::State>(b.square_avg));
-    if let Some(grad_avg) = b.grad_avg {
-        state = state.with_grad_avg(view_mut::<P::State>(grad_avg));
+    let master = b.master.map(view_mut::<P::State>);
+    match b.averages {
+        FlexAverages::Full {
+            square_avg,
+            grad_avg,
+            momentum_buf,
+        } => {
+            let mut state = StateSlices::new(view_mut::<P::State>(square_avg));
+            if let Some(grad_avg) = grad_avg {
+                state = state.with_grad_avg(view_mut::<P::State>(grad_avg));
+            }
+            if let Some(momentum_buf) = momentum_buf {
+                state = state.with_momentum_buf(view_mut::<P::State>(momentum_buf));
+            }
+            if let Some(master) = master {
+                state = state.with_master(master);
+            }
+            let mut group = Group::new(view_mut::<P>(b.param), grads, state);
+            if let Some(source) = b.source {
+                group = group.with_source(view::<P>(source));
+            }
+            if let Some(key) = b.rounding_key {
+                group = group.with_rounding_key(key.step, key.stream);
+            }
+            kernel.step_many(lr, [group])
+        }
+        FlexAverages::Blockwise8(averages) => {
+            let state = P::State::state_mut(averages)
+                .expect("fitted: 8-bit averages of the parameter's state type");
+            let mut slices = state.slices_mut();
+            slices.master = master;
+            let mut group = Blockwise8Group::new(view_mut::<P>(b.param), grads, slices);
+            if let Some(source) = b.source {
+                group = group.with_source(view::<P>(source));
+            }
+            if let Some(key) = b.rounding_key {
+                group = group.with_rounding_key(key.step, key.stream);
+            }
+            kernel.step_blockwise8_slices(lr, group)
+        }
     }
-    if let Some(momentum_buf) = b.momentum_buf {
-        state = state.with_momentum_buf(view_mut::<P::State>(momentum_buf));
-    }
-    if let Some(master) = b.master {
-        state = state.with_master(view_mut::<P::State>(master));
-    }
-    let mut group = Group::new(view_mut::<P>(b.param), grads, state);
-    if let Some(source) = b.source {
-        group = group.with_source(view::<P>(source));
-    }
-    if let Some(key) = b.rounding_key {
-        group = group.with_rounding_key(key.step, key.stream);
-    }
-    kernel.step_many(lr, [group])
 }

@@ -14,6 +14,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::tensor::Tensor;
 use fused_rmsprop::Param;
 
+use crate::blockwise8::Blockwise8Element;
 use crate::stats::Counters;
 
 /// burn's Flex float primitive: O(1) to clone, copy-on-write to mutate.
@@ -22,14 +23,14 @@ pub(crate) type FlexTensor = FloatTensor<Flex>;
 /// A parameter type the kernel steps whose elements and state elements
 /// Flex stores.
 pub(crate) trait FlexParam:
-    Param<State: burn::tensor::Element + bytemuck::Pod> + burn::tensor::Element + bytemuck::Pod
+    Param<State: Blockwise8Element> + burn::tensor::Element + bytemuck::Pod
 {
 }
 
 impl<P> FlexParam for P
 where
     P: Param + burn::tensor::Element + bytemuck::Pod,
-    P::State: burn::tensor::Element + bytemuck::Pod,
+    P::State: Blockwise8Element,
 {
 }
 

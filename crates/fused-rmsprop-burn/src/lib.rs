@@ -191,6 +191,7 @@
 //! refused; counted in `rejected_steps` with a `NonFiniteGradient` error).
 
 mod batched;
+mod blockwise8;
 mod composed;
 mod config;
 mod flex;
@@ -213,15 +214,17 @@ pub use config::FusedRmsPropConfig;
 // What a user names to fill `FusedRmsPropConfig`, build a `FusedRmsProp`
 // from `Hyper` or choose a path, re-exported from the kernel so that this
 // crate is the one dependency to add.
+pub use blockwise8::Blockwise8Averages;
 /// The kernel's error: what [`FusedRmsPropConfig::try_build`] returns and
 /// [`StepStats::last_error`] holds.
 pub use fused_rmsprop::Error as KernelError;
 pub use fused_rmsprop::{
-    EpsPlacement, Execution, Hyper, Isa, Kernel, Linger, NonFinite, Rounding, Threads, WeightDecay,
+    BLOCK_ELEMENTS, Blockwise8State, EpsPlacement, Execution, Hyper, Isa, Kernel, Linger,
+    MIN_8BIT_ELEMENTS, NonFinite, QuantMap, Quantized, Rounding, StateFormat, Threads, WeightDecay,
     bf16, default_linger, f16, set_default_linger,
 };
 pub use record::{RecordLoadError, load_record};
-pub use state::{FusedRmsPropState, RoundingKey};
+pub use state::{Averages, FullAverages, FusedRmsPropState, RoundingKey};
 pub use stats::StepStats;
 
 use stats::Counters;
@@ -401,7 +404,7 @@ impl Optimizer for FusedRmsProp {
         } else {
             Counters::bump(&self.counters.composed);
             if hyper.non_finite == NonFinite::Propagate || composed::all_finite(&grad) {
-                composed::step(&hyper, lr, tensor, grad, state)
+                composed::step_any(&hyper, lr, tensor, grad, state)
             } else {
                 if hyper.non_finite == NonFinite::Skip {
                     self.counters.skipped();

@@ -7,6 +7,8 @@ use burn::optim::{RecordState, StateSink, StateSource, join_path};
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use fused_rmsprop::{Hyper, Rounding};
 
+use crate::Blockwise8Averages;
+
 /// The dtype the state of a parameter of `dtype` is kept in: `f32` for the
 /// 16-bit types (as the kernel's mixed-precision step keeps it), the
 /// parameter's own otherwise.
@@ -17,54 +19,98 @@ pub(crate) fn state_dtype(dtype: DType) -> DType {
     }
 }
 
-/// The state of one parameter: its running averages and momentum buffer,
-/// as tensors of the parameter's shape and device, in the parameter's dtype
-/// for `f32`/`f64` parameters and in `f32` for `bf16`/`f16` ones.
+/// The state of one parameter: its running averages and momentum buffer
+/// ([`Averages`]: tensors, or 8 bits per element), its master copy and its
+/// rounding key.
 ///
-/// A record written from this state has the keys of burn's `RmsPropState`
-/// (`square_avg.square_avg`, `centered.avg`, `centered.grad_avg`,
-/// `momentum.buf`), so a checkpoint of burn's `RmsProp` loads into
-/// [`FusedRmsProp`](crate::FusedRmsProp) and the other way round.
-/// `centered.avg` (the square average minus the squared gradient average) is
-/// derived data that both optimizers recompute every step; it is written for
-/// burn's sake and ignored on load. Tensors keep the dtype they were saved
-/// with: an `f64` model resumes in `f64`.
+/// With full-precision averages, a record written from this state has the
+/// keys of burn's `RmsPropState` (`square_avg.square_avg`, `centered.avg`,
+/// `centered.grad_avg`, `momentum.buf`), so a checkpoint of burn's
+/// `RmsProp` loads into [`FusedRmsProp`](crate::FusedRmsProp) and the other
+/// way round. `centered.avg` (the square average minus the squared gradient
+/// average) is derived data that both optimizers recompute every step; it is
+/// written for burn's sake and ignored on load. Tensors keep the dtype they
+/// were saved with: an `f64` model resumes in `f64`.
 ///
-/// Under the two options burn's `RmsProp` lacks, the record holds more,
-/// under names of this crate's own (`fused.master`, `fused.step`,
-/// `fused.stream`), which burn's loader leaves unread: the `f32` master
-/// copy of a 16-bit parameter under master weights, and the rounding key
-/// under stochastic rounding. With both off the record is burn's, key for
-/// key.
+/// Under the options burn's `RmsProp` lacks, the record holds more, under
+/// names of this crate's own (`fused.master`, `fused.step`, `fused.stream`,
+/// `fused.blockwise8.*`), which burn's loader leaves unread: the `f32`
+/// master copy of a 16-bit parameter under master weights, the rounding key
+/// under stochastic rounding, and the codes, scales and maps of 8-bit
+/// averages ([`Blockwise8Averages`]; burn's `RmsProp` finds no square
+/// average for such a parameter and starts its state afresh). With all
+/// three off the record is burn's, key for key.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use fused_rmsprop_burn::FusedRmsPropState;
+/// use fused_rmsprop_burn::{Averages, FullAverages, FusedRmsPropState};
 ///
 /// let v = Tensor::<1>::from_floats([1.0, 2.0], &Device::default());
 /// let state = FusedRmsPropState {
-///     square_avg: v,
-///     grad_avg: None,
-///     momentum_buf: None,
+///     averages: Averages::Full(FullAverages { square_avg: v, grad_avg: None, momentum_buf: None }),
 ///     master: None,
 ///     rounding_key: None,
 /// };
-/// assert_eq!(state.square_avg.dims(), [2]);
+/// assert_eq!(state.full().unwrap().square_avg.dims(), [2]);
 /// ```
 #[derive(Clone, Debug)]
 pub struct FusedRmsPropState<const D: usize> {
-    /// Running average of the squared gradient.
-    pub square_avg: Tensor<D>,
-    /// Running average of the gradient (centered only).
-    pub grad_avg: Option<Tensor<D>>,
-    /// Momentum buffer (momentum > 0 only).
-    pub momentum_buf: Option<Tensor<D>>,
+    /// The running averages and the momentum buffer.
+    pub averages: Averages<D>,
     /// The `f32` master copy of a `bf16`/`f16` parameter, which the step
     /// reads and writes in its place (master weights only).
     pub master: Option<Tensor<D>>,
     /// What keys this parameter's stochastic rounding (stochastic rounding
     /// only).
     pub rounding_key: Option<RoundingKey>,
+}
+
+/// A parameter's running averages and momentum buffer, in the format
+/// `FusedRmsPropConfig::state_format` chose for it.
+///
+/// ```
+/// use burn::optim::Optimizer;
+/// use burn::tensor::{Device, Tensor};
+/// use fused_rmsprop_burn::{Averages, FusedRmsPropConfig, StateFormat};
+///
+/// let optim = FusedRmsPropConfig::new().with_state_format(StateFormat::BLOCKWISE8).build();
+/// let small = Tensor::<1>::ones([100], &Device::default());
+/// let (_, state) = optim.step(1e-3, small.clone(), small, None);
+/// // Below MIN_8BIT_ELEMENTS the state stays full precision.
+/// assert!(matches!(state.unwrap().averages, Averages::Full(_)));
+/// ```
+// The full variant, the common one, is the large one: boxing it would
+// allocate on every step.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Averages<const D: usize> {
+    /// Tensors of the parameter's shape and device ([`FullAverages`]).
+    Full(FullAverages<D>),
+    /// 8 bits per element and buffer, in host memory: a parameter of at
+    /// least [`MIN_8BIT_ELEMENTS`](fused_rmsprop::MIN_8BIT_ELEMENTS) under
+    /// [`StateFormat::Blockwise8`](fused_rmsprop::StateFormat).
+    Blockwise8(Blockwise8Averages),
+}
+
+/// Full-precision averages: tensors of the parameter's shape and device, in
+/// the parameter's dtype for `f32`/`f64` parameters and in `f32` for
+/// `bf16`/`f16` ones.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use fused_rmsprop_burn::FullAverages;
+/// let v = Tensor::<1>::zeros([3], &Device::default());
+/// let full = FullAverages { square_avg: v, grad_avg: None, momentum_buf: None };
+/// assert_eq!(full.square_avg.dims(), [3]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct FullAverages<const D: usize> {
+    /// Running average of the squared gradient.
+    pub square_avg: Tensor<D>,
+    /// Running average of the gradient (centered only).
+    pub grad_avg: Option<Tensor<D>>,
+    /// Momentum buffer (momentum > 0 only).
+    pub momentum_buf: Option<Tensor<D>>,
 }
 
 /// What keys a parameter's stochastic rounding besides the seed (see
@@ -97,7 +143,8 @@ fn narrow(dtype: DType) -> bool {
 impl<const D: usize> FusedRmsPropState<D> {
     /// A fresh state for a parameter like `param`: the square average at
     /// `hyper.initial_square_avg`, the other buffers zero where `hyper`
-    /// needs them.
+    /// needs them; 8-bit when `hyper.state_format` quantizes a tensor of
+    /// `param`'s size.
     ///
     /// ```
     /// use burn::tensor::{Device, Tensor};
@@ -106,21 +153,61 @@ impl<const D: usize> FusedRmsPropState<D> {
     ///
     /// let p = Tensor::<2>::zeros([2, 3], &Device::default());
     /// let s = FusedRmsPropState::fresh(&p, &Hyper::default().with_momentum(0.9));
-    /// assert!(s.momentum_buf.is_some() && s.grad_avg.is_none());
+    /// let full = s.full().unwrap();
+    /// assert!(full.momentum_buf.is_some() && full.grad_avg.is_none());
     /// ```
     pub fn fresh(param: &Tensor<D>, hyper: &Hyper) -> Self {
-        // Made in the state dtype directly: a 16-bit parameter's initial
-        // square average is not rounded to 16 bits on the way.
-        let options =
-            TensorCreationOptions::new(param.device()).with_dtype(state_dtype(param.dtype()));
-        let full = |value: f64| Tensor::<D>::full(param.shape(), value, options.clone());
-        let zeros = || full(0.0);
+        let dtype = state_dtype(param.dtype());
+        let averages = if hyper.state_format.quantizes(param.shape().num_elements()) {
+            Averages::Blockwise8(Blockwise8Averages::fresh(
+                param.dims().to_vec(),
+                dtype,
+                hyper,
+            ))
+        } else {
+            // Made in the state dtype directly: a 16-bit parameter's initial
+            // square average is not rounded to 16 bits on the way.
+            let options = TensorCreationOptions::new(param.device()).with_dtype(dtype);
+            let full = |value: f64| Tensor::<D>::full(param.shape(), value, options.clone());
+            let zeros = || full(0.0);
+            Averages::Full(FullAverages {
+                square_avg: full(hyper.initial_square_avg),
+                grad_avg: hyper.needs_grad_avg().then(zeros),
+                momentum_buf: hyper.needs_momentum_buf().then(zeros),
+            })
+        };
         Self {
-            square_avg: full(hyper.initial_square_avg),
-            grad_avg: hyper.needs_grad_avg().then(zeros),
-            momentum_buf: hyper.needs_momentum_buf().then(zeros),
+            averages,
             master: Self::fresh_master(param, hyper),
             rounding_key: None,
+        }
+    }
+
+    /// The full-precision averages, if the state has them.
+    ///
+    /// See the [type's example](Self).
+    pub fn full(&self) -> Option<&FullAverages<D>> {
+        match &self.averages {
+            Averages::Full(full) => Some(full),
+            Averages::Blockwise8(_) => None,
+        }
+    }
+
+    /// The 8-bit averages, if the state has them.
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Tensor};
+    /// use fused_rmsprop::{Hyper, StateFormat};
+    /// use fused_rmsprop_burn::FusedRmsPropState;
+    ///
+    /// let p = Tensor::<1>::zeros([4096], &Device::default());
+    /// let s = FusedRmsPropState::fresh(&p, &Hyper::default().with_state_format(StateFormat::BLOCKWISE8));
+    /// assert_eq!(s.blockwise8().unwrap().state_bytes(), 4096 + 16 * 4);
+    /// ```
+    pub fn blockwise8(&self) -> Option<&Blockwise8Averages> {
+        match &self.averages {
+            Averages::Full(_) => None,
+            Averages::Blockwise8(averages) => Some(averages),
         }
     }
 
@@ -163,15 +250,23 @@ impl<const D: usize> FusedRmsPropState<D> {
     /// replaced by a fresh one; a state of another dtype or device is converted;
     /// a buffer `hyper` needs but the state lacks starts at zero, as burn's
     /// own `RmsProp` starts it, a missing master copy as the parameter's
-    /// values; a buffer it does not need is dropped. The rounding key is
-    /// kept as it is ([`Self::keyed`] sets it).
+    /// values; a buffer it does not need is dropped. Full averages where
+    /// `hyper` asks for 8 bits are quantized, 8-bit ones where it asks for
+    /// full precision dequantized; 8-bit averages that need any other
+    /// change (a buffer, a map, the state type) go through full precision
+    /// and back. The rounding key is kept as it is ([`Self::keyed`] sets
+    /// it).
     pub(crate) fn fit(self, param: &Tensor<D>, hyper: &Hyper) -> (Self, bool) {
         let fits = |t: &Tensor<D>| t.dims() == param.dims();
-        let all_fit = fits(&self.square_avg)
-            && self.grad_avg.as_ref().is_none_or(fits)
-            && self.momentum_buf.as_ref().is_none_or(fits)
-            && self.master.as_ref().is_none_or(fits);
-        if !all_fit {
+        let averages_fit = match &self.averages {
+            Averages::Full(full) => {
+                fits(&full.square_avg)
+                    && full.grad_avg.as_ref().is_none_or(fits)
+                    && full.momentum_buf.as_ref().is_none_or(fits)
+            }
+            Averages::Blockwise8(averages) => averages.dims() == param.dims(),
+        };
+        if !averages_fit || !self.master.as_ref().is_none_or(fits) {
             return (Self::fresh(param, hyper), false);
         }
         let device = param.device();
@@ -184,13 +279,31 @@ impl<const D: usize> FusedRmsPropState<D> {
             };
             if t.dtype() == dtype { t } else { t.cast(dtype) }
         };
-        let zeros = || like_param(param.zeros_like());
-        let grad_avg = hyper
-            .needs_grad_avg()
-            .then(|| self.grad_avg.map_or_else(zeros, like_param));
-        let momentum_buf = hyper
-            .needs_momentum_buf()
-            .then(|| self.momentum_buf.map_or_else(zeros, like_param));
+        let quantizes = hyper.state_format.quantizes(param.shape().num_elements());
+        let fit_full = |full: FullAverages<D>| {
+            let zeros = || like_param(param.zeros_like());
+            let full = FullAverages {
+                square_avg: like_param(full.square_avg),
+                grad_avg: hyper
+                    .needs_grad_avg()
+                    .then(|| full.grad_avg.map_or_else(zeros, like_param)),
+                momentum_buf: hyper
+                    .needs_momentum_buf()
+                    .then(|| full.momentum_buf.map_or_else(zeros, like_param)),
+            };
+            if quantizes {
+                Averages::Blockwise8(Blockwise8Averages::quantize(&full, hyper))
+            } else {
+                Averages::Full(full)
+            }
+        };
+        let averages = match self.averages {
+            Averages::Blockwise8(averages) if quantizes && averages.matches(dtype, hyper) => {
+                Averages::Blockwise8(averages)
+            }
+            Averages::Blockwise8(averages) => fit_full(averages.dequantize(&device)),
+            Averages::Full(full) => fit_full(full),
+        };
         let master = match self.master {
             Some(master) if hyper.master_weights && narrow(param.dtype()) => {
                 Some(like_param(master))
@@ -198,16 +311,15 @@ impl<const D: usize> FusedRmsPropState<D> {
             _ => Self::fresh_master(param, hyper),
         };
         let state = Self {
-            square_avg: like_param(self.square_avg),
-            grad_avg,
-            momentum_buf,
+            averages,
             master,
             rounding_key: self.rounding_key,
         };
         (state, true)
     }
 
-    /// Moves every buffer to `device` (no copy for a buffer already there).
+    /// Moves every tensor to `device` (no copy for a tensor already there;
+    /// 8-bit averages stay in host memory).
     pub(crate) fn moved_to(self, device: &Device) -> Self {
         let move_to = |t: Tensor<D>| {
             if t.device() == *device {
@@ -216,10 +328,16 @@ impl<const D: usize> FusedRmsPropState<D> {
                 t.to_device(device)
             }
         };
+        let averages = match self.averages {
+            Averages::Full(full) => Averages::Full(FullAverages {
+                square_avg: move_to(full.square_avg),
+                grad_avg: full.grad_avg.map(move_to),
+                momentum_buf: full.momentum_buf.map(move_to),
+            }),
+            blockwise8 @ Averages::Blockwise8(_) => blockwise8,
+        };
         Self {
-            square_avg: move_to(self.square_avg),
-            grad_avg: self.grad_avg.map(move_to),
-            momentum_buf: self.momentum_buf.map(move_to),
+            averages,
             master: self.master.map(move_to),
             rounding_key: self.rounding_key,
         }
@@ -234,6 +352,68 @@ const FUSED: &str = "fused";
 
 impl<const D: usize> RecordState for FusedRmsPropState<D> {
     fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        match &self.averages {
+            Averages::Full(full) => full.flatten(prefix, out),
+            Averages::Blockwise8(averages) => averages.flatten(prefix, out),
+        }
+        let fused = join_path(prefix, FUSED);
+        if let Some(master) = &self.master {
+            out.push_tensor(&fused, "master", master.to_data());
+        }
+        if let Some(key) = self.rounding_key {
+            out.push_scalar(&fused, "step", key.step.into());
+            out.push_scalar(&fused, "stream", key.stream.into());
+        }
+    }
+
+    /// `None` (burn then starts the parameter's state afresh on its next
+    /// step, as it does for any record it cannot read) when the averages
+    /// are missing or malformed: for full precision, a tensor that is not a
+    /// float tensor of rank `D`, or buffers that disagree in shape or dtype;
+    /// for 8 bits, see [`Blockwise8Averages`]' record. A master copy of
+    /// another shape than the averages, or a rounding key with one of its
+    /// two numbers missing or not a non-negative integer, is left out (the
+    /// step starts it afresh).
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        let full = FullAverages::unflatten(prefix, src, device);
+        let blockwise8 = Blockwise8Averages::unflatten::<D>(prefix, src);
+        let fused = join_path(prefix, FUSED);
+        let master = src.take_tensor(&fused, "master");
+        let mut unsigned = |leaf| src.take_scalar(&fused, leaf)?.try_into().ok();
+        let rounding_key = match (unsigned("step"), unsigned("stream")) {
+            (Some(step), Some(stream)) => Some(RoundingKey { step, stream }),
+            _ => None,
+        };
+
+        let averages = match (full, blockwise8) {
+            (Some(full), _) => Averages::Full(full),
+            (None, Some(blockwise8)) => Averages::Blockwise8(blockwise8),
+            (None, None) => return None,
+        };
+        let dims = match &averages {
+            Averages::Full(full) => full.square_avg.dims().to_vec(),
+            Averages::Blockwise8(averages) => averages.dims().to_vec(),
+        };
+        let master = master
+            .filter(|m| m.shape()[..] == *dims && m.dtype().is_float() && m.rank() == D)
+            .map(|data| load(data, device));
+        Some(Self {
+            averages,
+            master,
+            rounding_key,
+        })
+    }
+}
+
+/// `data` as a tensor on `device`, in its own dtype.
+fn load<const D: usize>(data: TensorData, device: &Device) -> Tensor<D> {
+    let options = TensorCreationOptions::new(device.clone()).with_dtype(data.dtype());
+    Tensor::<D>::from_data(data, options)
+}
+
+impl<const D: usize> FullAverages<D> {
+    /// Writes the averages under burn's `RmsPropState` names.
+    fn flatten(&self, prefix: &str, out: &mut StateSink) {
         out.push_tensor(
             &join_path(prefix, SQUARE_AVG),
             "square_avg",
@@ -251,36 +431,17 @@ impl<const D: usize> RecordState for FusedRmsPropState<D> {
         if let Some(buf) = &self.momentum_buf {
             out.push_tensor(&join_path(prefix, MOMENTUM), "buf", buf.to_data());
         }
-        let fused = join_path(prefix, FUSED);
-        if let Some(master) = &self.master {
-            out.push_tensor(&fused, "master", master.to_data());
-        }
-        if let Some(key) = self.rounding_key {
-            out.push_scalar(&fused, "step", key.step.into());
-            out.push_scalar(&fused, "stream", key.stream.into());
-        }
     }
 
-    /// `None` (burn then starts the parameter's state afresh on its next
-    /// step, as it does for any record it cannot read) when the square
-    /// average is missing, a tensor is not a float tensor of rank `D`, or the
-    /// buffers disagree in shape or dtype. A master copy of another shape
-    /// than the square average, or a rounding key with one of its two
-    /// numbers missing or not a non-negative integer, is left out (the step
-    /// starts it afresh).
-    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+    /// Reads what [`Self::flatten`] (or burn's `RmsPropState`) wrote;
+    /// `None` when the square average is missing, a tensor is not a float
+    /// tensor of rank `D`, or the buffers disagree in shape or dtype.
+    fn unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
         let square_avg = src.take_tensor(&join_path(prefix, SQUARE_AVG), "square_avg");
         let centered = join_path(prefix, CENTERED);
         let _derived_avg = src.take_tensor(&centered, "avg");
         let grad_avg = src.take_tensor(&centered, "grad_avg");
         let momentum_buf = src.take_tensor(&join_path(prefix, MOMENTUM), "buf");
-        let fused = join_path(prefix, FUSED);
-        let master = src.take_tensor(&fused, "master");
-        let mut unsigned = |leaf| src.take_scalar(&fused, leaf)?.try_into().ok();
-        let rounding_key = match (unsigned("step"), unsigned("stream")) {
-            (Some(step), Some(stream)) => Some(RoundingKey { step, stream }),
-            _ => None,
-        };
 
         let square_avg = square_avg?;
         let like_square_avg = |data: &TensorData| {
@@ -293,18 +454,10 @@ impl<const D: usize> RecordState for FusedRmsPropState<D> {
         if !valid {
             return None;
         }
-        let load = |data: TensorData| {
-            let options = TensorCreationOptions::new(device.clone()).with_dtype(data.dtype());
-            Tensor::<D>::from_data(data, options)
-        };
-        let master = master
-            .filter(|m| m.shape() == square_avg.shape() && m.dtype().is_float() && m.rank() == D);
         Some(Self {
-            square_avg: load(square_avg),
-            grad_avg: grad_avg.map(load),
-            momentum_buf: momentum_buf.map(load),
-            master: master.map(load),
-            rounding_key,
+            square_avg: load(square_avg, device),
+            grad_avg: grad_avg.map(|data| load(data, device)),
+            momentum_buf: momentum_buf.map(|data| load(data, device)),
         })
     }
 }

@@ -205,7 +205,7 @@ fn a_fused_checkpoint_resumes_exactly_and_keeps_f64() {
         source.insert_tensor(name, data);
     }
     let loaded = FusedRmsPropState::<1>::state_unflatten("7", &mut source, &device).unwrap();
-    assert_eq!(loaded.square_avg.dtype(), DType::F64);
+    assert_eq!(loaded.full().unwrap().square_avg.dtype(), DType::F64);
 
     let (a, _) = optim.step(0.01, p.clone(), g.clone(), Some(state));
     let (b, _) = optim.step(0.01, p, g, Some(loaded));

@@ -311,12 +311,12 @@ fn updates_the_parameter_buffer_in_place() {
     let g = Tensor::<1>::from_floats([0.5, -0.5, 0.25, 0.0], &device);
     let (p, state) = optim.step(0.1, p, g.clone(), None);
     let state = state.unwrap();
-    let (p_ptr, v_ptr) = (flex_ptr(&p), flex_ptr(&state.square_avg));
+    let (p_ptr, v_ptr) = (flex_ptr(&p), flex_ptr(&state.full().unwrap().square_avg));
     let (p, state) = optim.step(0.1, p, g, Some(state));
     let state = state.unwrap();
     assert_eq!(flex_ptr(&p), p_ptr, "the parameter moved");
     assert_eq!(
-        flex_ptr(&state.square_avg),
+        flex_ptr(&state.full().unwrap().square_avg),
         v_ptr,
         "the square average moved"
     );
@@ -460,7 +460,10 @@ fn half_precision_models_train_in_place_with_f32_state() {
             ),
             None,
         );
-        assert_eq!(state.unwrap().square_avg.dtype(), DType::F32);
+        assert_eq!(
+            state.unwrap().full().unwrap().square_avg.dtype(),
+            DType::F32
+        );
     }
 }
 
@@ -554,10 +557,19 @@ fn an_invalid_learning_rate_writes_nothing_and_is_reported() {
     let p = Tensor::<1>::from_floats([1.0, 2.0], &device);
     let g = Tensor::<1>::from_floats([0.5, -0.5], &device);
     let (p, state) = optim.step(0.1, p, g.clone(), None);
-    let before = (to_vec(p.clone()), to_vec(state.clone().unwrap().square_avg));
+    let before = (
+        to_vec(p.clone()),
+        to_vec(state.clone().unwrap().full().unwrap().square_avg.clone()),
+    );
     for lr in [f64::NAN, -1.0, f64::INFINITY] {
         let (p2, state2) = optim.step(lr, p.clone(), g.clone(), state.clone());
-        assert_eq!((to_vec(p2), to_vec(state2.unwrap().square_avg)), before);
+        assert_eq!(
+            (
+                to_vec(p2),
+                to_vec(state2.unwrap().full().unwrap().square_avg.clone())
+            ),
+            before
+        );
     }
     let stats = optim.stats();
     assert_eq!(stats.rejected_steps, 3);
@@ -630,7 +642,7 @@ fn zero_elements_and_a_gradient_of_another_shape_are_handled() {
     let empty = Tensor::<2>::zeros([0, 3], &device);
     let (p, state) = optim.step(0.1, empty.clone(), empty.clone(), None);
     assert_eq!(p.dims(), [0, 3]);
-    assert_eq!(state.unwrap().square_avg.dims(), [0, 3]);
+    assert_eq!(state.unwrap().full().unwrap().square_avg.dims(), [0, 3]);
 
     // A gradient of another shape: refused, nothing written, reported.
     let p = Tensor::<2>::ones([2, 3], &device);

@@ -50,6 +50,7 @@ pub const MIN_8BIT_ELEMENTS: usize = 4096;
 /// assert!(!StateFormat::BLOCKWISE8.quantizes(MIN_8BIT_ELEMENTS - 1));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum StateFormat {
     /// One value of the state type per element and buffer (`f32`, or `f64`
     /// for `f64` parameters): [`State`].

@@ -31,6 +31,7 @@ use std::sync::OnceLock;
 /// assert_eq!(signed.iter().filter(|v| **v >= 0.0).count(), 129);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum QuantMap {
     /// bitsandbytes' `create_dynamic_map(signed=False)`: 256 values in
     /// `[0, 1]`, for a buffer that is never negative (the square average).

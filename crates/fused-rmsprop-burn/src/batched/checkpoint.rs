@@ -23,7 +23,7 @@ use burn::tensor::{Bytes, DType, Device, Element, Tensor, TensorCreationOptions,
 use fused_rmsprop::{Float, Rounding, State};
 
 use super::{BatchedRmsProp, KernelState};
-use crate::{FusedRmsPropState, RecordLoadError, RoundingKey};
+use crate::{Averages, FullAverages, FusedRmsPropState, RecordLoadError, RoundingKey};
 
 impl BatchedRmsProp {
     /// The state of `module`'s parameters as burn's optimizer record, the
@@ -251,9 +251,11 @@ fn to_tensors<const D: usize>(
             Tensor::from_data(data, options)
         };
         FusedRmsPropState {
-            square_avg: tensor(&state.square_avg),
-            grad_avg: state.grad_avg.as_deref().map(tensor),
-            momentum_buf: state.momentum_buf.as_deref().map(tensor),
+            averages: Averages::Full(FullAverages {
+                square_avg: tensor(&state.square_avg),
+                grad_avg: state.grad_avg.as_deref().map(tensor),
+                momentum_buf: state.momentum_buf.as_deref().map(tensor),
+            }),
             master: state.master.as_deref().map(tensor),
             rounding_key: stream.map(|stream| RoundingKey {
                 step: state.step,
@@ -271,9 +273,14 @@ fn to_tensors<const D: usize>(
 /// `dtype` (`f64` state for `f64`, `f32` for the others; a 16-bit state,
 /// as burn's `RmsProp` keeps it, widened exactly). A tensor that does not
 /// convert gives an empty buffer, which fits no parameter: that state
-/// starts afresh at the next step.
+/// starts afresh at the next step. 8-bit averages (a record of `init()`'s
+/// optimizer under `StateFormat::Blockwise8`) are dequantized.
 fn from_tensors<const D: usize>(state: &FusedRmsPropState<D>, dtype: DType) -> KernelState {
     fn of<S: Float + Element, const D: usize>(state: &FusedRmsPropState<D>) -> State<S> {
+        let full = match &state.averages {
+            Averages::Full(full) => full.clone(),
+            Averages::Blockwise8(averages) => averages.dequantize(&Default::default()),
+        };
         let values = |t: &Tensor<D>| {
             t.clone()
                 .into_data()
@@ -282,9 +289,9 @@ fn from_tensors<const D: usize>(state: &FusedRmsPropState<D>, dtype: DType) -> K
                 .unwrap_or_default()
         };
         State {
-            square_avg: values(&state.square_avg),
-            grad_avg: state.grad_avg.as_ref().map(values),
-            momentum_buf: state.momentum_buf.as_ref().map(values),
+            square_avg: values(&full.square_avg),
+            grad_avg: full.grad_avg.as_ref().map(values),
+            momentum_buf: full.momentum_buf.as_ref().map(values),
             master: state.master.as_ref().map(values),
             step: state.rounding_key.map_or(0, |key| key.step),
         }
