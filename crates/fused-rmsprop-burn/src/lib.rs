@@ -89,6 +89,24 @@
 //! resumed run draws the same bits as an uninterrupted one. The composed
 //! route keeps master weights and rounds to nearest.
 //!
+//! # 8-bit state
+//! [`FusedRmsPropConfig::with_state_format`]`(StateFormat::BLOCKWISE8)`
+//! keeps the averages and momentum buffer of every parameter of at least
+//! [`MIN_8BIT_ELEMENTS`] in one byte per element plus a scale per 256
+//! ([`Averages::Blockwise8`], in host memory; `docs/8-bit-state.md` has
+//! the rules and what it costs). On Flex the kernel steps them in place,
+//! held by the `Learner` or not; elsewhere they are dequantized, stepped
+//! with tensor ops and quantized again. Records hold the codes, scales and
+//! maps under names burn's `RmsProp` leaves unread (it starts those
+//! parameters afresh); either kind of record loads into either format. The
+//! batched route refuses it.
+//!
+//! ```
+//! use fused_rmsprop_burn::{FusedRmsPropConfig, StateFormat};
+//! let optim = FusedRmsPropConfig::new().with_state_format(StateFormat::BLOCKWISE8).init();
+//! # let _ = optim;
+//! ```
+//!
 //! # Gradient clipping
 //! [`FusedRmsPropConfig::with_grad_clipping`] takes burn's
 //! `GradientClippingConfig` with burn's semantics (each parameter's
