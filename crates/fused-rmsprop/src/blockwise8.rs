@@ -728,54 +728,96 @@ impl<P: Param> WithSimd for Pass<'_, '_, P> {
     }
 }
 
-/// The values of `q` into `out` (the module docs' step 1): sixteen lanes
-/// at a time on AVX-512 for `f32` state, else [`dequantize`].
+/// The values of `q` into `out` (the module docs' step 1): on AVX-512 or
+/// AVX2 registers for `f32` state, else [`dequantize`].
 #[inline(always)]
 fn expand<S: Float, Sd: Simd>(simd: Sd, q: &QuantizedSlices<'_, S>, out: &mut [S]) {
-    let table = q.map.table();
     #[cfg(target_arch = "x86_64")]
-    if let Some(v4) = crate::token::avx512(&simd)
-        && let Some(out) = S::as_f32s_mut(out)
     {
-        for ((out, codes), scale) in out
-            .chunks_mut(BLOCK_ELEMENTS)
-            .zip(q.codes.chunks(BLOCK_ELEMENTS))
-            .zip(q.scales.iter())
-        {
-            crate::quant_lanes::dequantize(v4, table, codes, scale.to_f64() as f32, out);
+        if let Some(v4) = crate::token::avx512(&simd) {
+            return expand_lanes(v4, q, out);
         }
-        return;
+        if let Some(v3) = crate::token::avx2(&simd) {
+            return expand_lanes(v3, q, out);
+        }
     }
     let _ = simd;
-    dequantize(table, q.codes, q.scales, out);
+    dequantize(q.map.table(), q.codes, q.scales, out);
 }
 
-/// `values` quantized into `q` (the module docs' step 3): sixteen lanes at
-/// a time on AVX-512 for `f32` state, else [`quantize_block`].
+/// [`expand`] on the registers of `lanes` (for `f32` state; [`dequantize`]
+/// for `f64`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn expand_lanes<S: Float>(
+    lanes: impl crate::quant_lanes::CodecLanes,
+    q: &QuantizedSlices<'_, S>,
+    out: &mut [S],
+) {
+    let table = q.map.table();
+    let Some(out) = S::as_f32s_mut(out) else {
+        return dequantize(table, q.codes, q.scales, out);
+    };
+    for ((out, codes), scale) in out
+        .chunks_mut(BLOCK_ELEMENTS)
+        .zip(q.codes.chunks(BLOCK_ELEMENTS))
+        .zip(q.scales.iter())
+    {
+        lanes.dequantize(table, codes, scale.to_f64() as f32, out);
+    }
+}
+
+/// `values` quantized into `q` (the module docs' step 3): on AVX-512 or
+/// AVX2 registers for `f32` state, else [`quantize_block`].
 #[inline(always)]
 fn store<S: Float, Sd: Simd>(simd: Sd, q: QuantizedSlices<'_, S>, values: &mut [S]) {
-    let table = q.map.table();
-    let blocks = values
-        .chunks_mut(BLOCK_ELEMENTS)
-        .zip(q.codes.chunks_mut(BLOCK_ELEMENTS))
-        .zip(q.scales.iter_mut());
     #[cfg(target_arch = "x86_64")]
-    if let Some(v4) = crate::token::avx512(&simd) {
-        for ((values, codes), scale) in blocks {
-            let Some(values) = S::as_f32s_mut(values) else {
-                quantize_block(table, values, codes, scale);
-                continue;
-            };
-            let largest = crate::quant_lanes::largest_finite(v4, values);
-            let block_scale = if largest == 0.0 { 1.0 } else { largest };
-            crate::quant_lanes::quantize(v4, table, values, block_scale, codes);
-            *scale = S::from_f64(f64::from(block_scale));
+    {
+        if let Some(v4) = crate::token::avx512(&simd) {
+            return store_lanes(v4, q, values);
         }
-        return;
+        if let Some(v3) = crate::token::avx2(&simd) {
+            return store_lanes(v3, q, values);
+        }
     }
     let _ = simd;
-    for ((values, codes), scale) in blocks {
+    let table = q.map.table();
+    for ((values, codes), scale) in blocks_of(q, values) {
         quantize_block(table, values, codes, scale);
+    }
+}
+
+/// Each block of `values` with its codes and scale in `q`.
+#[inline(always)]
+fn blocks_of<'a, S>(
+    q: QuantizedSlices<'a, S>,
+    values: &'a mut [S],
+) -> impl Iterator<Item = ((&'a mut [S], &'a mut [u8]), &'a mut S)> {
+    values
+        .chunks_mut(BLOCK_ELEMENTS)
+        .zip(q.codes.chunks_mut(BLOCK_ELEMENTS))
+        .zip(q.scales.iter_mut())
+}
+
+/// [`store`] on the registers of `lanes` (for `f32` state;
+/// [`quantize_block`] for `f64`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn store_lanes<S: Float>(
+    lanes: impl crate::quant_lanes::CodecLanes,
+    q: QuantizedSlices<'_, S>,
+    values: &mut [S],
+) {
+    let table = q.map.table();
+    for ((values, codes), scale) in blocks_of(q, values) {
+        let Some(values) = S::as_f32s_mut(values) else {
+            quantize_block(table, values, codes, scale);
+            continue;
+        };
+        let largest = lanes.largest_finite(values);
+        let block_scale = if largest == 0.0 { 1.0 } else { largest };
+        lanes.quantize(table, values, block_scale, codes);
+        *scale = S::from_f64(f64::from(block_scale));
     }
 }
 

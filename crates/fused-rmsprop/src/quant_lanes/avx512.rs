@@ -1,9 +1,4 @@
-//! 8-bit state's codes on AVX-512 registers: the block functions of module
-//! `blockwise8` sixteen `f32` elements at a time, with gathers from the
-//! map's tables. Each lane performs the scalar path's operations (one
-//! division, exact comparisons, table lookups), so the codes and values are
-//! the scalar path's bits; the elements after the last whole register go
-//! through the scalar path itself.
+//! The codec on AVX-512: sixteen `f32` lanes, masks in mask registers.
 
 use core::arch::x86_64::{
     __m128i, __m512, _CMP_LT_OQ, _CMP_UNORD_Q, _MM_CMPINT_LT, _MM_CMPINT_NLT,
@@ -11,7 +6,7 @@ use core::arch::x86_64::{
 
 use pulp::x86::V4;
 
-use crate::quant_map::{self, BUCKET_SHIFT, BUCKETS_PER_SIGN, KEY_MASK, SMALLEST_BITS, Table};
+use crate::quant_map::{BUCKET_SHIFT, BUCKETS_PER_SIGN, KEY_MASK, SMALLEST_BITS, Table};
 
 const LANES: usize = 16;
 
@@ -45,9 +40,7 @@ pub(crate) fn dequantize(v4: V4, table: &Table, codes: &[u8], scale: f32, out: &
         let scaled = v4.avx512f._mm512_mul_ps(values, scale_lanes);
         out.copy_from_slice(&bytemuck::cast::<_, [f32; LANES]>(scaled));
     }
-    for (x, &code) in out[whole..].iter_mut().zip(&codes[whole..]) {
-        *x = table.values[code as usize] * scale;
-    }
+    super::dequantize_tail(table, &codes[whole..], scale, &mut out[whole..]);
 }
 
 /// The largest finite magnitude of `values` (0 when there is none).
@@ -66,14 +59,8 @@ pub(crate) fn largest_finite(v4: V4, values: &[f32]) -> f32 {
             .avx512f
             ._mm512_mask_max_ps(largest, finite, largest, magnitude);
     }
-    let mut largest = v4.avx512f._mm512_reduce_max_ps(largest);
-    for &x in &values[whole..] {
-        let magnitude = x.abs();
-        if magnitude > largest && magnitude != f32::INFINITY {
-            largest = magnitude;
-        }
-    }
-    largest
+    let largest = v4.avx512f._mm512_reduce_max_ps(largest);
+    super::largest_finite_tail(&values[whole..], largest)
 }
 
 /// The codes of `values / scale` into `codes`.
@@ -122,70 +109,5 @@ pub(crate) fn quantize(v4: V4, table: &Table, values: &[f32], scale: f32, codes:
         let packed: [u8; LANES] = bytemuck::cast(f._mm512_cvtepi32_epi8(code));
         codes.copy_from_slice(&packed);
     }
-    for (code, &x) in codes[whole..].iter_mut().zip(&values[whole..]) {
-        *code = quant_map::quantize_fast(table, quant_map::clamp_input(x / scale));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::QuantMap;
-
-    /// Both sides of every threshold of both maps, scaled by a block
-    /// scale, and the specials: the lanes give the scalar path's codes.
-    #[test]
-    fn the_lanes_quantize_as_the_scalar_path_at_every_threshold() {
-        let Some(v4) = V4::try_new() else {
-            eprintln!("no AVX-512 on this CPU: nothing to compare");
-            return;
-        };
-        for map in [QuantMap::DynamicUnsigned, QuantMap::DynamicSigned] {
-            let table = map.table();
-            let scale = 3.0f32;
-            let mut values: Vec<f32> = table.upper[..255]
-                .iter()
-                .flat_map(|&t| [t.next_down(), t, t.next_up()])
-                .flat_map(|t| [t, -t])
-                .map(|t| t * scale)
-                .collect();
-            values.extend([
-                f32::NAN,
-                f32::INFINITY,
-                f32::NEG_INFINITY,
-                0.0,
-                -0.0,
-                scale,
-                -scale,
-            ]);
-            values.truncate(values.len() / LANES * LANES + 5); // and a scalar tail
-            let mut lanes = vec![0u8; values.len()];
-            quantize(v4, table, &values, scale, &mut lanes);
-            for (i, (&x, &code)) in values.iter().zip(&lanes).enumerate() {
-                let scalar = quant_map::quantize_fast(table, quant_map::clamp_input(x / scale));
-                assert_eq!(code, scalar, "{map:?} element {i}: {x}");
-            }
-            let mut back = vec![0.0f32; 256];
-            let codes: Vec<u8> = (0..=255).collect();
-            dequantize(v4, table, &codes, scale, &mut back);
-            for (code, value) in back.iter().enumerate() {
-                assert_eq!(value.to_bits(), (table.values[code] * scale).to_bits());
-            }
-        }
-    }
-
-    #[test]
-    fn the_largest_finite_magnitude_skips_nan_and_infinity() {
-        let Some(v4) = V4::try_new() else {
-            return;
-        };
-        let mut values = vec![0.5f32; 37];
-        values[3] = f32::NAN;
-        values[20] = f32::NEG_INFINITY;
-        values[36] = -2.0;
-        values[7] = 1.5;
-        assert_eq!(largest_finite(v4, &values), 2.0);
-        values[36] = 0.0;
-        assert_eq!(largest_finite(v4, &values), 1.5);
-    }
+    super::quantize_tail(table, &values[whole..], scale, &mut codes[whole..]);
 }
