@@ -132,6 +132,21 @@ fn candle_step<P: Elem>(candle: &mut fused_rmsprop_candle::RmsProp, var: &Var, g
     candle.step(&store).unwrap();
 }
 
+/// One step of the batched route on the module in `one` (put back there).
+fn batched_step(
+    batched: &mut fused_rmsprop_burn::BatchedRmsProp,
+    one: &mut Option<One>,
+    lr: f64,
+    grad: BurnTensor<1>,
+) -> Result<Vec<burn::module::ParamId>, fused_rmsprop_burn::BatchedError> {
+    let mut grads = GradientsParams::new();
+    let module = one.take().unwrap();
+    grads.register(module.p.id, grad);
+    let (module, outcome) = batched.step(lr, module, grads);
+    *one = Some(module);
+    outcome
+}
+
 /// One parameter, for the batched route, which steps a module.
 #[derive(Module, Debug)]
 struct One {
@@ -186,12 +201,8 @@ fn check_same_bits<P: Elem>(
         candle_step(&mut candle, &var, g.clone());
 
         let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), options.clone());
-        let mut grads = GradientsParams::new();
-        let module = one.take().unwrap();
-        grads.register(module.p.id, burn_grad.clone());
-        let (module, outcome) = batched.step(h.lr, module, grads);
+        let outcome = batched_step(&mut batched, &mut one, h.lr, burn_grad.clone());
         prop_assert_eq!(outcome, Ok(Vec::new()));
-        one = Some(module);
         let (p, s) = burn.step(h.lr, burn_param, burn_grad, burn_state);
         (burn_param, burn_state) = (p, s);
 
@@ -256,9 +267,9 @@ fn check_same_bits<P: Elem>(
 
 /// [`check_same_bits`] with 8-bit state (`h.state_format` is
 /// `Blockwise8`) on tensors of at least `MIN_8BIT_ELEMENTS`: the bare
-/// kernel's `step_blockwise8`, candle and burn's per-parameter route (the
-/// batched route refuses 8-bit state) give the same parameters, codes and
-/// scales.
+/// kernel's `step_blockwise8`, candle and burn (both routes) give the same
+/// parameters, and the kernel, candle and burn's per-parameter route the
+/// same codes and scales.
 fn check_same_bits_8bit<P: Elem>(
     h: Hyper,
     params: Vec<P>,
@@ -282,6 +293,10 @@ fn check_same_bits_8bit<P: Elem>(
         .with_dtype(<P as burn::tensor::Element>::dtype());
     let mut burn_param = BurnTensor::<1>::from_data(TensorData::new(params, [n]), options.clone());
     let mut burn_state: Option<FusedRmsPropState<1>> = None;
+    let mut batched = config.init_batched();
+    let mut one = Some(One {
+        p: BurnParam::from_tensor(burn_param.clone().autodiff()),
+    });
 
     for (step, g) in grads.into_iter().enumerate() {
         kernel
@@ -291,6 +306,8 @@ fn check_same_bits_8bit<P: Elem>(
         candle_step(&mut candle, &var, g.clone());
 
         let burn_grad = BurnTensor::<1>::from_data(TensorData::new(g, [n]), options.clone());
+        let outcome = batched_step(&mut batched, &mut one, h.lr, burn_grad.clone());
+        prop_assert_eq!(outcome, Ok(Vec::new()));
         (burn_param, burn_state) = burn.step(h.lr, burn_param, burn_grad, burn_state);
 
         let diff = first_param_difference(&var.to_vec1::<P>().unwrap(), &kernel_params);

@@ -16,7 +16,10 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, GradientCheckpointingStrategy, Tensor};
-use fused_rmsprop::{Float, Group, NonFinite, RmsProp, Rounding, State, bf16, f16};
+use fused_rmsprop::{
+    Blockwise8Group, Blockwise8State, Float, Group, Hyper, NonFinite, RmsProp, Rounding, State,
+    bf16, f16,
+};
 
 use crate::flex;
 use crate::flex_tensor::{self, FlexParam, FlexTensor};
@@ -47,7 +50,7 @@ use crate::{FusedRmsPropConfig, StepStats};
 ///   record `init()`'s optimizer writes, so a checkpoint moves between the
 ///   two routes, and one of burn's `RmsProp` loads here. The state itself
 ///   is kept as `f32` buffers for `f32`, `bf16` and `f16` parameters, `f64`
-///   for `f64`.
+///   for `f64`, in 8 bits under `StateFormat::Blockwise8`.
 /// - **Not for burn-train's `Learner`**, which takes only a
 ///   `ModuleOptimizer`.
 ///
@@ -134,11 +137,14 @@ impl std::fmt::Display for BatchedError {
 impl std::error::Error for BatchedError {}
 
 /// A parameter's state: `f32` for `f32`, `bf16` and `f16` parameters, `f64`
-/// for `f64` ones.
+/// for `f64` ones; full or 8-bit (a parameter of at least
+/// `MIN_8BIT_ELEMENTS` under `StateFormat::Blockwise8`).
 #[derive(Clone, Debug)]
 enum KernelState {
     F32(State<f32>),
     F64(State<f64>),
+    Blockwise8F32(Blockwise8State<f32>),
+    Blockwise8F64(Blockwise8State<f64>),
 }
 
 impl FusedRmsPropConfig {
@@ -150,13 +156,6 @@ impl FusedRmsPropConfig {
     /// assert!(FusedRmsPropConfig::new().with_alpha(2.0).try_init_batched().is_err());
     /// ```
     pub fn try_init_batched(&self) -> Result<BatchedRmsProp, fused_rmsprop::Error> {
-        if self.hyper().state_format != fused_rmsprop::StateFormat::Full {
-            return Err(fused_rmsprop::Error::InvalidHyper {
-                name: "state_format",
-                value: 8.0,
-                expected: "StateFormat::Full on the batched route (8-bit state: init())",
-            });
-        }
         Ok(BatchedRmsProp {
             kernel: RmsProp::new(self.hyper())?,
             states: Vec::new(),
@@ -386,24 +385,7 @@ impl BatchedRmsProp {
         let lined = &mut self.states[..taken.len()];
         for ((_, slot), t) in lined.iter_mut().zip(taken.iter()) {
             let wide = t.param.dtype() != DType::F64;
-            let (state, kept) = match slot.take() {
-                Some(KernelState::F32(s)) if wide => {
-                    let (s, kept) = s.fit(t.len, &hyper);
-                    (KernelState::F32(s), kept)
-                }
-                Some(KernelState::F64(s)) if !wide => {
-                    let (s, kept) = s.fit(t.len, &hyper);
-                    (KernelState::F64(s), kept)
-                }
-                old => {
-                    let fresh = if wide {
-                        KernelState::F32(State::new(t.len, &hyper))
-                    } else {
-                        KernelState::F64(State::new(t.len, &hyper))
-                    };
-                    (fresh, old.is_none())
-                }
-            };
+            let (state, kept) = KernelState::fitted(slot.take(), wide, t.len, &hyper);
             if !kept {
                 Counters::bump(&self.counters.reset);
             }
@@ -466,9 +448,10 @@ fn global_norm(taken: &[Taken], non_finite: NonFinite) -> f64 {
     fused_rmsprop::grad_norm(&sums)
 }
 
-/// One `step_many` over the taken parameters of dtype `dtype` (of type `P`),
-/// each gradient multiplied by `grad_scale` when there is one; the ones it
-/// skipped. A parameter whose buffer is shared is copied here
+/// One `step_many` over the taken parameters of dtype `dtype` (of type `P`)
+/// with full state and one `step_many_blockwise8` over those with 8-bit
+/// state, each gradient multiplied by `grad_scale` when there is one; the
+/// ones they skipped. A parameter whose buffer is shared is copied here
 /// (copy-on-write) and counted, not when it was taken: a refused step
 /// copies nothing.
 fn run<P: FlexParam>(
@@ -486,97 +469,174 @@ where
     }
     // Sized once: grown a push at a time, their reallocations showed in a
     // profile of a step of 1,000 small parameters.
-    let mut ids = Vec::with_capacity(count);
-    let mut groups = Vec::with_capacity(count);
+    let (mut ids, mut ids8) = (Vec::with_capacity(count), Vec::new());
+    let (mut groups, mut groups8) = (Vec::with_capacity(count), Vec::new());
     let needs_master = P::NARROWS && kernel.hyper().master_weights;
+    // A fresh state, or one loaded without a master copy, starts the copy
+    // as the parameter's values (exact), read from the buffer the step
+    // writes (the copy-on-write copy of a shared one has the same values).
     for (t, state) in taken.iter_mut().zip(states.iter_mut()) {
         if t.param.dtype() != dtype {
             continue;
         }
-        let Some(state) = state.1.as_mut().and_then(P::State::state) else {
+        let Some(state) = state.1.as_mut().and_then(P::State::state_mut) else {
             continue;
         };
-        if needs_master && state.master.is_none() {
-            // A fresh state, or one loaded without a master copy: the copy
-            // starts as the parameter's values (exact).
-            let values = flex_tensor::view::<P>(&t.param);
-            state.master = Some(values.iter().map(|x| x.widen()).collect());
-        }
         if !t.param.is_unique() {
             counters.copied();
         }
-        ids.push(t.id);
-        let step = state.step;
-        let group = Group::new(
-            flex_tensor::view_mut::<P>(&mut t.param),
-            flex_tensor::view::<P>(&t.grad),
-            state.slices_mut(),
-        );
-        let group = match t.stream {
-            Some(stream) => group.with_rounding_key(step, stream),
-            None => group,
-        };
-        groups.push(match grad_scale {
-            Some(scale) => group.with_grad_scale(scale),
-            None => group,
-        });
+        let params = flex_tensor::view_mut::<P>(&mut t.param);
+        let grads = flex_tensor::view::<P>(&t.grad);
+        match state {
+            StateMut::Full(state) => {
+                if needs_master && state.master.is_none() {
+                    state.master = Some(params.iter().map(|x| x.widen()).collect());
+                }
+                ids.push(t.id);
+                let step = state.step;
+                let mut group = Group::new(params, grads, state.slices_mut());
+                if let Some(stream) = t.stream {
+                    group = group.with_rounding_key(step, stream);
+                }
+                if let Some(scale) = grad_scale {
+                    group = group.with_grad_scale(scale);
+                }
+                groups.push(group);
+            }
+            StateMut::Blockwise8(state) => {
+                if needs_master && state.master.is_none() {
+                    state.master = Some(params.iter().map(|x| x.widen()).collect());
+                }
+                ids8.push(t.id);
+                let step = state.step;
+                let mut group = Blockwise8Group::new(params, grads, state.slices_mut());
+                if let Some(stream) = t.stream {
+                    group = group.with_rounding_key(step, stream);
+                }
+                if let Some(scale) = grad_scale {
+                    group = group.with_grad_scale(scale);
+                }
+                groups8.push(group);
+            }
+        }
     }
-    if groups.is_empty() {
-        return Ok(Vec::new());
-    }
-    let report = kernel.step_many(lr, groups)?;
+    let report = (!groups.is_empty())
+        .then(|| kernel.step_many(lr, groups))
+        .transpose()?
+        .unwrap_or_default();
+    let report8 = (!groups8.is_empty())
+        .then(|| kernel.step_many_blockwise8(lr, groups8))
+        .transpose()?
+        .unwrap_or_default();
     // Count the step of every parameter the kernel did not skip.
-    let mut position = 0;
+    let (mut position, mut position8) = (0, 0);
     for (t, state) in taken.iter().zip(states.iter_mut()) {
         if t.param.dtype() != dtype {
             continue;
         }
-        let Some(state) = state.1.as_mut().and_then(P::State::state) else {
-            continue;
-        };
-        if !report.is_skipped(position) {
-            state.step += 1;
+        match state.1.as_mut().and_then(P::State::state_mut) {
+            Some(StateMut::Full(state)) => {
+                state.step += u64::from(!report.is_skipped(position));
+                position += 1;
+            }
+            Some(StateMut::Blockwise8(state)) => {
+                state.step += u64::from(!report8.is_skipped(position8));
+                position8 += 1;
+            }
+            None => {}
         }
-        position += 1;
     }
-    Ok(report.skipped().iter().map(|&g| ids[g]).collect())
+    let skipped = report.skipped().iter().map(|&g| ids[g]);
+    Ok(skipped
+        .chain(report8.skipped().iter().map(|&g| ids8[g]))
+        .collect())
+}
+
+/// A [`KernelState`] of state type `S`, borrowed: full or 8-bit.
+enum StateMut<'a, S: Float> {
+    Full(&'a mut State<S>),
+    Blockwise8(&'a mut Blockwise8State<S>),
 }
 
 /// The state types, and the state of a [`KernelState`] of that type.
 trait Wide: Float {
-    fn state(state: &mut KernelState) -> Option<&mut State<Self>>;
+    fn state_mut(state: &mut KernelState) -> Option<StateMut<'_, Self>>;
 }
 
 impl Wide for f32 {
-    fn state(state: &mut KernelState) -> Option<&mut State<f32>> {
+    fn state_mut(state: &mut KernelState) -> Option<StateMut<'_, f32>> {
         match state {
-            KernelState::F32(s) => Some(s),
-            KernelState::F64(_) => None,
+            KernelState::F32(s) => Some(StateMut::Full(s)),
+            KernelState::Blockwise8F32(s) => Some(StateMut::Blockwise8(s)),
+            _ => None,
         }
     }
 }
 
 impl Wide for f64 {
-    fn state(state: &mut KernelState) -> Option<&mut State<f64>> {
+    fn state_mut(state: &mut KernelState) -> Option<StateMut<'_, f64>> {
         match state {
-            KernelState::F64(s) => Some(s),
-            KernelState::F32(_) => None,
+            KernelState::F64(s) => Some(StateMut::Full(s)),
+            KernelState::Blockwise8F64(s) => Some(StateMut::Blockwise8(s)),
+            _ => None,
         }
     }
 }
 
 impl KernelState {
-    /// This state without its master copy when `hyper` does not keep one
-    /// (the kernel's `State::fit` keeps it).
-    fn without_unneeded_master(self, hyper: &fused_rmsprop::Hyper) -> Self {
-        match self {
-            KernelState::F32(mut s) if !hyper.master_weights => {
-                s.master = None;
-                KernelState::F32(s)
+    /// `old` brought in line with a parameter of `len` elements (of state
+    /// type `f32` when `wide`, `f64` otherwise) under `hyper`, by the
+    /// kernel's `fit`: full state where `hyper` keeps full state, 8-bit
+    /// where it quantizes (converted with `from_full`/`to_full`), of the
+    /// parameter's state type; a fresh one for none or another type. The
+    /// `bool` is `false` when a state was there and did not fit.
+    fn fitted(old: Option<Self>, wide: bool, len: usize, hyper: &Hyper) -> (Self, bool) {
+        use KernelState::{Blockwise8F32 as Q32, Blockwise8F64 as Q64, F32, F64};
+        let quantizes = hyper.state_format.quantizes(len);
+        let full32 = |s: State<f32>| s.fit(len, hyper);
+        let full64 = |s: State<f64>| s.fit(len, hyper);
+        match (old, wide, quantizes) {
+            (Some(F32(s)), true, false) => map(full32(s), F32),
+            (Some(F64(s)), false, false) => map(full64(s), F64),
+            (Some(Q32(s)), true, true) => map(s.fit(len, hyper), Q32),
+            (Some(Q64(s)), false, true) => map(s.fit(len, hyper), Q64),
+            (Some(F32(s)), true, true) => {
+                map(full32(s), |s| Q32(Blockwise8State::from_full(&s, hyper)))
             }
-            other => other,
+            (Some(F64(s)), false, true) => {
+                map(full64(s), |s| Q64(Blockwise8State::from_full(&s, hyper)))
+            }
+            (Some(Q32(s)), true, false) => map(full32(s.to_full()), F32),
+            (Some(Q64(s)), false, false) => map(full64(s.to_full()), F64),
+            (old, _, _) => {
+                let fresh = match (wide, quantizes) {
+                    (true, false) => F32(State::new(len, hyper)),
+                    (false, false) => F64(State::new(len, hyper)),
+                    (true, true) => Q32(Blockwise8State::new(len, hyper)),
+                    (false, true) => Q64(Blockwise8State::new(len, hyper)),
+                };
+                (fresh, old.is_none())
+            }
         }
     }
+
+    /// This state without its master copy when `hyper` does not keep one
+    /// (the kernel's `fit` keeps it).
+    fn without_unneeded_master(mut self, hyper: &Hyper) -> Self {
+        if !hyper.master_weights {
+            match &mut self {
+                KernelState::F32(s) => s.master = None,
+                KernelState::Blockwise8F32(s) => s.master = None,
+                KernelState::F64(_) | KernelState::Blockwise8F64(_) => {}
+            }
+        }
+        self
+    }
+}
+
+/// `(f(state), kept)` of a fitted `(state, kept)`.
+fn map<T, U>((state, kept): (T, bool), f: impl FnOnce(T) -> U) -> (U, bool) {
+    (f(state), kept)
 }
 
 /// The first walk: each parameter with a gradient is taken out of the

@@ -155,23 +155,35 @@ impl Blockwise8Averages {
         Self { dims, buffers }
     }
 
-    /// Whether this state is what `hyper` asks for a parameter whose state
-    /// type is `dtype`: of that type, with the buffers `hyper` needs and no
-    /// other, each with the map `hyper.state_format` names.
-    pub(crate) fn matches(&self, dtype: DType, hyper: &Hyper) -> bool {
-        fn check<S>(state: &Blockwise8State<S>, hyper: &Hyper) -> bool {
-            let signed = |q: &Option<Quantized<S>>| {
-                q.as_ref().is_none_or(|q| q.map == QuantMap::DynamicSigned)
-            };
-            state.square_avg.map == hyper.state_format.square_avg_map()
-                && state.grad_avg.is_some() == hyper.needs_grad_avg()
-                && state.momentum_buf.is_some() == hyper.needs_momentum_buf()
-                && signed(&state.grad_avg)
-                && signed(&state.momentum_buf)
-        }
-        match &self.buffers {
-            Buffers::F32(state) => dtype != DType::F64 && check(state, hyper),
-            Buffers::F64(state) => dtype == DType::F64 && check(state, hyper),
+    /// Whether the buffers are of the state type `dtype` (`f64`, or `f32`
+    /// for the other parameter types).
+    pub(crate) fn is_of(&self, dtype: DType) -> bool {
+        matches!(
+            (&self.buffers, dtype),
+            (Buffers::F64(_), DType::F64) | (Buffers::F32(_), DType::F32)
+        )
+    }
+
+    /// The kernel's [`Blockwise8State::fit`] for `hyper`: buffers added,
+    /// dropped or re-quantized with the maps it names (the shape fits).
+    pub(crate) fn fit(mut self, hyper: &Hyper) -> Self {
+        let len = self.dims.iter().product();
+        self.buffers = match self.buffers {
+            Buffers::F32(state) => Buffers::F32(Arc::new(unwrap_arc(state).fit(len, hyper).0)),
+            Buffers::F64(state) => Buffers::F64(Arc::new(unwrap_arc(state).fit(len, hyper).0)),
+        };
+        self
+    }
+
+    /// The kernel's 8-bit state of a parameter of shape `dims` (the batched
+    /// route's), as a parameter's averages.
+    pub(crate) fn from_kernel<S: Blockwise8Element>(
+        dims: Vec<usize>,
+        state: Blockwise8State<S>,
+    ) -> Self {
+        Self {
+            dims,
+            buffers: S::wrap(state),
         }
     }
 
@@ -234,6 +246,11 @@ impl Blockwise8Averages {
             Buffers::F64(state) => of(state, &self.dims, device),
         }
     }
+}
+
+/// The value out of `arc`, copied only when a clone shares it.
+fn unwrap_arc<T: Clone>(arc: Arc<T>) -> T {
+    Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone())
 }
 
 /// Where the 8-bit buffers sit in a record, under the parameter's prefix.

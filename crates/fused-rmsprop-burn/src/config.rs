@@ -103,9 +103,9 @@ pub struct FusedRmsPropConfig {
     /// bitsandbytes' `RMSprop8bit` maps) for parameters of at least
     /// [`MIN_8BIT_ELEMENTS`](fused_rmsprop::MIN_8BIT_ELEMENTS): about a
     /// quarter of the memory, in host memory as
-    /// [`Blockwise8Averages`](crate::Blockwise8Averages). Per-parameter
-    /// route (`init()`/`build()`); [`init_batched`](Self::init_batched)
-    /// refuses it. See `docs/8-bit-state.md` for what it costs in accuracy.
+    /// [`Blockwise8Averages`](crate::Blockwise8Averages) (the batched route
+    /// keeps the kernel's `Blockwise8State`). See `docs/8-bit-state.md` for
+    /// what it costs in accuracy.
     #[config(default = "StateFormat::Full")]
     state_format: StateFormat,
 }

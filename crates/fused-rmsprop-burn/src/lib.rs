@@ -99,7 +99,8 @@
 //! with tensor ops and quantized again. Records hold the codes, scales and
 //! maps under names burn's `RmsProp` leaves unread (it starts those
 //! parameters afresh); either kind of record loads into either format. The
-//! batched route refuses it.
+//! batched route keeps it too (one `step_many_blockwise8` per dtype beside
+//! the full-state `step_many`), with the same bits.
 //!
 //! ```
 //! use fused_rmsprop_burn::{FusedRmsPropConfig, StateFormat};

@@ -252,10 +252,10 @@ impl<const D: usize> FusedRmsPropState<D> {
     /// own `RmsProp` starts it, a missing master copy as the parameter's
     /// values; a buffer it does not need is dropped. Full averages where
     /// `hyper` asks for 8 bits are quantized, 8-bit ones where it asks for
-    /// full precision dequantized; 8-bit averages that need any other
-    /// change (a buffer, a map, the state type) go through full precision
-    /// and back. The rounding key is kept as it is ([`Self::keyed`] sets
-    /// it).
+    /// full precision dequantized; 8-bit ones of another state type go
+    /// through full precision and back, the others through the kernel's
+    /// `Blockwise8State::fit` (a buffer added or dropped, a map changed).
+    /// The rounding key is kept as it is ([`Self::keyed`] sets it).
     pub(crate) fn fit(self, param: &Tensor<D>, hyper: &Hyper) -> (Self, bool) {
         let fits = |t: &Tensor<D>| t.dims() == param.dims();
         let averages_fit = match &self.averages {
@@ -298,8 +298,8 @@ impl<const D: usize> FusedRmsPropState<D> {
             }
         };
         let averages = match self.averages {
-            Averages::Blockwise8(averages) if quantizes && averages.matches(dtype, hyper) => {
-                Averages::Blockwise8(averages)
+            Averages::Blockwise8(averages) if quantizes && averages.is_of(dtype) => {
+                Averages::Blockwise8(averages.fit(hyper))
             }
             Averages::Blockwise8(averages) => fit_full(averages.dequantize(&device)),
             Averages::Full(full) => fit_full(full),

@@ -16,8 +16,8 @@ use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use common::to_vec;
 use fused_rmsprop::{Blockwise8Group, Blockwise8State, Group, State};
 use fused_rmsprop_burn::{
-    Averages, FusedRmsProp, FusedRmsPropConfig, FusedRmsPropState, Rounding, Route, StateFormat,
-    bf16, load_record,
+    Averages, FusedRmsPropConfig, FusedRmsPropState, Rounding, Route, StateFormat, bf16,
+    load_record,
 };
 
 /// A record's tensors, by name.
@@ -424,13 +424,41 @@ fn malformed_8_bit_records_are_refused() {
     );
 }
 
-/// The batched route refuses 8-bit state (it keeps full state only).
+/// The batched route keeps 8-bit state too: the per-parameter route's bits
+/// (momentum, stochastic rounding; the weight 8-bit, the bias full), and
+/// checkpoints that move between the two routes and resume exactly.
 #[test]
-fn the_batched_route_refuses_8_bit_state() {
-    let err = config().try_init_batched().unwrap_err();
-    assert!(err.to_string().contains("state_format"), "{err}");
-    assert!(
-        FusedRmsProp::new(config().hyper()).is_ok(),
-        "the per-parameter route takes it"
-    );
+fn the_batched_route_steps_8_bit_state_with_the_per_parameter_bits() {
+    let mut per_parameter = config().init();
+    let mut batched = config().init_batched();
+    let (mut a, mut b) = (wide(), wide());
+    for i in 0..3 {
+        a = train(&mut per_parameter, a, i..i + 1);
+        let grads = b.grads(i);
+        let (stepped, outcome) = batched.step(1e-2, b, grads);
+        assert_eq!(outcome, Ok(Vec::new()));
+        b = stepped;
+        assert_eq!(a.values(), b.values(), "step {i}");
+    }
+    assert_eq!(batched.stats().in_place_steps, 6);
+
+    // batched → per-parameter, and per-parameter → batched.
+    let bytes = batched.to_record(&b).into_bytes().unwrap();
+    let mut resumed = config().init();
+    load_record(&mut resumed, bytes).unwrap();
+    let mut resumed_batched = config().init_batched();
+    let bytes = per_parameter.clone().into_bytes().unwrap();
+    resumed_batched.load_record(&a, bytes).unwrap();
+
+    let expected = train(&mut per_parameter, a.clone(), 3..5).values();
+    // burn keys a record by parameter id: `b`'s record resumes `b`.
+    assert_eq!(train(&mut resumed, b, 3..5).values(), expected);
+    let mut c = a;
+    for i in 3..5 {
+        let grads = c.grads(i);
+        let (stepped, outcome) = resumed_batched.step(1e-2, c, grads);
+        assert_eq!(outcome, Ok(Vec::new()));
+        c = stepped;
+    }
+    assert_eq!(c.values(), expected);
 }

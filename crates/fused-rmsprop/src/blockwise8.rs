@@ -314,6 +314,57 @@ impl<S: Float> Blockwise8State<S> {
         state
     }
 
+    /// This state brought in line with a tensor of `len` elements under
+    /// `hyper`, as [`State::fit`] does for full state: a buffer of another
+    /// length makes it a fresh [`Blockwise8State::new`] (and the `bool` is
+    /// `false`); otherwise a buffer `hyper` needs but the state lacks starts
+    /// at zero, one it does not need is dropped, and one quantized with
+    /// another map than `hyper.state_format` names is quantized again from
+    /// its values. The master copy and the step count are kept.
+    ///
+    /// ```
+    /// use fused_rmsprop::{Blockwise8State, Hyper, QuantMap, StateFormat};
+    /// let h = Hyper::default().with_state_format(StateFormat::BLOCKWISE8);
+    /// let plain = Blockwise8State::<f32>::new(300, &h);
+    /// let (fitted, kept) = plain.clone().fit(300, &h.with_momentum(0.9));
+    /// assert!(kept && fitted.momentum_buf.is_some());
+    /// let (remapped, _) = plain.clone().fit(300, &h.with_state_format(StateFormat::BITSANDBYTES));
+    /// assert_eq!(remapped.square_avg.map, QuantMap::DynamicSigned);
+    /// assert!(!plain.fit(301, &h).1);
+    /// ```
+    pub fn fit(self, len: usize, hyper: &Hyper) -> (Self, bool) {
+        let blocks = len.div_ceil(BLOCK_ELEMENTS);
+        let fits = |q: &Quantized<S>| q.codes.len() == len && q.scales.len() == blocks;
+        let all_fit = fits(&self.square_avg)
+            && self.grad_avg.as_ref().is_none_or(fits)
+            && self.momentum_buf.as_ref().is_none_or(fits)
+            && self.master.as_ref().is_none_or(|m| m.len() == len);
+        if !all_fit {
+            return (Self::new(len, hyper), false);
+        }
+        let with_map = |q: Quantized<S>, map: QuantMap| {
+            if q.map == map {
+                q
+            } else {
+                Quantized::from_values(&q.to_values(), map)
+            }
+        };
+        let signed = QuantMap::DynamicSigned;
+        let zeros = || Quantized::filled(len, S::ZERO, signed);
+        let state = Self {
+            square_avg: with_map(self.square_avg, hyper.state_format.square_avg_map()),
+            grad_avg: hyper
+                .needs_grad_avg()
+                .then(|| self.grad_avg.map_or_else(zeros, |q| with_map(q, signed))),
+            momentum_buf: hyper.needs_momentum_buf().then(|| {
+                self.momentum_buf
+                    .map_or_else(zeros, |q| with_map(q, signed))
+            }),
+            ..self
+        };
+        (state, true)
+    }
+
     /// Full state quantized (a checkpoint of full state loaded into an
     /// 8-bit optimizer), with the maps `hyper.state_format` names.
     ///

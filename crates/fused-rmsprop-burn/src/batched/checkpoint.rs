@@ -20,10 +20,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer, OptimizerRecord};
 use burn::tensor::{Bytes, DType, Device, Element, Tensor, TensorCreationOptions, TensorData};
-use fused_rmsprop::{Float, Rounding, State};
+use fused_rmsprop::{Blockwise8State, Float, Rounding, State};
 
 use super::{BatchedRmsProp, KernelState};
-use crate::{Averages, FullAverages, FusedRmsPropState, RecordLoadError, RoundingKey};
+use crate::blockwise8::Blockwise8Element;
+use crate::{
+    Averages, Blockwise8Averages, FullAverages, FusedRmsPropState, RecordLoadError, RoundingKey,
+};
 
 impl BatchedRmsProp {
     /// The state of `module`'s parameters as burn's optimizer record, the
@@ -240,32 +243,47 @@ fn to_tensors<const D: usize>(
     stream: Option<u64>,
     param: &Tensor<D>,
 ) -> FusedRmsPropState<D> {
-    fn of<S: Float + Element, const D: usize>(
-        state: &State<S>,
-        dtype: DType,
+    fn of<S: Blockwise8Element, const D: usize>(
+        averages: Result<&State<S>, &Blockwise8State<S>>,
         (stream, param): (Option<u64>, &Tensor<D>),
     ) -> FusedRmsPropState<D> {
         let tensor = |values: &[S]| {
             let data = TensorData::new(values.to_vec(), param.shape());
-            let options = TensorCreationOptions::new(param.device().inner()).with_dtype(dtype);
+            let options = TensorCreationOptions::new(param.device().inner()).with_dtype(S::DTYPE);
             Tensor::from_data(data, options)
         };
+        let (averages, master, step) = match averages {
+            Ok(state) => (
+                Averages::Full(FullAverages {
+                    square_avg: tensor(&state.square_avg),
+                    grad_avg: state.grad_avg.as_deref().map(tensor),
+                    momentum_buf: state.momentum_buf.as_deref().map(tensor),
+                }),
+                &state.master,
+                state.step,
+            ),
+            Err(state) => {
+                let buffers = Blockwise8State {
+                    master: None,
+                    step: 0,
+                    ..state.clone()
+                };
+                let averages = Blockwise8Averages::from_kernel(param.dims().to_vec(), buffers);
+                (Averages::Blockwise8(averages), &state.master, state.step)
+            }
+        };
         FusedRmsPropState {
-            averages: Averages::Full(FullAverages {
-                square_avg: tensor(&state.square_avg),
-                grad_avg: state.grad_avg.as_deref().map(tensor),
-                momentum_buf: state.momentum_buf.as_deref().map(tensor),
-            }),
-            master: state.master.as_deref().map(tensor),
-            rounding_key: stream.map(|stream| RoundingKey {
-                step: state.step,
-                stream,
-            }),
+            averages,
+            master: master.as_deref().map(tensor),
+            rounding_key: stream.map(|stream| RoundingKey { step, stream }),
         }
     }
+    let with = (stream, param);
     match state {
-        KernelState::F32(s) => of(s, DType::F32, (stream, param)),
-        KernelState::F64(s) => of(s, DType::F64, (stream, param)),
+        KernelState::F32(s) => of(Ok(s), with),
+        KernelState::F64(s) => of(Ok(s), with),
+        KernelState::Blockwise8F32(s) => of(Err(s), with),
+        KernelState::Blockwise8F64(s) => of(Err(s), with),
     }
 }
 
@@ -274,19 +292,20 @@ fn to_tensors<const D: usize>(
 /// as burn's `RmsProp` keeps it, widened exactly). A tensor that does not
 /// convert gives an empty buffer, which fits no parameter: that state
 /// starts afresh at the next step. 8-bit averages (a record of `init()`'s
-/// optimizer under `StateFormat::Blockwise8`) are dequantized.
+/// optimizer under `StateFormat::Blockwise8`) stay 8-bit when they are of
+/// the parameter's state type, and are dequantized otherwise.
 fn from_tensors<const D: usize>(state: &FusedRmsPropState<D>, dtype: DType) -> KernelState {
+    fn values<S: Float + Element, const D: usize>(t: &Tensor<D>) -> Vec<S> {
+        t.clone()
+            .into_data()
+            .convert::<S>()
+            .try_to_vec::<S>()
+            .unwrap_or_default()
+    }
     fn of<S: Float + Element, const D: usize>(state: &FusedRmsPropState<D>) -> State<S> {
         let full = match &state.averages {
             Averages::Full(full) => full.clone(),
             Averages::Blockwise8(averages) => averages.dequantize(&Default::default()),
-        };
-        let values = |t: &Tensor<D>| {
-            t.clone()
-                .into_data()
-                .convert::<S>()
-                .try_to_vec::<S>()
-                .unwrap_or_default()
         };
         State {
             square_avg: values(&full.square_avg),
@@ -294,6 +313,23 @@ fn from_tensors<const D: usize>(state: &FusedRmsPropState<D>, dtype: DType) -> K
             momentum_buf: full.momentum_buf.as_ref().map(values),
             master: state.master.as_ref().map(values),
             step: state.rounding_key.map_or(0, |key| key.step),
+        }
+    }
+    fn with_extras<S: Float + Element, const D: usize>(
+        q: &Blockwise8State<S>,
+        state: &FusedRmsPropState<D>,
+    ) -> Blockwise8State<S> {
+        Blockwise8State {
+            master: state.master.as_ref().map(values),
+            step: state.rounding_key.map_or(0, |key| key.step),
+            ..q.clone()
+        }
+    }
+    if let Averages::Blockwise8(averages) = &state.averages {
+        match (averages.f32(), averages.f64(), dtype == DType::F64) {
+            (_, Some(q), true) => return KernelState::Blockwise8F64(with_extras(q, state)),
+            (Some(q), _, false) => return KernelState::Blockwise8F32(with_extras(q, state)),
+            _ => {}
         }
     }
     if dtype == DType::F64 {
