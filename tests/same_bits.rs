@@ -354,7 +354,16 @@ fn case_of<T: std::fmt::Debug + Clone + 'static>(
     hyper: impl Strategy<Value = Hyper>,
     element: fn() -> BoxedStrategy<T>,
 ) -> impl Strategy<Value = (Hyper, Vec<T>, Vec<Vec<T>>)> {
-    (hyper.prop_map(representable_in_f32), 0usize..300, 1usize..4)
+    case_sized(hyper, element, 0..300)
+}
+
+/// [`case_of`] with `sizes` elements.
+fn case_sized<T: std::fmt::Debug + Clone + 'static>(
+    hyper: impl Strategy<Value = Hyper>,
+    element: fn() -> BoxedStrategy<T>,
+    sizes: std::ops::Range<usize>,
+) -> impl Strategy<Value = (Hyper, Vec<T>, Vec<Vec<T>>)> {
+    (hyper.prop_map(representable_in_f32), sizes, 1usize..4)
         .prop_filter("valid once rounded to f32", |(h, _, _)| {
             h.validate().is_ok()
         })
@@ -398,29 +407,15 @@ proptest! {
 /// formats, 4096 to 4700 elements (at least `MIN_8BIT_ELEMENTS`, the last
 /// block partial), 1-3 steps.
 fn case_8bit<T: std::fmt::Debug + Clone + 'static>(
-    hyper: impl Strategy<Value = Hyper>,
+    hyper: impl Strategy<Value = Hyper> + 'static,
     element: fn() -> BoxedStrategy<T>,
 ) -> impl Strategy<Value = (Hyper, Vec<T>, Vec<Vec<T>>)> {
     let format = prop_oneof![
         Just(StateFormat::BLOCKWISE8),
         Just(StateFormat::BITSANDBYTES)
     ];
-    (
-        hyper.prop_map(representable_in_f32),
-        format,
-        4096usize..4700,
-        1usize..4,
-    )
-        .prop_filter("valid once rounded to f32", |(h, _, _, _)| {
-            h.validate().is_ok()
-        })
-        .prop_flat_map(move |(h, format, n, steps)| {
-            (
-                Just(h.with_state_format(format)),
-                proptest::collection::vec(element(), n),
-                proptest::collection::vec(proptest::collection::vec(element(), n), steps),
-            )
-        })
+    let hyper = (hyper, format).prop_map(|(h, format)| h.with_state_format(format));
+    case_sized(hyper, element, 4096..4700)
 }
 
 proptest! {
