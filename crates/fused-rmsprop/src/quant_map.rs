@@ -57,6 +57,9 @@ pub(crate) struct Table {
     pub buckets: Vec<u32>,
     /// The code of `0.0`.
     pub zero_code: u8,
+    /// `values` as byte planes: `planes[p][k]` is byte `p` (little-endian)
+    /// of `values[k]`'s bits, for lookups by byte permutes.
+    pub planes: [[u8; 256]; 4],
 }
 
 /// How many low bits of an `f32` a bucket of the fast lookup spans: a
@@ -181,11 +184,15 @@ impl Table {
                 nearest.next_up()
             };
         }
+        let planes = core::array::from_fn(|p| {
+            core::array::from_fn(|k| values[k].to_bits().to_le_bytes()[p])
+        });
         let mut table = Self {
             values,
             upper,
             buckets: Vec::new(),
             zero_code: 0,
+            planes,
         };
         table.zero_code = quantize_spec(&table, 0.0);
         for tiny in [

@@ -1,13 +1,15 @@
 //! 8-bit state's codes on SIMD registers: the block functions of module
 //! `blockwise8` several `f32` elements at a time, with gathers from the
-//! map's tables, on AVX-512 (sixteen lanes) and AVX2 (eight). Each lane
-//! performs the scalar path's operations (one division, exact comparisons,
-//! table lookups), so the codes and values are the scalar path's bits; the
-//! elements after the last whole register go through the scalar path
-//! itself.
+//! map's tables, on AVX-512 (sixteen lanes) and AVX2 (eight), and
+//! dequantizing by byte permutes instead of a gather where the CPU has
+//! AVX-512 VBMI. Each lane performs the scalar path's operations (one
+//! division, exact comparisons, table lookups), so the codes and values
+//! are the scalar path's bits; the elements after the last whole register
+//! go through the scalar path itself.
 
 mod avx2;
 mod avx512;
+mod avx512_vbmi;
 
 use pulp::x86::{V3, V4};
 
@@ -23,10 +25,28 @@ pub(crate) trait CodecLanes: Copy {
     fn quantize(self, table: &Table, values: &[f32], scale: f32, codes: &mut [u8]);
 }
 
+/// Whether the CPU has AVX-512 VBMI (with AVX-512BW, which the VBMI path
+/// uses too): std caches the answer, so asking per block costs a load.
+#[inline(always)]
+fn has_vbmi() -> bool {
+    std::arch::is_x86_feature_detected!("avx512vbmi")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
 impl CodecLanes for V4 {
     #[inline(always)]
     fn dequantize(self, table: &Table, codes: &[u8], scale: f32, out: &mut [f32]) {
-        avx512::dequantize(self, table, codes, scale, out);
+        if has_vbmi() {
+            let rest = |codes: &[u8], out: &mut [f32]| {
+                avx512::dequantize(self, table, codes, scale, out);
+            };
+            // SAFETY: `self` proves AVX-512F, and `has_vbmi` checked
+            // AVX-512BW and VBMI on this CPU, the features the function
+            // is compiled for.
+            unsafe { avx512_vbmi::dequantize(table, codes, scale, out, rest) };
+        } else {
+            avx512::dequantize(self, table, codes, scale, out);
+        }
     }
     #[inline(always)]
     fn largest_finite(self, values: &[f32]) -> f32 {
@@ -116,12 +136,31 @@ mod tests {
                 let scalar = quant_map::quantize_fast(table, quant_map::clamp_input(x / scale));
                 assert_eq!(code, scalar, "{map:?} element {i}: {x}");
             }
-            let mut back = vec![0.0f32; 256 + 3];
-            let codes: Vec<u8> = (0..=255).chain([7, 255, 0]).collect();
-            lanes.dequantize(table, &codes, scale, &mut back);
-            for (value, &code) in back.iter().zip(&codes) {
-                let expected = table.values[code as usize] * scale;
-                assert_eq!(value.to_bits(), expected.to_bits(), "code {code}");
+            dequantizes_as_the_scalar_path(table, |codes, out| {
+                lanes.dequantize(table, codes, scale, out);
+            });
+        }
+    }
+
+    /// Every code, in order and shuffled, in lengths that end with a whole
+    /// round of 64, of 16 and a scalar tail: `dequantize` gives the scalar
+    /// path's values (at scale 3).
+    fn dequantizes_as_the_scalar_path(table: &Table, dequantize: impl Fn(&[u8], &mut [f32])) {
+        let scale = 3.0f32;
+        let shuffled = (0..=255u8).map(|c| c.wrapping_mul(167).wrapping_add(13));
+        let all: Vec<u8> = (0..=255).chain(shuffled).collect();
+        for len in [256, 256 + 16 + 3, 64 + 5, 63, 1, 0] {
+            for codes in [&all[..len], &all[all.len() - len..]] {
+                let mut back = vec![f32::NAN; len];
+                dequantize(codes, &mut back);
+                for (value, &code) in back.iter().zip(codes) {
+                    let expected = table.values[code as usize] * scale;
+                    assert_eq!(
+                        value.to_bits(),
+                        expected.to_bits(),
+                        "code {code}, {len} codes"
+                    );
+                }
             }
         }
     }
@@ -151,6 +190,30 @@ mod tests {
                 skips_nan_and_infinity(v4);
             }
             None => eprintln!("no AVX-512 on this CPU: nothing to compare"),
+        }
+    }
+
+    /// Both AVX-512 ways of dequantizing, whichever `V4` picks on this CPU.
+    #[test]
+    fn avx512_gathers_and_byte_permutes_dequantize_as_the_scalar_path() {
+        let Some(v4) = V4::try_new() else {
+            return eprintln!("no AVX-512 on this CPU: nothing to compare");
+        };
+        for map in [QuantMap::DynamicUnsigned, QuantMap::DynamicSigned] {
+            let table = map.table();
+            dequantizes_as_the_scalar_path(table, |codes, out| {
+                avx512::dequantize(v4, table, codes, 3.0, out);
+            });
+            if !has_vbmi() {
+                eprintln!("no AVX-512 VBMI on this CPU: byte permutes not compared");
+                continue;
+            }
+            dequantizes_as_the_scalar_path(table, |codes, out| {
+                let rest = |codes: &[u8], out: &mut [f32]| dequantize_tail(table, codes, 3.0, out);
+                // SAFETY: `has_vbmi` checked AVX-512BW and VBMI, and `v4`
+                // proves AVX-512F.
+                unsafe { avx512_vbmi::dequantize(table, codes, 3.0, out, rest) };
+            });
         }
     }
 
