@@ -42,6 +42,12 @@ pub struct Row {
     /// timed in the same run (absent for other rows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unclipped: Option<Unclipped>,
+    /// For a row of the out-of-place step (burn's optimizer while
+    /// burn-train's `Learner` holds the module), whose `roofline_fraction`
+    /// is over the out-of-place skeleton: the fused rate over the in-place
+    /// skeleton's, same run (absent for other rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_place_fraction: Option<f64>,
 }
 
 /// The steps of a clipped row without clipping, timed in the same run, so

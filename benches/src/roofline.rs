@@ -4,6 +4,10 @@
 //!   variant read, params and state written) with one add per buffer instead
 //!   of the RMSprop arithmetic. Its bytes per second is the bandwidth limit
 //!   for this access pattern: `roofline_fraction = kernel GB/s / skeleton GB/s`.
+//! - [`OutOfPlaceSkeleton`]: the skeleton of the out-of-place step, the
+//!   one Burn's optimizer takes while burn-train's `Learner` holds the
+//!   module: the parameters read from one buffer and written to another
+//!   (the buffers swap every step), with ordinary or streaming stores.
 //! - [`read_all`]: one read of a slice, no write: the extra pass that
 //!   clipping by norm makes over the gradients before the step (its limit is
 //!   this pass and the skeleton, one after the other).
@@ -88,6 +92,234 @@ fn add_all<S: Simd, const K: usize>(
                 tail[i] += g;
             }
         }
+    }
+}
+
+/// The skeleton of the out-of-place step: `dest = source + g; v += g; ...`
+/// as [`Skeleton`], the parameters read from `source` and written to
+/// `dest`, with streaming stores when `streaming` (and the CPU has AVX-512
+/// or AVX2), ordinary ones otherwise.
+struct OutOfPlace<'a> {
+    source: &'a [f32],
+    dest: &'a mut [f32],
+    grads: &'a [f32],
+    others: Vec<&'a mut [f32]>,
+    prefetch: bool,
+    streaming: bool,
+}
+
+impl WithSimd for OutOfPlace<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let OutOfPlace {
+            source,
+            dest,
+            grads,
+            others,
+            prefetch,
+            streaming,
+        } = self;
+        // Streaming stores need aligned registers: the elements before the
+        // first 64-byte boundary of `dest` take ordinary stores.
+        let head = if streaming {
+            dest.as_ptr().align_offset(64).min(dest.len())
+        } else {
+            0
+        };
+        let (dest_head, dest) = dest.split_at_mut(head);
+        let (source_head, source) = source.split_at(head);
+        let (grads_head, grads) = grads.split_at(head);
+        for ((d, s), g) in dest_head.iter_mut().zip(source_head).zip(grads_head) {
+            *d = s + g;
+        }
+        let mut others: Vec<&mut [f32]> = others
+            .into_iter()
+            .map(|o| {
+                let (o_head, rest) = o.split_at_mut(head);
+                o_head.iter_mut().zip(grads_head).for_each(|(x, g)| *x += g);
+                rest
+            })
+            .collect();
+        match others.as_mut_slice() {
+            [] => add_out_of_place(simd, (source, dest), grads, [], (prefetch, streaming)),
+            [v] => add_out_of_place(simd, (source, dest), grads, [v], (prefetch, streaming)),
+            [v, b] => add_out_of_place(simd, (source, dest), grads, [v, b], (prefetch, streaming)),
+            [v, a, b, ..] => {
+                add_out_of_place(
+                    simd,
+                    (source, dest),
+                    grads,
+                    [v, a, b],
+                    (prefetch, streaming),
+                );
+            }
+        }
+        if streaming {
+            fence(simd);
+        }
+    }
+}
+
+/// [`add_all`] out of place: `dest = source + g` (streamed when the
+/// second flag says so), `x += g` for `x` in each of `others`.
+#[inline(always)]
+fn add_out_of_place<S: Simd, const K: usize>(
+    simd: S,
+    (source, dest): (&[f32], &mut [f32]),
+    grads: &[f32],
+    mut others: [&mut &mut [f32]; K],
+    (hint, streaming): (bool, bool),
+) {
+    for (start, end) in blocks(dest.len()) {
+        if hint {
+            for ahead in lines_ahead(start, end) {
+                prefetch(source, ahead);
+                prefetch(grads, ahead);
+                for o in others.iter() {
+                    prefetch(o, ahead);
+                }
+            }
+        }
+        let (d, d_tail) = S::as_mut_simd_f32s(&mut dest[start..end]);
+        let (s, s_tail) = S::as_simd_f32s(&source[start..end]);
+        let (g, g_tail) = S::as_simd_f32s(&grads[start..end]);
+        let mut os = others
+            .each_mut()
+            .map(|o| S::as_mut_simd_f32s(&mut o[start..end]));
+        for (i, &g) in g.iter().enumerate() {
+            let value = simd.add_f32s(s[i], g);
+            if streaming {
+                stream(simd, &mut d[i], value);
+            } else {
+                d[i] = value;
+            }
+            for (o, _) in os.iter_mut() {
+                o[i] = simd.add_f32s(o[i], g);
+            }
+        }
+        for (i, g) in g_tail.iter().enumerate() {
+            d_tail[i] = s_tail[i] + g;
+            for (_, tail) in os.iter_mut() {
+                tail[i] += g;
+            }
+        }
+    }
+}
+
+/// Stores `value` to `dst` with a streaming store when `S` is AVX-512 or
+/// AVX2 and `dst` is aligned to the register (as the kernel's out-of-place
+/// step stores parameters), with an ordinary store otherwise.
+#[inline(always)]
+fn stream<L: bytemuck::Pod, S: Simd>(simd: S, dst: &mut L, value: L) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{__m256, __m512};
+        let any = &simd as &dyn core::any::Any;
+        let address = dst as *mut L as usize;
+        if let (Some(v4), Ok(lanes)) = (
+            any.downcast_ref::<pulp::x86::V4>(),
+            bytemuck::try_cast::<L, __m512>(value),
+        ) && address.is_multiple_of(64)
+        {
+            // SAFETY: a `V4` exists only on a CPU with AVX-512F, the
+            // feature of `vmovntps` on 512 bits. `dst` is a live, exclusive
+            // reference to an `L` of 64 bytes (the cast succeeded only for
+            // that size), so the bytes written are its own, and it is
+            // aligned to 64 (checked above), as the instruction requires.
+            // Exercised by `out_of_place_skeleton_writes_source_plus_grad`.
+            unsafe { v4.avx512f._mm512_stream_ps(address as *mut f32, lanes) };
+            return;
+        }
+        if let (Some(v3), Ok(lanes)) = (
+            any.downcast_ref::<pulp::x86::V3>(),
+            bytemuck::try_cast::<L, __m256>(value),
+        ) && address.is_multiple_of(32)
+        {
+            // SAFETY: as above, with AVX (proved by the AVX2 token `V3`)
+            // and a 32-byte `L` aligned to 32.
+            unsafe { v3.avx._mm256_stream_ps(address as *mut f32, lanes) };
+            return;
+        }
+    }
+    *dst = value;
+}
+
+/// Orders the streaming stores of this thread before its later stores
+/// (`sfence`), so the thread that joins the tasks sees them.
+#[inline(always)]
+fn fence<S: Simd>(simd: S) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let any = &simd as &dyn core::any::Any;
+        if let Some(v4) = any.downcast_ref::<pulp::x86::V4>() {
+            v4.sse._mm_sfence();
+        } else if let Some(v3) = any.downcast_ref::<pulp::x86::V3>() {
+            v3.sse._mm_sfence();
+        }
+    }
+    let _ = simd;
+}
+
+/// The buffers of the out-of-place skeleton: [`Buffers`] and a second
+/// parameter buffer. Each [`run`](Self::run) reads the parameters from one
+/// and writes them to the other, then swaps them, as the held route keeps
+/// two buffers per parameter and uses them in turn.
+pub struct OutOfPlaceSkeleton {
+    buffers: Buffers,
+    spare: Vec<f32>,
+}
+
+impl OutOfPlaceSkeleton {
+    /// `len` elements for `variant`, every page of both parameter buffers
+    /// written.
+    pub fn new(len: usize, variant: crate::workload::Variant) -> Self {
+        let buffers = Buffers::new(len, variant);
+        let spare = buffers.params.clone();
+        Self { buffers, spare }
+    }
+
+    /// The parameters the last run wrote.
+    pub fn params(&self) -> &[f32] {
+        &self.buffers.params
+    }
+
+    /// One pass on `threads` tasks, with or without software prefetch and
+    /// streaming stores.
+    pub fn run(&mut self, threads: usize, prefetch: bool, streaming: bool) {
+        let n = self.buffers.len();
+        let per_task = task_len(n, threads);
+        let Buffers {
+            params,
+            grads,
+            state,
+        } = &mut self.buffers;
+        let mut others: Vec<&mut [f32]> = vec![&mut state.square_avg];
+        others.extend(state.grad_avg.as_deref_mut());
+        others.extend(state.momentum_buf.as_deref_mut());
+        let mut other_chunks: Vec<_> = others.into_iter().map(|o| o.chunks_mut(per_task)).collect();
+        let tasks: Vec<OutOfPlace<'_>> = params
+            .chunks(per_task)
+            .zip(self.spare.chunks_mut(per_task))
+            .zip(grads.chunks(per_task))
+            .map(|((source, dest), grads)| OutOfPlace {
+                source,
+                dest,
+                grads,
+                others: other_chunks.iter_mut().map(|c| c.next().unwrap()).collect(),
+                prefetch,
+                streaming,
+            })
+            .collect();
+        if threads <= 1 {
+            tasks.into_iter().for_each(|t| Arch::new().dispatch(t));
+        } else {
+            fused_rmsprop::run_tasks(fused_rmsprop::Linger::ProcessDefault, tasks, |t| {
+                Arch::new().dispatch(t)
+            });
+        }
+        std::mem::swap(&mut self.buffers.params, &mut self.spare);
     }
 }
 
@@ -494,5 +726,38 @@ fn dispatch_tasks<T: WithSimd<Output = ()> + Send>(tasks: Vec<T>, threads: usize
         fused_rmsprop::run_tasks(fused_rmsprop::Linger::ProcessDefault, tasks, |t| {
             Arch::new().dispatch(t)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Variant;
+
+    /// Every way of running the out-of-place skeleton (tasks, prefetch,
+    /// streaming stores, and a length that leaves a tail) writes the source
+    /// plus the gradient into the other buffer, and then reads from it.
+    #[test]
+    fn out_of_place_skeleton_writes_source_plus_grad() {
+        for threads in [1, 2] {
+            for prefetch in [false, true] {
+                for streaming in [false, true] {
+                    let n = 64 * 1024 + 37;
+                    let mut skeleton = OutOfPlaceSkeleton::new(n, Variant::Plain);
+                    let grads = skeleton.buffers.grads.clone();
+                    let before = skeleton.params().to_vec();
+                    let square_before = skeleton.buffers.state.square_avg.clone();
+                    skeleton.run(threads, prefetch, streaming);
+                    skeleton.run(threads, prefetch, streaming);
+                    for ((after, before), g) in skeleton.params().iter().zip(&before).zip(&grads) {
+                        assert_eq!(*after, before + g + g);
+                    }
+                    let square = &skeleton.buffers.state.square_avg;
+                    for ((after, before), g) in square.iter().zip(&square_before).zip(&grads) {
+                        assert_eq!(*after, before + g + g);
+                    }
+                }
+            }
+        }
     }
 }

@@ -141,5 +141,6 @@ fn rows_of<P, E>(
         roofline_fraction: Some(skeleton_t / own_t),
         max_abs_diff: None,
         unclipped: None,
+        in_place_fraction: None,
     });
 }

@@ -6,7 +6,9 @@ use fused_rmsprop_benches::burn_case;
 use fused_rmsprop_benches::timing::beside_baseline;
 use fused_rmsprop_benches::workload::Variant;
 
-use crate::limit::{BASELINE_MIN_REPS, fused_and_limit, skeletons};
+use crate::limit::{
+    BASELINE_MIN_REPS, fused_and_limit, fused_and_limits, out_of_place_skeletons, skeletons,
+};
 use crate::row::{Row, max_abs_diff};
 
 /// Burn: the fused optimizer against burn's `RmsProp`, both through
@@ -61,11 +63,30 @@ pub(crate) fn burn_rows_stepped(
     );
     let diff = max_abs_diff(&baseline.values(), &fused.values());
     let (base_t, fused_t) = (times[0].as_secs_f64(), times[1].as_secs_f64());
-    let (own_t, skeleton_t) = fused_and_limit(
-        &mut || step(&mut fused),
-        &mut [&mut *skeleton, &mut *skeleton_prefetch],
-        budget / 2,
-    );
+    // Held, the step is out of place: its own limit is the out-of-place
+    // skeleton, timed beside the in-place one.
+    let (own_t, skeleton_t, in_place_fraction) = match stepping {
+        Stepping::Alone => {
+            let (own_t, skeleton_t) = fused_and_limit(
+                &mut || step(&mut fused),
+                &mut [&mut *skeleton, &mut *skeleton_prefetch],
+                budget / 2,
+            );
+            (own_t, skeleton_t, None)
+        }
+        Stepping::Held => {
+            let [mut a, mut b, mut c, mut d] = out_of_place_skeletons(n, variant, threads);
+            let (own_t, limits) = fused_and_limits(
+                &mut || step(&mut fused),
+                &mut [
+                    &mut [&mut *a, &mut *b, &mut *c, &mut *d],
+                    &mut [&mut *skeleton, &mut *skeleton_prefetch],
+                ],
+                budget,
+            );
+            (own_t, limits[0], Some(limits[1] / own_t))
+        }
+    };
     let held = if stepping == Stepping::Held {
         " (Learner: module held)"
     } else {
@@ -85,5 +106,6 @@ pub(crate) fn burn_rows_stepped(
         roofline_fraction: Some(skeleton_t / own_t),
         max_abs_diff: Some(diff),
         unclipped: None,
+        in_place_fraction,
     });
 }

@@ -74,6 +74,7 @@ pub(crate) fn candle_rows(
             roofline_fraction: Some(skeleton_t / own_t),
             max_abs_diff,
             unclipped: None,
+            in_place_fraction: None,
         });
     }
 }

@@ -337,5 +337,6 @@ fn row(
         roofline_fraction: Some(times.limit_s / times.fused_apart_s),
         max_abs_diff: Some(diff),
         unclipped: Some(times.unclipped),
+        in_place_fraction: None,
     }
 }

@@ -160,6 +160,7 @@ pub(crate) fn half_framework_rows(
             roofline_fraction: Some(skeleton_t / own_t),
             max_abs_diff,
             unclipped: None,
+            in_place_fraction: None,
         });
     }
 }
@@ -222,6 +223,7 @@ pub(crate) fn burn_rounding_rows(
             roofline_fraction: Some(limit_t / own_t),
             max_abs_diff: Some(diff),
             unclipped: None,
+            in_place_fraction: None,
         });
     }
 }

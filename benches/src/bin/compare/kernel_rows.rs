@@ -87,6 +87,7 @@ pub(crate) fn kernel_rows(n: usize, variant: Variant, threads: usize, rows: &mut
             roofline_fraction: Some(skeleton_t / own_t),
             max_abs_diff: None,
             unclipped: None,
+            in_place_fraction: None,
         });
     }
 }
@@ -183,6 +184,7 @@ where
             roofline_fraction: Some(skeleton_t / half_t),
             max_abs_diff: None,
             unclipped: None,
+            in_place_fraction: None,
         });
     }
 }

@@ -32,7 +32,12 @@
 //! optimizers again at the largest size and on that model with the module
 //! held during the step as burn-train's `Learner` holds it (every parameter
 //! shared, so the fused optimizer writes each into a buffer it keeps for it
-//! instead of in place), and whole training steps
+//! instead of in place; the limit of those rows is the out-of-place
+//! skeleton, which reads the parameters from one buffer and writes them to
+//! another, and `in_place_fraction` gives the rate against the in-place
+//! skeleton too), each followed by the bare kernel's out-of-place step
+//! called once per tensor (what a one-parameter-at-a-time interface costs
+//! out of place), and whole training steps
 //! (forward, backward, optimizer) of a small MLP, built-in vs fused.
 //!
 //! Then the cost per tensor on the 150- and the 2,000-tensor model: each
@@ -97,7 +102,7 @@ use crate::clipping_rows::{Format, clipping_rows};
 use crate::half_rows::{burn_rounding_rows, half_framework_rows};
 use crate::kernel_rows::{half_kernel_rows, kernel_rows};
 use crate::options::{Options, parse_args};
-use crate::overhead_rows::{overhead_rows, print_overheads};
+use crate::overhead_rows::{out_of_place_rows, overhead_rows, print_overheads};
 use crate::print::{print_peers, print_table};
 use crate::row::Row;
 use crate::training_rows::training_rows;
@@ -263,7 +268,8 @@ fn half_model_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Row
 
 /// burn with the module held as burn-train's `Learner` holds it (every
 /// parameter arrives shared): the largest size and the 150-tensor model,
-/// plain.
+/// plain; each followed by the bare kernel's out-of-place step on the same
+/// tensors.
 fn held_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Row>) {
     let variant = options.variants[0];
     progress.set_message("burn, the module held as burn-train's Learner holds it");
@@ -273,7 +279,15 @@ fn held_rows(options: &Options, progress: &ProgressBar, rows: &mut Vec<Row>) {
         (size_label(largest), vec![largest]),
         (format!("model-{}", model.len()), model),
     ] {
-        burn_rows_stepped(case, &sizes, variant, options.threads, Stepping::Held, rows);
+        burn_rows_stepped(
+            case.clone(),
+            &sizes,
+            variant,
+            options.threads,
+            Stepping::Held,
+            rows,
+        );
+        out_of_place_rows(case, &sizes, variant, options.threads, rows);
     }
     progress.inc(1);
 }

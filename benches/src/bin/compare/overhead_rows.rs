@@ -7,7 +7,7 @@ use fused_rmsprop_benches::timing::{interleaved_medians, reps_for};
 use fused_rmsprop_benches::workload::{Buffers, Variant};
 use fused_rmsprop_benches::{burn_case, candle_case, report};
 
-use crate::limit::skeletons;
+use crate::limit::{fused_and_limits, out_of_place_skeletons, skeletons};
 use crate::row::Row;
 
 /// The cost per tensor of a many-tensor step: each framework's fused step
@@ -112,6 +112,7 @@ pub(crate) fn overhead_rows(
             roofline_fraction: Some(skeleton_t / fused_t),
             max_abs_diff: None,
             unclipped: None,
+            in_place_fraction: None,
         });
     }
 }
@@ -167,4 +168,70 @@ pub(crate) fn print_overheads(rows: &[report::Row]) {
             r.framework, r.fused, r.case, over
         );
     }
+}
+
+/// The bare kernel's out-of-place step, as burn's optimizer takes it while
+/// burn-train's `Learner` holds the module: called once per tensor of
+/// `sizes`, reading each parameter from one buffer and writing it to
+/// another (the two swap every step), against the same calls in place
+/// (the baseline), with the out-of-place skeleton as the limit and the
+/// in-place skeleton beside it. What the held rows cannot beat through a
+/// one-parameter-at-a-time interface, before any framework code.
+pub(crate) fn out_of_place_rows(
+    case: String,
+    sizes: &[usize],
+    variant: Variant,
+    threads: usize,
+    rows: &mut Vec<Row>,
+) {
+    let hyper = variant.hyper();
+    let kernel = RmsProp::new(hyper).unwrap();
+    let n: usize = sizes.iter().sum();
+    let bytes = (n * variant.bytes_per_element()) as f64;
+    let mut in_place: Vec<Buffers> = sizes.iter().map(|&k| Buffers::new(k, variant)).collect();
+    let mut run_in_place = || in_place.iter_mut().for_each(|b| b.step(&kernel));
+    let mut out_of_place: Vec<(Buffers, Vec<f32>)> = sizes
+        .iter()
+        .map(|&k| {
+            let b = Buffers::new(k, variant);
+            let spare = b.params.clone();
+            (b, spare)
+        })
+        .collect();
+    let mut run_out_of_place = || {
+        for (b, spare) in out_of_place.iter_mut() {
+            let group = fused_rmsprop::Group::new(spare, &b.grads, b.state.slices_mut())
+                .with_source(&b.params);
+            kernel.step_many(hyper.lr, [group]).expect("a step");
+            std::mem::swap(&mut b.params, spare);
+        }
+    };
+    let budget = Duration::from_millis(1000);
+    let baseline_t = interleaved_medians(1, 5, &mut [&mut run_in_place])[0].as_secs_f64();
+    let [mut a, mut b, mut c, mut d] = out_of_place_skeletons(n, variant, threads);
+    let [mut e, mut f] = skeletons(n, variant, threads);
+    let (fused_t, limits) = fused_and_limits(
+        &mut run_out_of_place,
+        &mut [
+            &mut [&mut *a, &mut *b, &mut *c, &mut *d],
+            &mut [&mut *e, &mut *f],
+        ],
+        budget,
+    );
+    rows.push(Row {
+        framework: "kernel",
+        baseline: format!("{ONE_CALL_PER_TENSOR}, in place"),
+        case,
+        variant,
+        elements: n,
+        threads: rayon::current_num_threads(),
+        baseline_ns: baseline_t * 1e9,
+        fused: format!("{ONE_CALL_PER_TENSOR}, out of place (the held route's kernel)"),
+        fused_ns: fused_t * 1e9,
+        gbps: Some(bytes / fused_t / 1e9),
+        roofline_fraction: Some(limits[0] / fused_t),
+        max_abs_diff: None,
+        unclipped: None,
+        in_place_fraction: Some(limits[1] / fused_t),
+    });
 }

@@ -22,6 +22,9 @@ pub(crate) struct Row {
     pub(crate) max_abs_diff: Option<f64>,
     /// For a row with clipping: the same steps without it, same run.
     pub(crate) unclipped: Option<report::Unclipped>,
+    /// For a row whose limit is the out-of-place skeleton (the module
+    /// held): the fused rate over the in-place skeleton's, same run.
+    pub(crate) in_place_fraction: Option<f64>,
 }
 
 impl Row {
@@ -42,6 +45,7 @@ impl Row {
             max_abs_diff: self.max_abs_diff,
             cpu: cpu.to_string(),
             unclipped: self.unclipped.clone(),
+            in_place_fraction: self.in_place_fraction,
         }
     }
 }

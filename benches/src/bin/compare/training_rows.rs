@@ -68,6 +68,7 @@ pub(crate) fn training_rows(variant: Variant, rows: &mut Vec<Row>) {
             roofline_fraction: None,
             max_abs_diff: None,
             unclipped: None,
+            in_place_fraction: None,
         });
     }
 }
