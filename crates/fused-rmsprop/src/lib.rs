@@ -184,6 +184,7 @@ mod parallel;
 mod param;
 #[allow(unsafe_code)]
 mod prefetch;
+mod quant_guess;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod quant_lanes;

@@ -21,6 +21,8 @@
 
 use std::sync::OnceLock;
 
+use crate::quant_guess::Guess;
+
 /// Which of the 256-value maps a quantized buffer uses.
 ///
 /// ```
@@ -60,6 +62,17 @@ pub(crate) struct Table {
     /// `values` as byte planes: `planes[p][k]` is byte `p` (little-endian)
     /// of `values[k]`'s bits, for lookups by byte permutes.
     pub planes: [[u8; 256]; 4],
+    /// `upper` as byte planes, as `planes`.
+    pub upper_planes: [[u8; 256]; 4],
+    /// The first guess at a code that quantizing without a gather starts
+    /// from (module `quant_guess`).
+    pub guess: Guess,
+}
+
+/// The byte planes of 256 `f32`s: `planes[p][k]` is byte `p`
+/// (little-endian) of `values[k]`'s bits.
+fn byte_planes(values: &[f32; 256]) -> [[u8; 256]; 4] {
+    core::array::from_fn(|p| core::array::from_fn(|k| values[k].to_bits().to_le_bytes()[p]))
 }
 
 /// How many low bits of an `f32` a bucket of the fast lookup spans: a
@@ -141,8 +154,10 @@ impl QuantMap {
         static UNSIGNED: OnceLock<Table> = OnceLock::new();
         static SIGNED: OnceLock<Table> = OnceLock::new();
         match self {
-            QuantMap::DynamicUnsigned => UNSIGNED.get_or_init(|| Table::new(dynamic_map(false))),
-            QuantMap::DynamicSigned => SIGNED.get_or_init(|| Table::new(dynamic_map(true))),
+            QuantMap::DynamicUnsigned => {
+                UNSIGNED.get_or_init(|| Table::new(dynamic_map(false), false))
+            }
+            QuantMap::DynamicSigned => SIGNED.get_or_init(|| Table::new(dynamic_map(true), true)),
         }
     }
 }
@@ -171,7 +186,7 @@ pub(crate) fn quantize_fast(table: &Table, x: f32) -> u8 {
 }
 
 impl Table {
-    fn new(values: [f32; 256]) -> Self {
+    fn new(values: [f32; 256], signed: bool) -> Self {
         assert!(values.windows(2).all(|w| w[0] < w[1]), "map not sorted");
         let mut upper = [f32::INFINITY; 256];
         for k in 0..255 {
@@ -184,15 +199,14 @@ impl Table {
                 nearest.next_up()
             };
         }
-        let planes = core::array::from_fn(|p| {
-            core::array::from_fn(|k| values[k].to_bits().to_le_bytes()[p])
-        });
         let mut table = Self {
             values,
             upper,
             buckets: Vec::new(),
             zero_code: 0,
-            planes,
+            planes: byte_planes(&values),
+            upper_planes: byte_planes(&upper),
+            guess: Guess::default(),
         };
         table.zero_code = quantize_spec(&table, 0.0);
         for tiny in [
@@ -238,6 +252,7 @@ impl Table {
             })
             .collect();
         table.buckets = buckets;
+        table.guess = Guess::new(&table.upper, table.zero_code, signed);
         table
     }
 }
@@ -340,6 +355,24 @@ mod tests {
                         quantize_spec(table, x),
                         "{map:?} {x}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The first guess (module `quant_guess`) and one comparison give the
+    /// spec's code across the range, for both maps (the guess's build-time
+    /// check covers the ends of every code's interval; this samples their
+    /// insides).
+    #[test]
+    fn the_guess_and_one_comparison_give_the_code() {
+        for map in MAPS {
+            let table = map.table();
+            for bits in (0..=0x3F80_0000u32).step_by(997) {
+                for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                    let guess = table.guess.code(x);
+                    let code = guess + i32::from(x >= table.upper[guess as usize]);
+                    assert_eq!(code, i32::from(quantize_spec(table, x)), "{map:?} {x}");
                 }
             }
         }

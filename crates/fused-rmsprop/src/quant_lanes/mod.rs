@@ -54,7 +54,15 @@ impl CodecLanes for V4 {
     }
     #[inline(always)]
     fn quantize(self, table: &Table, values: &[f32], scale: f32, codes: &mut [u8]) {
-        avx512::quantize(self, table, values, scale, codes);
+        if has_vbmi() {
+            let rest = |values: &[f32], codes: &mut [u8]| {
+                avx512::quantize(self, table, values, scale, codes);
+            };
+            // SAFETY: as in `dequantize` above.
+            unsafe { avx512_vbmi::quantize(table, values, scale, codes, rest) };
+        } else {
+            avx512::quantize(self, table, values, scale, codes);
+        }
     }
 }
 
@@ -113,32 +121,50 @@ mod tests {
     fn quantizes_as_the_scalar_path(lanes: impl CodecLanes) {
         for map in [QuantMap::DynamicUnsigned, QuantMap::DynamicSigned] {
             let table = map.table();
-            let scale = 3.0f32;
-            let mut values: Vec<f32> = table.upper[..255]
-                .iter()
-                .flat_map(|&t| [t.next_down(), t, t.next_up()])
-                .flat_map(|t| [t, -t])
-                .map(|t| t * scale)
-                .collect();
-            values.extend([
-                f32::NAN,
-                f32::INFINITY,
-                f32::NEG_INFINITY,
-                0.0,
-                -0.0,
-                scale,
-                -scale,
-            ]);
-            values.truncate(values.len() / 16 * 16 + 5); // and a scalar tail
-            let mut codes = vec![0u8; values.len()];
-            lanes.quantize(table, &values, scale, &mut codes);
+            codes_as_the_scalar_path(table, |values, scale, codes| {
+                lanes.quantize(table, values, scale, codes);
+            });
+            dequantizes_as_the_scalar_path(table, |codes, out| {
+                lanes.dequantize(table, codes, 3.0, out);
+            });
+        }
+    }
+
+    /// Both sides of every threshold, scaled by a block scale, the
+    /// specials, and every 997th `f32` of `[-1, 1]` scaled, in lengths that
+    /// end with a whole round of 64, of 16 and a scalar tail: `quantize`
+    /// (values, scale, codes) gives the scalar path's codes.
+    fn codes_as_the_scalar_path(table: &Table, quantize: impl Fn(&[f32], f32, &mut [u8])) {
+        let scale = 3.0f32;
+        let mut values: Vec<f32> = table.upper[..255]
+            .iter()
+            .flat_map(|&t| [t.next_down(), t, t.next_up()])
+            .flat_map(|t| [t, -t])
+            .map(|t| t * scale)
+            .collect();
+        values.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            scale,
+            -scale,
+        ]);
+        values.extend(
+            (0..=0x3F80_0000u32)
+                .step_by(997)
+                .flat_map(|bits| [f32::from_bits(bits), -f32::from_bits(bits)])
+                .map(|x| x * scale),
+        );
+        for len in [values.len(), values.len() / 64 * 64 + 16 + 5, 64 + 5, 21] {
+            let values = &values[values.len() - len..];
+            let mut codes = vec![0u8; len];
+            quantize(values, scale, &mut codes);
             for (i, (&x, &code)) in values.iter().zip(&codes).enumerate() {
                 let scalar = quant_map::quantize_fast(table, quant_map::clamp_input(x / scale));
-                assert_eq!(code, scalar, "{map:?} element {i}: {x}");
+                assert_eq!(code, scalar, "element {i} of {len}: {x}");
             }
-            dequantizes_as_the_scalar_path(table, |codes, out| {
-                lanes.dequantize(table, codes, scale, out);
-            });
         }
     }
 
@@ -193,9 +219,10 @@ mod tests {
         }
     }
 
-    /// Both AVX-512 ways of dequantizing, whichever `V4` picks on this CPU.
+    /// Both AVX-512 ways of quantizing and dequantizing, whichever `V4` picks
+    /// on this CPU.
     #[test]
-    fn avx512_gathers_and_byte_permutes_dequantize_as_the_scalar_path() {
+    fn avx512_gathers_and_byte_permutes_give_the_scalar_path_codes_and_values() {
         let Some(v4) = V4::try_new() else {
             return eprintln!("no AVX-512 on this CPU: nothing to compare");
         };
@@ -203,6 +230,9 @@ mod tests {
             let table = map.table();
             dequantizes_as_the_scalar_path(table, |codes, out| {
                 avx512::dequantize(v4, table, codes, 3.0, out);
+            });
+            codes_as_the_scalar_path(table, |values, scale, codes| {
+                avx512::quantize(v4, table, values, scale, codes);
             });
             if !has_vbmi() {
                 eprintln!("no AVX-512 VBMI on this CPU: byte permutes not compared");
@@ -213,6 +243,13 @@ mod tests {
                 // SAFETY: `has_vbmi` checked AVX-512BW and VBMI, and `v4`
                 // proves AVX-512F.
                 unsafe { avx512_vbmi::dequantize(table, codes, 3.0, out, rest) };
+            });
+            codes_as_the_scalar_path(table, |values, scale, codes| {
+                let rest = |values: &[f32], codes: &mut [u8]| {
+                    quantize_tail(table, values, scale, codes);
+                };
+                // SAFETY: as above.
+                unsafe { avx512_vbmi::quantize(table, values, scale, codes, rest) };
             });
         }
     }
