@@ -63,6 +63,10 @@ pub(crate) struct Guess {
 /// How far below the code's threshold the guess is pushed (in codes).
 const BIAS: f32 = 0.01;
 
+/// What a negative value's guess adds back before it is mirrored: the
+/// bias, twice (the magnitude's guess must land at or above its code).
+pub(crate) const NEGATIVE_BIAS: f32 = 2.0 * BIAS;
+
 impl Guess {
     /// The guess for a dynamic map, `signed` or not, given its thresholds
     /// (`upper[k]`: the smallest value whose code is above `k`; `upper[255]`
@@ -154,7 +158,7 @@ impl Guess {
             .mul_add(self.a[decade], self.b[decade])
             .min(self.cap[decade]);
         if negative {
-            v += 2.0 * BIAS;
+            v += NEGATIVE_BIAS;
         }
         let magnitude_code = v.floor() as i32;
         let code = if negative {

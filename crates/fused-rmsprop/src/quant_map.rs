@@ -59,9 +59,9 @@ pub(crate) struct Table {
     pub buckets: Vec<u32>,
     /// The code of `0.0`.
     pub zero_code: u8,
-    /// `values` as byte planes: `planes[p][k]` is byte `p` (little-endian)
-    /// of `values[k]`'s bits, for lookups by byte permutes.
-    pub planes: [[u8; 256]; 4],
+    /// `values` as byte planes: `value_planes[p][k]` is byte `p`
+    /// (little-endian) of `values[k]`'s bits, for lookups by byte permutes.
+    pub value_planes: [[u8; 256]; 4],
     /// `upper` as byte planes, as `planes`.
     pub upper_planes: [[u8; 256]; 4],
     /// The first guess at a code that quantizing without a gather starts
@@ -204,7 +204,7 @@ impl Table {
             upper,
             buckets: Vec::new(),
             zero_code: 0,
-            planes: byte_planes(&values),
+            value_planes: byte_planes(&values),
             upper_planes: byte_planes(&upper),
             guess: Guess::default(),
         };

@@ -20,7 +20,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::quant_guess::FLOOR_BITS;
+use crate::quant_guess::{FLOOR_BITS, NEGATIVE_BIAS};
 use crate::quant_map::Table;
 
 /// Codes per round: one register of bytes.
@@ -104,7 +104,7 @@ pub(crate) unsafe fn dequantize(
     rest: impl FnOnce(&[u8], &mut [f32]),
 ) {
     let whole = codes.len() / CODES * CODES;
-    let planes = Planes::of(&table.planes);
+    let planes = Planes::of(&table.value_planes);
     let scale_lanes = _mm512_set1_ps(scale);
     for (codes, out) in codes[..whole]
         .chunks_exact(CODES)
@@ -156,7 +156,7 @@ pub(crate) unsafe fn quantize(
         _mm512_set1_ps(1.0),
         _mm512_set1_ps(-1.0),
     );
-    let negative_bias = _mm512_set1_ps(0.02);
+    let negative_bias = _mm512_set1_ps(NEGATIVE_BIAS);
     let magnitude_bits = _mm512_set1_epi32(0x7FFF_FFFF);
     let smallest = _mm512_set1_epi32(FLOOR_BITS as i32);
     let (one_code, top_code) = (_mm512_set1_epi32(1), _mm512_set1_epi32(255));
